@@ -1,0 +1,51 @@
+"""The ``mtm`` command. Each subcommand lives in its own module with two functions:
+
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    main(args: argparse.Namespace) -> int
+
+and is listed in COMMANDS below (an explicit table: nothing registers itself on import).
+Modules are imported only when their subcommand runs, so ``mtm --help`` stays fast and a
+missing optional dependency only affects the subcommand that needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("mtm_runtime.commands.demo", "the quick-start demo that `make demo` runs"),
+    "toy": ("mtm_runtime.commands.toy", "train on a toy sinusoid set and show reconstructions"),
+    "info": ("mtm_runtime.commands.info", "print a checkpoint's spec, config and provenance"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtm", description="Masked Trajectory Model runtime")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_usage(sys.stderr)
+            print(f"mtm: unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"mtm {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
