@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mtm_runtime.commands.demo", "the quick-start demo that `make demo` runs"),
     "toy": ("mtm_runtime.commands.toy", "train on a toy sinusoid set and show reconstructions"),
     "info": ("mtm_runtime.commands.info", "print a checkpoint's spec, config and provenance"),
+    "export": ("mtm_runtime.commands.export", "export a checkpoint to ONNX (onnx) or an ONNX file to a TensorRT engine (trt)"),
+    "profile": ("mtm_runtime.commands.profile", "latency profile of Policy.act per backend (paced or flat out)"),
+    "launch": ("mtm_runtime.commands.launch", "start the ROS 2 node set of launch/policy.launch.py (one process per node)"),
+    "collect": ("mtm_runtime.commands.collect", "roll out a scripted expert into a D4RL-style HDF5 dataset"),
 }
 
 

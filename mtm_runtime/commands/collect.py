@@ -1,0 +1,51 @@
+"""``mtm collect TASK --tier TIER -o FILE.hdf5``: roll out a scripted expert into a D4RL-style file.
+
+Deterministic given ``--seed`` (the same file contents for any ``--workers``). See
+``training/datasets.py`` for the tiers and the file layout.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.datasets import TIERS
+
+    parser.add_argument("task", help="task name or env id (reacher, inverted_double_pendulum, hopper, pusher)")
+    parser.add_argument("--tier", required=True, choices=TIERS)
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--action-fraction", type=float, default=1.0,
+                        help="fraction of episodes that keep their actions (others: NaN + infos/action_present=False)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (same result for any count)")
+    parser.add_argument("-o", "--output", required=True, help="output .hdf5 path")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sim.tasks import get_task
+    from training.datasets import collect, episode_returns, write_hdf5
+
+    try:
+        task = get_task(args.task)
+    except KeyError as e:
+        print(f"mtm collect: {e.args[0]}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    data = collect(task, args.tier, args.episodes, seed=args.seed, workers=args.workers,
+                   action_fraction=args.action_fraction, progress=not args.quiet)
+    path = write_hdf5(args.output, data, task, args.tier, args.seed, args.action_fraction)
+    dt = time.perf_counter() - t0
+    returns = episode_returns(data)
+    try:
+        score = f"{np.mean([task.normalised_score(r) for r in returns]):.1f}"
+    except RuntimeError:
+        score = "n/a (no reference returns)"
+    steps = len(data["rewards"])
+    print(f"wrote {path}: {args.episodes} episodes, {steps} steps in {dt:.1f} s ({steps / dt:.0f} steps/s); "
+          f"return {np.mean(returns):.2f} +- {np.std(returns):.2f}, normalised score {score}")
+    return 0

@@ -1,0 +1,335 @@
+"""Export a checkpoint to one static-shape ONNX graph that serves every mask mode.
+
+    export_onnx(ckpt, "model.onnx")   ->  inputs  x    float32 [B, T, D]
+                                                   mask float32 [B, T, M]   (1 visible, 0 hidden)
+                                          output  y    float32 [B, T, D]
+
+The checkpoint's metadata (``Checkpoint.metadata()``: spec, normaliser, model config, action
+limits, provenance) travels as JSON in ``metadata_props["mtm_runtime"]`` together with an
+``export`` record (opset, batch size, torch version, sha256 of the source weights, measured
+parity). ``read_onnx_metadata`` returns it; ``checkpoint.parse_metadata`` validates it.
+
+Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. On torch 2.13 it
+emits opset 17 natively in ~0.7 s; the dynamo exporter only implements opset >= 18 and reaches
+17 through a fallback version converter (and takes 2-4 s), for the same 147-node graph. The
+result is cleaned by ``onnxscript.optimizer`` (constants folded into initializers, Identity
+nodes removed).
+
+Opset: 17 by default, 17..20 accepted. 17 is the first opset with a single
+``LayerNormalization`` node (TensorRT maps it to its normalisation layer and can keep it in fp32
+in fp16 engines; older opsets decompose it into ReduceMean/Pow/Sqrt chains that overflow in
+fp16). 20 is the newest opset the parser bundled with TensorRT 10.0-10.3 (JetPack 6) accepts.
+
+Nothing is written until every check passes (``validate_onnx``): onnx full check, strict shape
+inference with static shapes, float32 graph inputs/outputs only (no INT64), an operator
+allow-list of ops TensorRT's ONNX parser supports (``TRT_ALLOWED_OPS``), and parity against
+PyTorch on random inputs under every mask mode plus random masks (max abs diff <= 1e-4).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtm_runtime.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, sha256_bytes, sha256_file
+
+DEFAULT_OPSET = 17
+SUPPORTED_OPSETS = range(17, 21)  # 17..20, see the module docstring
+METADATA_KEY = "mtm_runtime"
+WEIGHTS_SHA_KEY = "mtm_runtime.weights_sha256"
+INPUT_NAMES = ("x", "mask")
+OUTPUT_NAME = "y"
+PARITY_TOLERANCE = 1e-4  # fp32 max abs difference, normalised units
+
+#: Operators the exported graph may use (default ONNX domain). Every one is in the TensorRT
+#: 10.x ONNX parser's operator support matrix (onnx-tensorrt docs/operators.md) for the dtypes
+#: the MTM graph feeds it. Add an op here only after checking that matrix; anything else is
+#: refused at export time with the op and node named.
+TRT_ALLOWED_OPS: dict[str, str] = {
+    "Add": "elementwise", "Sub": "elementwise", "Mul": "elementwise", "Div": "elementwise",
+    "Erf": "unary (exact GELU)", "Sqrt": "unary", "Pow": "elementwise", "Neg": "unary",
+    "Tanh": "unary (tanh GELU)", "Gelu": "opset 20 GELU",
+    "MatMul": "matrix multiply", "Gemm": "matrix multiply",
+    "LayerNormalization": "opset 17 normalisation layer",
+    "Softmax": "softmax", "ReduceMean": "reduce",
+    "Where": "select", "Greater": "comparison", "Equal": "comparison", "Less": "comparison",
+    "Not": "logical",
+    "Reshape": "shuffle", "Transpose": "shuffle", "Squeeze": "shuffle", "Unsqueeze": "shuffle",
+    "Flatten": "shuffle", "Concat": "concatenation", "Split": "slice", "Slice": "slice",
+    "Gather": "gather", "Expand": "broadcast (slice)", "Shape": "shape", "Cast": "cast",
+    "Constant": "constant", "ConstantOfShape": "fill", "Identity": "identity",
+}
+
+
+class ExportError(RuntimeError):
+    """Export refused: unsupported opset, a failed graph check or a parity failure."""
+
+
+# ---- export -----------------------------------------------------------------------------------
+def export_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None, batch_size: int = 1,
+                opset: int = DEFAULT_OPSET) -> bytes:
+    """Export, validate and (if ``path``) atomically write the graph; returns the model bytes.
+
+    Static shapes: B = ``batch_size``, T and D/M from the checkpoint's spec.
+    """
+    import onnx
+    import torch
+
+    if not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
+        raise ExportError(f"opset {opset!r} is not supported: choose {SUPPORTED_OPSETS.start}.."
+                          f"{SUPPORTED_OPSETS.stop - 1} (17 has LayerNormalization; TensorRT 10.3 "
+                          f"parses up to 20)")
+    if batch_size < 1:
+        raise ExportError(f"batch_size must be >= 1, got {batch_size}")
+    spec = ckpt.spec
+    model = ckpt.build_model()
+    x = torch.zeros(batch_size, spec.horizon, spec.packed_width)
+    m = torch.ones(batch_size, spec.horizon, spec.num_modalities)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript exporter deprecation / tracer warnings
+        torch.onnx.export(model, (x, m), buf, dynamo=False, opset_version=opset,
+                          input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                          do_constant_folding=True, export_params=True)
+    proto = onnx.load_from_string(buf.getvalue())
+    proto = _clean(proto)
+    proto.producer_name = "mtm_runtime.onnx_export"
+    proto.doc_string = f"MTM {spec.describe()} batch {batch_size}: (x, mask) -> y; metadata in '{METADATA_KEY}'"
+
+    meta = ckpt.metadata()
+    weights_sha = _weights_sha256(ckpt)
+    meta["export"] = {"exporter": "torch.onnx.export(dynamo=False)", "torch_version": torch.__version__,
+                      "opset": opset, "batch_size": batch_size, "source_weights_sha256": weights_sha,
+                      "inputs": {"x": [batch_size, spec.horizon, spec.packed_width],
+                                 "mask": [batch_size, spec.horizon, spec.num_modalities]},
+                      "output": {"y": [batch_size, spec.horizon, spec.packed_width]}}
+    validate_onnx(proto, batch_size, spec)
+    meta["export"]["parity_max_abs_diff"] = check_parity(proto.SerializeToString(), model, batch_size)
+    _set_metadata(proto, meta, weights_sha)
+    data = proto.SerializeToString()
+    if path is not None:
+        _atomic_write(Path(path), data)
+    return data
+
+
+def _clean(proto: Any) -> Any:
+    """Fold constants into initializers and drop Identity nodes (onnxscript optimizer)."""
+    try:
+        import onnxscript.optimizer as oso
+    except ImportError:  # the graph is valid without it, just less tidy
+        return proto
+    return oso.optimize(proto)
+
+
+def _weights_sha256(ckpt: Checkpoint) -> str:
+    """sha256 of the checkpoint's weights file, or of the tensors serialised as safetensors."""
+    if ckpt.path is not None and (Path(ckpt.path) / WEIGHTS_FILE).is_file():
+        return sha256_file(Path(ckpt.path) / WEIGHTS_FILE)
+    from safetensors.torch import save as st_save
+    return sha256_bytes(st_save({k: v.contiguous() for k, v in ckpt.state_dict.items()}))
+
+
+def _set_metadata(proto: Any, meta: dict[str, Any], weights_sha: str) -> None:
+    del proto.metadata_props[:]
+    for key, value in ((METADATA_KEY, json.dumps(meta, sort_keys=True)), (WEIGHTS_SHA_KEY, weights_sha)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---- validation ---------------------------------------------------------------------------------
+def validate_onnx(proto: Any, batch_size: int, spec: Any) -> None:
+    """Graph checks (no numerics): onnx full check, strict static shape inference, float32 IO,
+    operator allow-list. Raises ExportError naming what failed."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"onnx.checker rejected the graph: {e}") from None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:  # noqa: BLE001 - InferenceError and friends
+        raise ExportError(f"strict shape inference failed: {e}") from None
+    B, T, D, M = batch_size, spec.horizon, spec.packed_width, spec.num_modalities
+    want = {"x": (B, T, D), "mask": (B, T, M)}
+    got_in = {i.name: i for i in inferred.graph.input}
+    if set(got_in) != set(want):
+        raise ExportError(f"graph inputs are {sorted(got_in)}, expected {sorted(want)}")
+    outs = list(inferred.graph.output)
+    if [o.name for o in outs] != [OUTPUT_NAME]:
+        raise ExportError(f"graph outputs are {[o.name for o in outs]}, expected ['{OUTPUT_NAME}']")
+    for vi, shape in [(got_in["x"], want["x"]), (got_in["mask"], want["mask"]), (outs[0], (B, T, D))]:
+        tt = vi.type.tensor_type
+        if tt.elem_type != onnx.TensorProto.FLOAT:
+            raise ExportError(f"graph {vi.name!r} has dtype {onnx.TensorProto.DataType.Name(tt.elem_type)}, "
+                              "expected FLOAT (no INT64 graph inputs/outputs)")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        if dims != shape:
+            raise ExportError(f"graph {vi.name!r} has shape {dims}, expected static {shape}")
+    check_allowed_ops(proto)
+
+
+def check_allowed_ops(proto: Any, allowed: dict[str, str] = TRT_ALLOWED_OPS) -> None:
+    """Refuse any node whose op is outside ``allowed`` (or outside the default ONNX domain)."""
+    for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise ExportError(f"node {node.name!r} uses op {node.domain}::{node.op_type}, a custom domain "
+                              "TensorRT's ONNX parser does not support")
+        if node.op_type not in allowed:
+            raise ExportError(f"node {node.name!r} uses op {node.op_type!r}, which is not on the TensorRT "
+                              "allow-list (mtm_runtime.onnx_export.TRT_ALLOWED_OPS)")
+
+
+def parity_cases(spec: Any, batch_size: int, seed: int = 0, n_random: int = 4) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(label, x, mask) cases: every mode of ``available_modes(spec)``, an all-visible mask, a
+    short-history mask, and ``n_random`` random masks; x is standard normal. Shapes [B, T, *]."""
+    from mtm_runtime import masks as mk
+
+    rng = np.random.default_rng(seed)
+    B, T, D = batch_size, spec.horizon, spec.packed_width
+    named = [(f"mode:{m}", mk.mode_mask(spec, m)) for m in mk.available_modes(spec)]
+    named.append(("full", mk.full_mask(spec)))
+    named.append(("history:1+bc", mk.combine(mk.bc_mask(spec), mk.history_mask(spec, 1))))
+    cases = []
+    for label, m in named:
+        x = rng.standard_normal((B, T, D)).astype(np.float32)
+        cases.append((label, x, np.array(np.broadcast_to(m, (B, T, spec.num_modalities)), np.float32)))
+    for i in range(n_random):
+        x = rng.standard_normal((B, T, D)).astype(np.float32)
+        m = np.stack([mk.random_mask(spec, rng, 0.5) for _ in range(B)]).astype(np.float32)
+        cases.append((f"random:{i}", x, m))
+    return cases
+
+
+def check_parity(onnx_bytes: bytes, model: Any, batch_size: int, tolerance: float = PARITY_TOLERANCE,
+                 seed: int = 0) -> float:
+    """Run the graph in ONNX Runtime (CPU) and the torch static path on ``parity_cases``;
+    ExportError on any case above ``tolerance``. Returns the worst max abs difference."""
+    import onnxruntime as ort
+    import torch
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for label, x, m in parity_cases(model.spec, batch_size, seed):
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x), torch.from_numpy(m)).numpy()
+        got = sess.run([OUTPUT_NAME], {"x": x, "mask": m})[0]
+        diff = float(np.max(np.abs(got - ref))) if np.all(np.isfinite(got)) else float("inf")
+        if not diff <= tolerance:
+            raise ExportError(f"parity check failed on {label}: max abs diff {diff:.3g} > {tolerance:g} "
+                              "(ONNX Runtime vs PyTorch)")
+        worst = max(worst, diff)
+    return worst
+
+
+# ---- int8 (opt-in) ---------------------------------------------------------------------------------
+INT8_TOLERANCE = 0.1  # max abs diff vs fp32, normalised units: stated, checked by check_int8_parity
+
+
+def quantize_int8(onnx_bytes: bytes) -> bytes:
+    """ONNX Runtime dynamic int8 quantisation (weights int8 per tensor, activations quantised
+    per call): MatMul -> DynamicQuantizeLinear + MatMulInteger. CPU-only, opt-in; not a
+    TensorRT graph (TensorRT has its own int8 path). Metadata is kept."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = onnx.load_from_string(onnx_bytes)
+    with tempfile.TemporaryDirectory() as d:
+        fin, fout = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
+        fin.write_bytes(onnx_bytes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(fin), str(fout), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        out = onnx.load(str(fout))
+    del out.metadata_props[:]
+    for p in src.metadata_props:
+        out.metadata_props.add().CopyFrom(p)
+    q = out.metadata_props.add()
+    q.key, q.value = "mtm_runtime.quantization", "onnxruntime dynamic int8 (MatMul weights, per tensor)"
+    return out.SerializeToString()
+
+
+def check_int8_parity(fp32_bytes: bytes, int8_bytes: bytes, spec: Any, batch_size: int = 1,
+                      tolerance: float = INT8_TOLERANCE) -> float:
+    """Max abs diff of the int8 graph against the fp32 graph on ``parity_cases``; ExportError
+    above ``tolerance``."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    a = ort.InferenceSession(fp32_bytes, so, providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(int8_bytes, so, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for label, x, m in parity_cases(spec, batch_size):
+        feed = {"x": x, "mask": m}
+        diff = float(np.max(np.abs(a.run(None, feed)[0] - b.run(None, feed)[0])))
+        if not diff <= tolerance:
+            raise ExportError(f"int8 parity failed on {label}: max abs diff {diff:.3g} > {tolerance:g}")
+        worst = max(worst, diff)
+    return worst
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata dict stored by ``export_onnx`` (validate with ``checkpoint.parse_metadata``).
+
+    CheckpointError naming the file when it is missing, not an ONNX model, or carries no
+    (or unparsable) ``mtm_runtime`` metadata.
+    """
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(p, "(file)", "missing")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
+        raise CheckpointError(p, "(onnx)", f"not an ONNX model: {type(e).__name__}: {e}") from None
+    if not proto.graph.node:
+        raise CheckpointError(p, "(onnx)", "not an ONNX model (no graph nodes)")
+    props = {e.key: e.value for e in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise CheckpointError(p, f"metadata_props[{METADATA_KEY}]",
+                              "missing: not exported by mtm_runtime (run `mtm export onnx CHECKPOINT`)")
+    try:
+        meta = json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(p, f"metadata_props[{METADATA_KEY}]", f"not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(p, f"metadata_props[{METADATA_KEY}]", "must be a JSON object")
+    return meta
+
+
+def onnx_sha256(onnx_bytes_or_path: bytes | str | os.PathLike) -> str:
+    """sha256 of a model given as bytes or a path."""
+    if isinstance(onnx_bytes_or_path, (bytes, bytearray)):
+        return sha256_bytes(bytes(onnx_bytes_or_path))
+    return sha256_file(onnx_bytes_or_path)
+
+
+__all__ = ["DEFAULT_OPSET", "SUPPORTED_OPSETS", "METADATA_KEY", "TRT_ALLOWED_OPS", "ExportError",
+           "export_onnx", "validate_onnx", "check_allowed_ops", "check_parity", "parity_cases",
+           "quantize_int8", "check_int8_parity", "read_onnx_metadata", "onnx_sha256", "INT8_TOLERANCE"]

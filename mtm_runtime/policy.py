@@ -1,0 +1,259 @@
+"""Policy: spec + normaliser + buffer + mask mode + backend -> one action per control step.
+
+    policy = Policy.load("models/reacher_embedded", backend="onnxruntime", mode="goal")
+    policy.set_goal(goal_xy)
+    policy.reset()
+    while running:
+        action = policy.act(state, reward=r_prev)   # float32 [action_width], inside policy.limits
+
+Each ``act``:
+1. validates the inputs (finite, right shape) — ``InputError`` before anything is touched;
+2. starts a new buffer step: the normalised state (+ goal, + return-to-go in ``rcbc``);
+3. mask = the mode's mask AND what the buffer holds (short history and missing modalities are
+   hidden, never zero-padded);
+4. runs the backend, reads the action at ``t = T-1``, denormalises, checks it is finite
+   (``InferenceError`` otherwise) and clips it to the limits;
+5. writes the executed (clipped) action back into the buffer as history for the next step.
+
+Return-to-go bookkeeping (``rcbc``): ``rtg_0 = target_return``; ``rtg_t = rtg_{t-1} - r_{t-1}``
+where ``r_{t-1}`` is the ``reward`` passed to this ``act`` (the reward received for the previous
+action). Rewards passed on the first step of an episode are ignored.
+
+Steady state allocates no numpy arrays: the returned action is a reused, read-only array —
+valid until the next ``act``; ``.copy()`` it to keep it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from mtm_runtime import masks as M
+from mtm_runtime.backends import Backend, BackendError, backend_class, source_kind
+from mtm_runtime.buffer import TrajectoryBuffer
+from mtm_runtime.checkpoint import Checkpoint, load_checkpoint, parse_metadata
+from mtm_runtime.normalise import Normaliser
+from mtm_runtime.safety import ActionLimits
+from mtm_runtime.spec import ACTIONS, GOALS, RETURNS, STATES, TrajectorySpec
+
+#: Modes ``act`` can run. ``id``/``fd`` are offered as helpers (infer_actions, predict_next_state).
+CONTROL_MODES = ("bc", "rcbc", "goal")
+
+
+class InputError(ValueError):
+    """An input to the policy is malformed (NaN/Inf, wrong shape, missing goal ...)."""
+
+
+class InferenceError(RuntimeError):
+    """The backend produced something that must not reach an actuator (NaN/Inf)."""
+
+
+def _finite(a: np.ndarray) -> bool:
+    # float(sum) is NaN/Inf iff an element is (or the sum overflows): no temporary array
+    return math.isfinite(float(np.sum(a, dtype=np.float64)))
+
+
+class Policy:
+    def __init__(self, spec: TrajectorySpec, normaliser: Normaliser, backend: Backend,
+                 limits: ActionLimits | None = None, mode: str = "bc",
+                 metadata: Mapping[str, Any] | None = None) -> None:
+        if ACTIONS not in spec:
+            raise InputError("a Policy needs an 'actions' modality in the spec")
+        if backend.spec != spec:
+            raise InputError(f"backend spec ({backend.spec.describe()}) differs from the policy's ({spec.describe()})")
+        self.spec, self.normaliser, self.backend = spec, normaliser, backend
+        self.metadata = dict(metadata or {})
+        aw = spec.width(ACTIONS)
+        self.limits = limits if limits is not None else ActionLimits.symmetric(1e6, aw)  # no limits given: only finiteness is enforced
+        if self.limits.width != aw:
+            raise InputError(f"limits have width {self.limits.width}, the spec's actions have {aw}")
+        self.buffer = TrajectoryBuffer(spec, normaliser)
+        self.modes = tuple(m for m in CONTROL_MODES if m in M.available_modes(spec))
+        self._mode_masks = {m: M.mode_mask(spec, m)[None] for m in self.modes}
+        self._mask = np.zeros((1, spec.horizon, spec.num_modalities), np.float32)
+        self._action = np.zeros(aw, np.float32)
+        self._action_out = self._action.view()  # what act() returns: a read-only view, made once
+        self._action_out.flags.writeable = False
+        self._action_norm = np.zeros(aw, np.float32)
+        self._a_slice = spec.slice(ACTIONS)
+        self._goal: np.ndarray | None = None
+        self._target_return: float | None = None
+        self._rtg = 0.0
+        self._rtg_norm = np.zeros(1, np.float32)
+        self.mode = ""
+        self.set_mode(mode)
+        self.last_act_s = 0.0
+        self.last_backend_s = 0.0
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "", mode: str = "bc",
+             limits: ActionLimits | None = None, **backend_options: Any) -> "Policy":
+        """From a checkpoint directory, an ``.onnx`` file or an ``.engine`` file (the spec,
+        normaliser and limits travel inside each). ``backend`` defaults to torch for a
+        checkpoint, onnxruntime for .onnx, tensorrt for .engine."""
+        p = Path(path)
+        if p.is_dir():
+            ckpt = load_checkpoint(p)
+            return cls.from_checkpoint(ckpt, backend or "torch", mode, limits, **backend_options)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such checkpoint directory, .onnx or .engine file")
+        if p.suffix == ".onnx":
+            from mtm_runtime.onnx_export import read_onnx_metadata
+
+            meta, kind = read_onnx_metadata(p), "onnx"
+            backend = backend or "onnxruntime"
+        elif p.suffix == ".engine":
+            from mtm_runtime.trt_engine import read_engine_sidecar
+
+            meta, kind = read_engine_sidecar(p), "engine"
+            backend = backend or "tensorrt"
+        else:
+            raise InputError(f"{p}: expected a checkpoint directory, a .onnx or a .engine file")
+        spec, _cfg, norm, ck_limits, _prov = parse_metadata(meta, p)
+        if source_kind(backend) != kind:
+            raise BackendError(f"backend {backend!r} cannot run a {p.suffix} file; "
+                               f"use a checkpoint directory for torch backends")
+        be = backend_class(backend)(p, spec, **backend_options)
+        return cls(spec, norm, be, limits or ck_limits, mode, meta)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, backend: str = "torch", mode: str = "bc",
+                        limits: ActionLimits | None = None, **backend_options: Any) -> "Policy":
+        kind = source_kind(backend)
+        if kind == "torch":
+            be = backend_class(backend)(ckpt.build_model(), **backend_options)
+        elif kind == "onnx":
+            from mtm_runtime.onnx_export import export_onnx
+
+            be = backend_class(backend)(export_onnx(ckpt), ckpt.spec, **backend_options)
+        else:
+            raise BackendError(f"backend {backend!r} needs a built engine: run export/to_trt.py first")
+        return cls(ckpt.spec, ckpt.normaliser, be, limits or ckpt.action_limits, mode, ckpt.metadata())
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    # ---- mode and conditioning ---------------------------------------------------------------
+    def set_mode(self, mode: str, *, target_return: float | None = None, goal: np.ndarray | None = None) -> None:
+        """Switch mode at run time (no reload). Invalid -> InputError, old mode kept."""
+        if mode not in self.modes:
+            raise InputError(f"mode {mode!r} is not available for this model; choose from {', '.join(self.modes)}")
+        if target_return is not None:
+            self.set_target_return(target_return)
+        if goal is not None:
+            self.set_goal(goal)
+        self.mode = mode
+
+    def set_target_return(self, target: float) -> None:
+        """Return-to-go target (raw reward units) for ``rcbc``; takes effect from the next step."""
+        if RETURNS not in self.spec:
+            raise InputError("this model has no 'returns' modality")
+        t = float(target)
+        if not math.isfinite(t):
+            raise InputError(f"target_return must be finite, got {target!r}")
+        delta = t - (self._target_return if self._target_return is not None else t)
+        self._target_return = t
+        self._rtg = t if self.buffer.steps == 0 else self._rtg + delta
+
+    def set_goal(self, goal: np.ndarray) -> None:
+        if GOALS not in self.spec:
+            raise InputError("this model has no 'goals' modality")
+        g = self._check("goal", goal, self.spec.width(GOALS))
+        self._goal = g.astype(np.float32).copy()
+
+    def reset(self) -> None:
+        """New episode: empty history, return-to-go back to the target."""
+        self.buffer.reset()
+        self._rtg = self._target_return if self._target_return is not None else 0.0
+
+    # ---- the control step -------------------------------------------------------------------
+    def act(self, state: np.ndarray, reward: float | None = None) -> np.ndarray:
+        t0 = time.perf_counter()
+        s = self._check("state", state, self.spec.width(STATES))
+        if reward is not None and not math.isfinite(float(reward)):
+            raise InputError(f"reward must be finite, got {reward!r}")
+        if self.mode == "goal" and self._goal is None:
+            raise InputError("goal mode needs a goal: call set_goal() first")
+        if self.mode == "rcbc" and self._target_return is None:
+            raise InputError("rcbc mode needs a target return: call set_target_return() first")
+        if reward is not None and self.buffer.steps > 0:
+            self._rtg -= float(reward)
+
+        buf = self.buffer
+        buf.begin_step()
+        buf.write(STATES, s)
+        if self._goal is not None:
+            buf.write(GOALS, self._goal)
+        if RETURNS in self.spec and self._target_return is not None:
+            self._rtg_norm[0] = self._rtg / self.normaliser.std[RETURNS][0]
+            buf.write(RETURNS, self._rtg_norm, normalised=True)
+        x, avail = buf.window()
+        np.minimum(self._mode_masks[self.mode], avail, out=self._mask)
+
+        tb = time.perf_counter()
+        y = self.backend.run(x, self._mask)
+        self.last_backend_s = time.perf_counter() - tb
+
+        a = self._action
+        np.copyto(self._action_norm, y[0, -1, self._a_slice])
+        np.multiply(self._action_norm, self.normaliser.std[ACTIONS], out=a)
+        np.add(a, self.normaliser.mean[ACTIONS], out=a)
+        if not _finite(a):
+            a.fill(0.0)
+            raise InferenceError(f"backend {self.backend.name!r} returned a non-finite action; nothing was emitted")
+        np.clip(a, self.limits.low, self.limits.high, out=a)
+        buf.write(ACTIONS, a)
+        self.last_act_s = time.perf_counter() - t0
+        return self._action_out
+
+    # ---- ID / FD helpers (one window through the same backend) --------------------------------
+    def infer_actions(self, states: np.ndarray) -> np.ndarray:
+        """Inverse dynamics: ``states [T, S]`` (raw) -> actions ``[T-1, A]`` (raw) taking
+        ``s[t] -> s[t+1]``. Does not touch the control buffer."""
+        T = self.spec.horizon
+        st = self._check("states", states, self.spec.width(STATES), leading=(T,))
+        x = np.zeros((1, T, self.spec.packed_width), np.float32)
+        x[0, :, self.spec.slice(STATES)] = self.normaliser.normalise(STATES, st)
+        y = self.backend.run(x, M.id_mask(self.spec)[None])
+        return self.normaliser.denormalise(ACTIONS, y[0, :-1, self._a_slice]).copy()
+
+    def predict_next_state(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Forward dynamics: ``states [T-1, S]``, ``actions [T-1, A]`` (raw) -> the next state."""
+        T = self.spec.horizon
+        st = self._check("states", states, self.spec.width(STATES), leading=(T - 1,))
+        ac = self._check("actions", actions, self.spec.width(ACTIONS), leading=(T - 1,))
+        x = np.zeros((1, T, self.spec.packed_width), np.float32)
+        x[0, :-1, self.spec.slice(STATES)] = self.normaliser.normalise(STATES, st)
+        x[0, :-1, self._a_slice] = self.normaliser.normalise(ACTIONS, ac)
+        y = self.backend.run(x, M.fd_mask(self.spec)[None])
+        return self.normaliser.denormalise(STATES, y[0, -1, self.spec.slice(STATES)]).copy()
+
+    def warmup(self, n: int = 10) -> None:
+        """Run ``n`` steps on a zero state, then reset (first real step is not the slow one)."""
+        goal, target = self._goal, self._target_return
+        mode = self.mode
+        if self.mode == "goal" and goal is None:
+            self.mode = "bc"
+        if self.mode == "rcbc" and target is None:
+            self.mode = "bc"
+        for _ in range(n):
+            self.act(self.normaliser.mean[STATES])
+        self.mode = mode
+        self.reset()
+
+    # ---- validation ----------------------------------------------------------------------------
+    @staticmethod
+    def _check(what: str, value: Any, width: int, leading: tuple[int, ...] = ()) -> np.ndarray:
+        a = np.asarray(value)
+        if a.shape != (*leading, width):
+            raise InputError(f"{what} has shape {a.shape}, expected {(*leading, width)}")
+        if a.dtype.kind not in "fiu":
+            raise InputError(f"{what} must be numeric, got dtype {a.dtype}")
+        if not _finite(a):
+            raise InputError(f"{what} contains NaN or Inf")
+        return a

@@ -1,0 +1,127 @@
+"""Message <-> numpy conversions for the ROS nodes: plain functions, no node, no I/O.
+
+Conventions
+* Arrays are float64 on the wire (Float64MultiArray, JointState) and float32 toward the Policy.
+* Stamps are ``builtin_interfaces/Time``; ``stamp_to_ns``/``ns_to_stamp`` convert exactly.
+* A JointState becomes a state by concatenating the requested fields (``position``,
+  ``velocity``, ``effort``) in the order of ``joint_names`` (or message order if none given).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+
+JOINT_FIELDS = ("position", "velocity", "effort")
+
+
+class ConversionError(ValueError):
+    """A message cannot be turned into the array the node expects; the message says why."""
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def multiarray_to_array(msg: Float64MultiArray) -> np.ndarray:
+    """Float64MultiArray -> float64 vector (layout ignored beyond data_offset)."""
+    off = int(msg.layout.data_offset)
+    return np.asarray(msg.data, dtype=np.float64)[off:]
+
+
+def array_to_multiarray(values: np.ndarray, label: str = "") -> Float64MultiArray:
+    """1-D array -> Float64MultiArray with one labelled dimension (forward_command_controller style)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    msg = Float64MultiArray()
+    if label:
+        msg.layout.dim = [MultiArrayDimension(label=label, size=v.size, stride=v.size)]
+    msg.data = v.tolist()
+    return msg
+
+
+def joint_state_to_array(msg: JointState, joint_names: Sequence[str] = (),
+                         fields: Sequence[str] = ("position", "velocity")) -> np.ndarray:
+    """Concatenate ``fields`` of ``msg`` ordered by ``joint_names`` (message order if empty).
+
+    Raises ConversionError when a named joint is missing or a field is shorter than ``name``.
+    """
+    names = list(msg.name)
+    if joint_names:
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in joint_names if n not in index]
+        if missing:
+            raise ConversionError(f"joint_states lacks joints {missing} (has {names})")
+        order = [index[n] for n in joint_names]
+    else:
+        order = list(range(len(names)))
+    parts = []
+    for f in fields:
+        if f not in JOINT_FIELDS:
+            raise ConversionError(f"unknown JointState field {f!r}; use {JOINT_FIELDS}")
+        values = np.asarray(getattr(msg, f), dtype=np.float64)
+        if order and (values.size <= max(order)):
+            raise ConversionError(f"joint_states.{f} has {values.size} values for {len(names)} joints")
+        parts.append(values[order] if order else values)
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def array_to_joint_state(values: np.ndarray, joint_names: Sequence[str], stamp: Time | None = None,
+                         field: str = "effort") -> JointState:
+    """A command as JointState: ``values`` go into ``field`` for ``joint_names`` (same length)."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if field not in JOINT_FIELDS:
+        raise ConversionError(f"unknown JointState field {field!r}; use {JOINT_FIELDS}")
+    if joint_names and len(joint_names) != v.size:
+        raise ConversionError(f"{v.size} command values for {len(joint_names)} joint names")
+    msg = JointState()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.name = list(joint_names) if joint_names else [f"joint{i}" for i in range(v.size)]
+    setattr(msg, field, v.tolist())
+    return msg
+
+
+def joint_state_from_arrays(names: Sequence[str], position: np.ndarray, velocity: np.ndarray,
+                            stamp: Time | None = None) -> JointState:
+    """Measured joint positions/velocities -> JointState (used by the sim bridge)."""
+    msg = JointState()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.name = list(names)
+    msg.position = np.asarray(position, dtype=np.float64).reshape(-1).tolist()
+    msg.velocity = np.asarray(velocity, dtype=np.float64).reshape(-1).tolist()
+    return msg
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def diagnostic_status(name: str, level: int, message: str, values: Mapping[str, object],
+                      hardware_id: str = "") -> DiagnosticStatus:
+    """A DiagnosticStatus with ``values`` as key/value strings (floats to 6 significant digits).
+
+    ``level`` is DiagnosticStatus.OK / WARN / ERROR / STALE (bytes in the message definition).
+    """
+    st = DiagnosticStatus()
+    st.level = bytes([level]) if isinstance(level, int) else level
+    st.name = name
+    st.message = message
+    st.hardware_id = hardware_id
+    st.values = [KeyValue(key=str(k), value=_fmt(v)) for k, v in values.items()]
+    return st
+
+
+def diagnostic_values(status: DiagnosticStatus) -> dict[str, str]:
+    """KeyValue list -> dict (for tests and tools)."""
+    return {kv.key: kv.value for kv in status.values}

@@ -1,0 +1,68 @@
+"""Measure and freeze the reference returns of every task into ``sim/reference_returns.json``.
+
+    python -m sim.measure_reference_returns [--episodes 20] [--tasks reacher hopper ...]
+
+random = uniform-random actions (action space seeded per episode); expert = the noise-free
+scripted expert of ``sim/experts.py``. Episode ``i`` resets with seed ``SEED_BASE + i``. Run once;
+the numbers are then read (never recomputed) by ``sim.tasks``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+
+import numpy as np
+
+from sim.tasks import REFERENCE_RETURNS_PATH, TASKS, Task
+
+SEED_BASE = 10_000
+
+
+def rollout(task: Task, policy: str, seed: int) -> tuple[float, bool | None, int]:
+    """One episode; returns (return, success or None, length)."""
+    env = task.make_env(seed=seed)
+    obs, _ = env.reset(seed=seed)
+    act = task.make_expert(env) if policy == "expert" else (lambda _o: env.action_space.sample())
+    total, steps, info = 0.0, 0, {}
+    while True:
+        obs, r, terminated, truncated, info = env.step(act(obs))
+        total, steps = total + float(r), steps + 1
+        if terminated or truncated:
+            break
+    ok = task.success(env, info)
+    env.close()
+    return total, ok, steps
+
+
+def measure(task: Task, episodes: int) -> dict:
+    out: dict = {"episodes": episodes, "seeds": [SEED_BASE, SEED_BASE + episodes - 1]}
+    for policy in ("random", "expert"):
+        runs = [rollout(task, policy, SEED_BASE + i) for i in range(episodes)]
+        rets = np.array([r[0] for r in runs])
+        out[policy] = round(float(rets.mean()), 4)
+        out[f"{policy}_std"] = round(float(rets.std()), 4)
+        out[f"{policy}_mean_length"] = float(np.mean([r[2] for r in runs]))
+        if runs[0][1] is not None:
+            out[f"{policy}_success_rate"] = float(np.mean([r[1] for r in runs]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--tasks", nargs="*", default=list(TASKS))
+    args = p.parse_args(argv)
+    table = json.loads(REFERENCE_RETURNS_PATH.read_text()) if REFERENCE_RETURNS_PATH.exists() else {}
+    for name in args.tasks:
+        entry = measure(TASKS[name], args.episodes)
+        entry["measured"] = datetime.date.today().isoformat()
+        table[name] = entry
+        print(name, json.dumps(entry))
+    REFERENCE_RETURNS_PATH.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {REFERENCE_RETURNS_PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

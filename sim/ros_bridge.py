@@ -1,0 +1,301 @@
+"""mtm_sim_bridge: a MuJoCo task from ``sim.tasks`` behind ROS 2 topics (hardware-in-the-loop stand-in).
+
+Publishes ``observation`` (Float64MultiArray: the task's ``states`` part), ``joint_states``
+(positions/velocities of ``task.joint_names``), ``reward`` (Float64, reliable), ``goal``
+(Float64MultiArray, reliable transient-local, once per episode for goal tasks), ``/clock``
+(sim time: ``steps * env.dt``), ``episode_stats`` (Float64MultiArray labelled
+``episode, return, normalised_score, steps``) and /diagnostics; subscribes ``commands``.
+
+Modes
+* ``realtime``: a wall-clock timer at ``control_rate_hz`` applies the newest command (zeros
+  before the first one) and steps, like hardware that does not wait for the controller.
+* ``lockstep``: exactly one control step per received command; the next observation goes out
+  only after the step. With the policy node on ``trigger: state`` this is deterministic: the
+  ROS rollout reproduces the in-process rollout for the same seed. An observation that gets no
+  command within ``lockstep_resend_s`` (lost, or the policy not active yet) is sent again.
+
+Episodes: at termination or the task's time limit the return and normalised score are logged
+and published, then the bridge calls the policy node's ``~/reset`` service
+(``policy_reset_service``; empty = none) and waits for its answer (at most ``reset_timeout_s``)
+before the first observation of the next episode, so no state of the new episode can land in
+the old history. Episode ``k`` resets the env with seed ``seed + k``. Before each reward-carrying
+observation the reward is published and acknowledged first (reliable QoS), and the policy node
+creates its reward subscription before its state subscription, so the reward is counted for the
+step it belongs to. ``episodes > 0`` stops the bridge (exit code 0) after that many episodes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.duration import Duration
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64, Float64MultiArray
+from std_srvs.srv import Trigger
+
+from ros_nodes import conversions as conv
+from ros_nodes.executors import make_executor, spin_loop
+
+NODE_NAME = "mtm_sim_bridge"
+MODES = ("realtime", "lockstep")
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: Sensor outputs are published RELIABLE: that matches best-effort subscribers too.
+SENSOR_OUT = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "task": ("reacher", "task name from sim.tasks (reacher, hopper, ...)"),
+    "mode": ("lockstep", "realtime | lockstep"),
+    "control_rate_hz": (0.0, "realtime step rate (0 = the env's own rate, 1/env.dt)"),
+    "seed": (0, "episode k resets with seed + k"),
+    "episodes": (0, "stop after this many episodes (0 = run forever)"),
+    "publish_observation": (True, "publish 'observation' (the task's states part)"),
+    "publish_joint_states": (True, "publish 'joint_states' (positions/velocities of the task's joints)"),
+    "command_type": ("float64_multiarray", "float64_multiarray | joint_state (effort field)"),
+    "policy_reset_service": ("/mtm_policy/reset", "std_srvs/Trigger called at each episode start ('' = none)"),
+    "reset_timeout_s": (2.0, "longest wait for the reset service (s)"),
+    "lockstep_resend_s": (1.0, "lockstep: resend an observation unanswered for this long (s)"),
+    "results_path": ("", "if set, per-episode results are written here as JSON"),
+    "randomise": (False, "apply the domain randomisation below (sim.randomisation.Randomisation)"),
+    "mass_scale": ([1.0, 1.0], "[low, high] body mass/inertia scale"),
+    "friction_scale": ([1.0, 1.0], "[low, high] sliding friction scale"),
+    "actuator_gain_scale": ([1.0, 1.0], "[low, high] actuator gear scale"),
+    "obs_noise_std": (0.0, "Gaussian observation noise (observation units)"),
+    "action_latency_steps": (0, "actions act this many control steps late"),
+}
+
+
+def _scale(v: Any) -> float | tuple[float, float]:
+    vals = [float(x) for x in v] if isinstance(v, (list, tuple)) or hasattr(v, "__len__") else [float(v)]
+    return vals[0] if len(vals) == 1 or vals[0] == vals[-1] else (vals[0], vals[1])
+
+
+class SimBridge(Node):
+    """One MuJoCo env stepped by ROS commands (see module docstring)."""
+
+    def __init__(self, node_name: str = NODE_NAME, *, context: Any = None, cli_args: list[str] | None = None,
+                 parameter_overrides: list[Any] | None = None) -> None:
+        super().__init__(node_name, context=context, cli_args=cli_args, parameter_overrides=parameter_overrides)
+        for name, (default, text) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=text, dynamic_typing=True))
+        from sim.tasks import get_task  # imports gymnasium + mujoco
+
+        p = self.p
+        self.mode = str(p("mode"))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        self.task = get_task(str(p("task")))
+        self.seed = int(p("seed"))
+        self.env = self.task.make_env(seed=self.seed, randomisation=self._randomisation())
+        model = self.env.unwrapped.model
+        self._qpos = [int(model.joint(n).qposadr[0]) for n in self.task.joint_names]
+        self._qvel = [int(model.joint(n).dofadr[0]) for n in self.task.joint_names]
+        self.dt = float(self.env.unwrapped.dt)
+        self.finished = False
+        self.results: list[dict[str, float]] = []
+        self.episode, self.steps, self.sim_steps, self.resends = 0, 0, 0, 0
+        self.episode_return = 0.0
+        self._obs: np.ndarray | None = None
+        self._sent_at = 0.0
+        self._awaiting = False          # an observation is out and unanswered (lockstep)
+        self._resetting = False
+        self._command: np.ndarray | None = None
+        self._zero = np.zeros(self.task.action_dim, dtype=self.env.action_space.dtype)
+
+        self.obs_pub = self.create_publisher(Float64MultiArray, "observation", SENSOR_OUT)
+        self.js_pub = self.create_publisher(JointState, "joint_states", SENSOR_OUT)
+        self.reward_pub = self.create_publisher(Float64, "reward", RELIABLE)
+        self.goal_pub = self.create_publisher(Float64MultiArray, "goal", LATCHED)
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self.stats_pub = self.create_publisher(Float64MultiArray, "episode_stats", RELIABLE)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        cmd_type = JointState if p("command_type") == "joint_state" else Float64MultiArray
+        self.create_subscription(cmd_type, "commands", self._on_command, QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        srv = str(p("policy_reset_service"))
+        self._reset_client = self.create_client(Trigger, srv) if srv else None
+        self._reset_deadline = 0.0
+        self.create_timer(1.0, self._publish_diagnostics)
+        rate = float(p("control_rate_hz")) or 1.0 / self.dt
+        if self.mode == "realtime":
+            self.create_timer(1.0 / rate, self._on_realtime_tick)
+        self.create_timer(0.02, self._on_supervise)
+        self._begin_episode()
+        self.get_logger().info(f"{self.task.name} ({self.task.env_id}) mode={self.mode} dt={self.dt} s "
+                               f"seed={self.seed} episodes={p('episodes') or 'inf'}")
+
+    def p(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _randomisation(self) -> Any:
+        if not self.p("randomise"):
+            return None
+        from sim.randomisation import Randomisation
+
+        return Randomisation(mass_scale=_scale(self.p("mass_scale")), friction_scale=_scale(self.p("friction_scale")),
+                             actuator_gain_scale=_scale(self.p("actuator_gain_scale")),
+                             obs_noise_std=float(self.p("obs_noise_std")),
+                             action_latency_steps=int(self.p("action_latency_steps")))
+
+    # ---- episodes --------------------------------------------------------------------------
+    def _begin_episode(self) -> None:
+        """Ask the policy node for a new episode; the env resets when it answers (or times out)."""
+        self._resetting, self._awaiting = True, False
+        self._reset_deadline = time.monotonic() + float(self.p("reset_timeout_s"))
+        self._reset_future = None
+        self._try_reset_call()
+
+    def _try_reset_call(self) -> None:
+        if self._reset_client is None:
+            self._start_episode()
+        elif self._reset_future is None and self._reset_client.service_is_ready():
+            self._reset_future = self._reset_client.call_async(Trigger.Request())
+            self._reset_future.add_done_callback(lambda _f: self._start_episode() if self._resetting else None)
+
+    def _start_episode(self) -> None:
+        if not self._resetting:
+            return
+        self._resetting = False
+        obs, info = self.env.reset(seed=self.seed + self.episode)
+        self.steps, self.episode_return, self._command = 0, 0.0, None
+        parts = self.task.split_observation(obs)
+        if "goals" in parts:
+            self.goal_pub.publish(conv.array_to_multiarray(parts["goals"], "goal"))
+        self._send(obs, reward=None)
+
+    def _end_episode(self) -> None:
+        try:
+            score = float(self.task.normalised_score(self.episode_return))
+        except (RuntimeError, KeyError):
+            score = math.nan
+        row = {"episode": self.episode, "seed": self.seed + self.episode, "return": self.episode_return,
+               "normalised_score": score, "steps": self.steps}
+        self.results.append(row)
+        self.get_logger().info(f"episode {self.episode}: return {self.episode_return:.3f} "
+                               f"normalised score {score:.1f} in {self.steps} steps")
+        self.stats_pub.publish(conv.array_to_multiarray([self.episode, self.episode_return, score, self.steps],
+                                                        "episode,return,normalised_score,steps"))
+        path = str(self.p("results_path"))
+        if path:
+            Path(path).write_text(json.dumps({"task": self.task.name, "mode": self.mode, "episodes": self.results},
+                                             indent=1))
+        self.episode += 1
+        n = int(self.p("episodes"))
+        if n and self.episode >= n:
+            self.finished = True
+            self._awaiting = False
+            return
+        self._begin_episode()
+
+    # ---- stepping --------------------------------------------------------------------------
+    def _send(self, obs: np.ndarray, reward: float | None) -> None:
+        """Publish reward (acknowledged first), then observation/joint states/clock."""
+        if reward is not None:
+            self.reward_pub.publish(Float64(data=float(reward)))
+            if self.mode == "lockstep":
+                self.reward_pub.wait_for_all_acked(Duration(seconds=0.5))
+        self._obs = np.asarray(obs, dtype=np.float64)
+        stamp = conv.ns_to_stamp(int(round(self.sim_steps * self.dt * 1e9)))
+        self.clock_pub.publish(Clock(clock=stamp))
+        if self.p("publish_joint_states"):
+            data = self.env.unwrapped.data
+            self.js_pub.publish(conv.joint_state_from_arrays(self.task.joint_names, data.qpos[self._qpos],
+                                                             data.qvel[self._qvel], stamp))
+        self._publish_obs()
+
+    def _publish_obs(self) -> None:
+        if self.p("publish_observation") and self._obs is not None:
+            self.obs_pub.publish(conv.array_to_multiarray(self.task.split_observation(self._obs)["states"]))
+        self._sent_at = time.monotonic()
+        self._awaiting = True
+
+    def _step(self, action: np.ndarray) -> None:
+        obs, reward, terminated, truncated, _info = self.env.step(action)
+        self.steps += 1
+        self.sim_steps += 1
+        self.episode_return += float(reward)
+        self._awaiting = False
+        if terminated or truncated:
+            self._end_episode()
+        else:
+            self._send(obs, float(reward))
+
+    def _on_command(self, msg: Any) -> None:
+        a = conv.multiarray_to_array(msg) if isinstance(msg, Float64MultiArray) else np.asarray(msg.effort)
+        if a.shape != (self.task.action_dim,) or not np.all(np.isfinite(a)):
+            self.get_logger().warning(f"ignored command of shape {a.shape} (or non-finite)", throttle_duration_sec=1.0)
+            return
+        self._command = a.astype(self.env.action_space.dtype)  # the env's declared action type
+        if self.mode == "lockstep" and self._awaiting and not self._resetting and not self.finished:
+            self._step(self._command)
+
+    def _on_realtime_tick(self) -> None:
+        if self._resetting or self.finished:
+            return
+        self._step(self._zero if self._command is None else self._command)
+
+    def _on_supervise(self) -> None:
+        """Finish a pending reset (service appeared / timed out); resend unanswered lockstep observations."""
+        now = time.monotonic()
+        if self._resetting:
+            self._try_reset_call()
+            if self._resetting and now > self._reset_deadline:
+                self.get_logger().warning(f"policy reset service {self.p('policy_reset_service')} did not answer; "
+                                          "starting the episode anyway")
+                self._start_episode()
+        elif (self.mode == "lockstep" and self._awaiting and not self.finished
+              and now - self._sent_at > float(self.p("lockstep_resend_s"))):
+            self.resends += 1
+            self._publish_obs()
+
+    def _publish_diagnostics(self) -> None:
+        last = self.results[-1] if self.results else {}
+        vals = {"task": self.task.name, "mode": self.mode, "episode": self.episode, "step": self.steps,
+                "sim_time_s": self.sim_steps * self.dt, "lockstep_resends": self.resends,
+                "last_return": last.get("return", math.nan), "last_normalised_score": last.get("normalised_score", math.nan)}
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [conv.diagnostic_status(f"{self.get_name()}: sim", DiagnosticStatus.OK,
+                                             "finished" if self.finished else "running", vals)]
+        self.diag_pub.publish(arr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point ``mtm_sim_bridge``; exits 0 after ``episodes`` episodes (if > 0)."""
+    args = sys.argv if argv is None else argv
+    context = rclpy.Context()
+    rclpy.init(args=args, context=context)
+    node = SimBridge(context=context)
+    executor, name = make_executor(context)
+    executor.add_node(node)
+    node.get_logger().info(f"executor: {name}")
+    try:
+        spin_loop(executor, context, keep_going=lambda: not node.finished)
+        if node.finished:  # let the last messages out
+            end = time.monotonic() + 0.2
+            while time.monotonic() < end:
+                executor.spin_once(timeout_sec=0.05)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.env.close()
+        node.destroy_node()
+        if context.ok():
+            rclpy.shutdown(context=context)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

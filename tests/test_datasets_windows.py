@@ -1,0 +1,82 @@
+"""WindowSampler and the train/validation split (numpy only, property tests)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtm_runtime.spec import TrajectorySpec
+from training.loaders import Episode, WindowSampler, split_episodes
+
+
+def _episode(eid: int, L: int, actions: bool = True) -> Episode:
+    t = np.arange(L, dtype=np.float32)[:, None]
+    return Episode({"states": np.concatenate([np.full((L, 1), eid, np.float32), t], 1),
+                    "actions": (t + 0.5) if actions else np.zeros((L, 1), np.float32),
+                    "returns": np.ones((L, 1), np.float32), "rewards": np.ones((L, 1), np.float32)},
+                   {"states": True, "actions": actions, "returns": True, "rewards": True})
+
+
+SPEC = TrajectorySpec.create(5, states=2, actions=1, returns=1, goals=2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=6), horizon=st.integers(1, 8),
+       seed=st.integers(0, 2**16))
+def test_windows_never_cross_episodes(lengths: list[int], horizon: int, seed: int) -> None:
+    spec = TrajectorySpec.create(horizon, states=2, actions=1, returns=1)
+    episodes = [_episode(i, L, actions=i % 2 == 0) for i, L in enumerate(lengths)]
+    x, present = WindowSampler(episodes, spec, seed=seed).sample(16)
+    assert x.shape == (16, horizon, 4) and present.shape == (16, horizon, 3)
+    assert np.all(np.isfinite(x))
+    for b in range(16):
+        rows = present[b, :, 0] == 1
+        ids, steps = x[b, rows, 0], x[b, rows, 1]
+        assert len(set(ids.tolist())) == 1                      # one episode per window
+        assert np.all(np.diff(steps) == 1)                       # contiguous steps
+        L = lengths[int(ids[0])]
+        if L < horizon:                                          # right-aligned short episode
+            assert rows.tolist() == [False] * (horizon - L) + [True] * L
+            assert np.all(x[b, ~rows] == 0) and np.all(present[b, ~rows] == 0)
+        else:
+            assert rows.all()
+        act_col = spec.index("actions")
+        assert np.all(present[b, rows, act_col] == float(int(ids[0]) % 2 == 0))
+        assert np.all(x[b, present[b, :, act_col] == 0, spec.slice("actions")] == 0)
+
+
+def test_missing_modality_and_seeded_determinism() -> None:
+    episodes = [_episode(i, 9) for i in range(4)]
+    a = WindowSampler(episodes, SPEC, seed=5).sample(8)
+    b = WindowSampler(episodes, SPEC, seed=5).sample(8)
+    np.testing.assert_array_equal(a[0], b[0])
+    x, present = a
+    assert np.all(present[..., SPEC.index("goals")] == 0) and np.all(x[..., SPEC.slice("goals")] == 0)
+    assert np.all(present[..., SPEC.index("states")] == 1)
+
+
+def test_all_starts_are_reachable() -> None:
+    sampler = WindowSampler([_episode(0, 7), _episode(1, 2)], SPEC, seed=0)
+    assert sampler.num_windows == 3 + 1
+    eps, starts = sampler.sample_index(400)
+    assert set(zip(eps.tolist(), starts.tolist())) == {(0, 0), (0, 1), (0, 2), (1, 0)}
+
+
+def test_nan_never_reaches_the_batch() -> None:
+    ep = _episode(0, 6)
+    ep["actions"][:] = np.nan
+    ep.present["actions"] = False
+    x, present = WindowSampler([ep], SPEC, seed=0).sample(3)
+    assert np.all(np.isfinite(x)) and np.all(present[..., SPEC.index("actions")] == 0)
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    episodes = [_episode(i, 3) for i in range(10)]
+    train, val = split_episodes(episodes, 0.2, seed=1)
+    train2, val2 = split_episodes(episodes, 0.2, seed=1)
+    ids = lambda eps: [int(e["states"][0, 0]) for e in eps]  # noqa: E731
+    assert ids(val) == ids(val2) and len(val) == 2 and len(train) == 8
+    assert sorted(ids(train) + ids(val)) == list(range(10))
+    with pytest.raises(ValueError):
+        WindowSampler([], SPEC)
