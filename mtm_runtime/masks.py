@@ -210,23 +210,7 @@ def auto_mask(spec: TrajectorySpec, rng: np.random.Generator,
         actions . # . .
         returns # . . .
     """
-    order = list(spec.names if modality_order is None else modality_order)
-    for n in order:
-        spec.index(n)
-    m = random_mask(spec, rng, float(rng.choice(np.asarray(keep_ratios, dtype=np.float64))))
-    t_cut = int(rng.integers(0, spec.horizon))
-    p = None
-    if modality_weights is not None:
-        w = np.asarray(modality_weights, dtype=np.float64)
-        if w.shape != (len(order),) or np.any(w < 0) or w.sum() <= 0:
-            raise MaskError("modality_weights must be non-negative, one per modality in the order")
-        p = w / w.sum()
-    k_cut = int(rng.choice(len(order), p=p))
-    m[t_cut + 1:, :] = 0.0
-    for name in order[k_cut:]:
-        m[t_cut, spec.index(name)] = 0.0
-    _ensure_one_visible(m, rng)
-    return m
+    return sample_training_masks(spec, 1, rng, ("auto",), keep_ratios, modality_order, modality_weights)[0]
 
 
 TRAINING_MASKS = ("auto", "random", "bc", "rcbc", "goal", "id", "fd")
@@ -238,20 +222,45 @@ def sample_training_masks(spec: TrajectorySpec, batch: int, rng: np.random.Gener
                           modality_order: Sequence[str] | None = None,
                           modality_weights: Sequence[float] | None = None) -> np.ndarray:
     """``[B, T, M]``: one independently drawn mask per sample; each sample's kind drawn from
-    ``kinds`` (``auto``, ``random`` or an inference mode available for the spec)."""
-    out = np.empty((batch, spec.horizon, spec.num_modalities), dtype=np.float32)
-    fixed = {k: mode_mask(spec, k) for k in kinds if k in INFERENCE_MODES}
+    ``kinds`` (``auto``, ``random`` or an inference mode available for the spec).
+
+    Vectorised over the batch (same distributions as ``auto_mask`` / ``random_mask``), so mask
+    sampling costs microseconds, not a Python loop per sample.
+    """
     for k in kinds:
         if k not in TRAINING_MASKS:
             raise MaskError(f"unknown training mask {k!r}; choose from {', '.join(TRAINING_MASKS)}")
-    for b in range(batch):
-        kind = kinds[int(rng.integers(0, len(kinds)))]
-        if kind == "auto":
-            out[b] = auto_mask(spec, rng, keep_ratios, modality_order, modality_weights)
-        elif kind == "random":
-            out[b] = random_mask(spec, rng, float(rng.choice(np.asarray(keep_ratios))))
-        else:
-            out[b] = fixed[kind]
+    T, Mm = spec.horizon, spec.num_modalities
+    order = list(spec.names if modality_order is None else modality_order)
+    if sorted(order) != sorted(spec.names):
+        raise MaskError(f"modality_order must list every modality once: {list(spec.names)}")
+    p = None
+    if modality_weights is not None:
+        w = np.asarray(modality_weights, dtype=np.float64)
+        if w.shape != (len(order),) or np.any(w < 0) or w.sum() <= 0:
+            raise MaskError("modality_weights must be non-negative, one per modality in the order")
+        p = w / w.sum()
+    kind_of = rng.integers(0, len(kinds), size=batch)
+    ratios = rng.choice(np.asarray(keep_ratios, dtype=np.float64), size=batch)
+    out = (rng.random((batch, T, Mm)) < ratios[:, None, None]).astype(np.float32)
+    # AUTO_MASK cut: hide t > t*, and at t* the modalities from position k* on in the order
+    pos = np.empty(Mm, np.int64)
+    for i, name in enumerate(order):
+        pos[spec.index(name)] = i
+    t_cut = rng.integers(0, T, size=batch)
+    k_cut = rng.choice(len(order), size=batch, p=p)
+    t = np.arange(T)[None, :, None]
+    hide = (t > t_cut[:, None, None]) | ((t == t_cut[:, None, None]) & (pos[None, None, :] >= k_cut[:, None, None]))
+    is_auto = np.array([kinds[k] == "auto" for k in kind_of])
+    out[is_auto] *= ~hide[is_auto]
+    for ki, kind in enumerate(kinds):
+        if kind in INFERENCE_MODES:
+            out[kind_of == ki] = mode_mask(spec, kind)
+    blind_auto = is_auto & (out.reshape(batch, -1).sum(axis=1) == 0)
+    out[blind_auto, 0, spec.index(order[0])] = 1.0  # a cut before everything: keep the first token
+    blind = np.flatnonzero(out.reshape(batch, -1).sum(axis=1) == 0)
+    if len(blind):
+        out[blind, rng.integers(0, T, size=len(blind)), rng.integers(0, Mm, size=len(blind))] = 1.0
     return out
 
 

@@ -30,7 +30,8 @@ def _events_executor_works(context: Context, timeout_s: float = 1.0) -> bool:
     node = None
     ex = None
     try:
-        node = rclpy.create_node("_mtm_executor_probe", context=context, start_parameter_services=False)
+        node = rclpy.create_node("_mtm_executor_probe", context=context, start_parameter_services=False,
+                                 use_global_arguments=False)  # no __node:= remap
         fired: list[int] = []
         node.create_timer(0.005, lambda: fired.append(1))
         ex = EventsExecutor(context=context)

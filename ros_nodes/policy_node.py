@@ -105,6 +105,8 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "fault_action": ("hold", _desc("command on a fault", choices=FAULT_KINDS)),
     "safe_action": ([], _desc("the action for fault_action=safe (inside the limits)")),
     "warmup_iters": (10, _desc("act() calls at configure to warm the backend", ilo=0, ihi=10000)),
+    "inference_threads": (1, _desc("torch intra-op threads for the default loader (0 = library default)",
+                                   ilo=0, ihi=256)),
     "autostart": (False, _desc("configure and activate at start-up (no lifecycle manager needed)")),
 }
 
@@ -120,7 +122,7 @@ class PolicyNode(LifecycleNode):
                  parameter_overrides: list[Parameter] | None = None,
                  policy_loader: PolicyLoader | None = None) -> None:
         super().__init__(node_name, context=context, cli_args=cli_args, parameter_overrides=parameter_overrides)
-        self._loader = policy_loader or _default_loader
+        self._loader = policy_loader or self._load_policy
         for name, (default, desc) in PARAMETERS.items():
             self.declare_parameter(name, default, desc)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -210,6 +212,17 @@ class PolicyNode(LifecycleNode):
         if mode == "goal" or goal:
             kw["goal"] = np.asarray(goal, dtype=np.float32) if goal else None
         return kw
+
+    def _load_policy(self, path: str, backend: str, mode: str) -> Any:
+        """Default loader: ``Policy.load``; torch backends get ``inference_threads`` threads
+        (1 by default: on a couple of shared cores one thread has the lowest jitter)."""
+        from mtm_runtime.policy import Policy
+
+        opts: dict[str, Any] = {}
+        threads = int(self.p("inference_threads"))
+        if threads and (backend or "torch").startswith("torch") and not path.endswith((".onnx", ".engine")):
+            opts["threads"] = threads
+        return Policy.load(path, backend=backend, mode=mode, **opts)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _autostart(self) -> None:
@@ -382,8 +395,8 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f"'{name}' topic value refused: {result.reason}")
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        if self.policy is None:
-            response.success, response.message = False, f"not configured ({self.lifecycle_state})"
+        if self.lifecycle_state != "active":  # activation starts a new episode anyway
+            response.success, response.message = False, f"not active ({self.lifecycle_state})"
         else:
             self._new_episode("reset service")
             response.success, response.message = True, f"new episode ({self.stats.episode_resets} resets)"
@@ -487,10 +500,6 @@ class PolicyNode(LifecycleNode):
         self._diag_pub.publish(arr)
 
 
-def _default_loader(path: str, backend: str, mode: str) -> Any:
-    from mtm_runtime.policy import Policy
-
-    return Policy.load(path, backend=backend, mode=mode)
 
 
 def main(argv: list[str] | None = None) -> int:

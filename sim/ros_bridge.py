@@ -18,10 +18,17 @@ Episodes: at termination or the task's time limit the return and normalised scor
 and published, then the bridge calls the policy node's ``~/reset`` service
 (``policy_reset_service``; empty = none) and waits for its answer (at most ``reset_timeout_s``)
 before the first observation of the next episode, so no state of the new episode can land in
-the old history. Episode ``k`` resets the env with seed ``seed + k``. Before each reward-carrying
-observation the reward is published and acknowledged first (reliable QoS), and the policy node
-creates its reward subscription before its state subscription, so the reward is counted for the
-step it belongs to. ``episodes > 0`` stops the bridge (exit code 0) after that many episodes.
+the old history. In lockstep a refusal ("not active") is retried until the deadline, so the
+first episode starts only once the policy node is active. Episode ``k`` resets the env with seed
+``seed + k``. ``episodes > 0`` stops the bridge (exit code 0) after that many episodes.
+
+Known limits: the reward of step t is published just before observation t+1 on another topic;
+DDS does not order across topics. The EventsExecutor serves events in arrival order and the
+SingleThreadedExecutor serves the reward subscription first (created first), so on one host the
+reward is counted for its step; under extreme load an RCBC return-to-go could shift by a step. A
+lockstep resend (counted as ``lockstep_resends``) after an observation got *through* but its
+command was slower than ``lockstep_resend_s`` makes the policy act twice on one state: that run
+is no longer bit-reproducible (the results file records the count).
 """
 from __future__ import annotations
 
@@ -36,7 +43,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -65,7 +71,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "command_type": ("float64_multiarray", "float64_multiarray | joint_state (effort field)"),
     "policy_reset_service": ("/mtm_policy/reset", "std_srvs/Trigger called at each episode start ('' = none)"),
     "reset_timeout_s": (2.0, "longest wait for the reset service (s)"),
-    "lockstep_resend_s": (1.0, "lockstep: resend an observation unanswered for this long (s)"),
+    "lockstep_resend_s": (5.0, "lockstep: resend an observation unanswered for this long (s)"),
     "results_path": ("", "if set, per-episode results are written here as JSON"),
     "randomise": (False, "apply the domain randomisation below (sim.randomisation.Randomisation)"),
     "mass_scale": ([1.0, 1.0], "[low, high] body mass/inertia scale"),
@@ -161,7 +167,16 @@ class SimBridge(Node):
             self._start_episode()
         elif self._reset_future is None and self._reset_client.service_is_ready():
             self._reset_future = self._reset_client.call_async(Trigger.Request())
-            self._reset_future.add_done_callback(lambda _f: self._start_episode() if self._resetting else None)
+            self._reset_future.add_done_callback(self._on_reset_answer)
+
+    def _on_reset_answer(self, future: Any) -> None:
+        result = future.result()
+        if result is not None and not result.success and self.mode == "lockstep":
+            # lockstep starts only against an active policy (retried by the supervisor until the deadline)
+            self.get_logger().info(f"policy not ready for a new episode: {result.message}", throttle_duration_sec=1.0)
+            self._reset_future = None
+            return
+        self._start_episode()
 
     def _start_episode(self) -> None:
         if not self._resetting:
@@ -188,7 +203,8 @@ class SimBridge(Node):
                                                         "episode,return,normalised_score,steps"))
         path = str(self.p("results_path"))
         if path:
-            Path(path).write_text(json.dumps({"task": self.task.name, "mode": self.mode, "episodes": self.results},
+            Path(path).write_text(json.dumps({"task": self.task.name, "mode": self.mode, "lockstep_resends": self.resends,
+                                              "episodes": self.results},
                                              indent=1))
         self.episode += 1
         n = int(self.p("episodes"))
@@ -203,8 +219,6 @@ class SimBridge(Node):
         """Publish reward (acknowledged first), then observation/joint states/clock."""
         if reward is not None:
             self.reward_pub.publish(Float64(data=float(reward)))
-            if self.mode == "lockstep":
-                self.reward_pub.wait_for_all_acked(Duration(seconds=0.5))
         self._obs = np.asarray(obs, dtype=np.float64)
         stamp = conv.ns_to_stamp(int(round(self.sim_steps * self.dt * 1e9)))
         self.clock_pub.publish(Clock(clock=stamp))

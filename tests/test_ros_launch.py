@@ -94,7 +94,7 @@ def _write_params(tmp_path: Path, bridge: dict, policy: dict | None = None) -> P
 
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump({"mtm_policy": {"ros__parameters": dict({"warmup_iters": 2, "stale_timeout": 5.0,
-                                                                          "control_rate_hz": 20.0}, **(policy or {}))},
+                                                                          "control_rate_hz": 5.0}, **(policy or {}))},
                                  "mtm_sim_bridge": {"ros__parameters": bridge}}))
     return p
 
@@ -119,8 +119,16 @@ def test_mtm_launch_lockstep_reproduces_in_process_rollout(ros_env, tmp_path: Pa
     proc = subprocess.run([sys.executable, "-m", "mtm_runtime.cli", "launch", "--model", str(ckpt), "--target", "sim",
                            "--params-file", str(params)], cwd=REPO, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ros = json.loads(results.read_text())["episodes"]
-    reference = in_process_returns(Policy.load(ckpt, mode="bc"), "reacher", 11, 1)
+    data = json.loads(results.read_text())
+    ros = data["episodes"]
+    assert data["lockstep_resends"] == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # the node's default loader runs torch with inference_threads=1: same numerics here
+        reference = in_process_returns(Policy.load(ckpt, mode="bc", threads=1), "reacher", 11, 1)
+    finally:
+        torch.set_num_threads(threads)
     assert ros[0]["steps"] == 50
     assert ros[0]["return"] == pytest.approx(reference[0], abs=1e-9), (ros, reference)
     print(f"mtm launch lockstep episode wall time {time.monotonic() - t0:.1f} s")

@@ -1,0 +1,97 @@
+"""ROS-free pieces of the control loop: safety module, latency statistics, message conversions."""
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from mtm_runtime.latency import LatencyRing, LoopStats, RateMeter
+from mtm_runtime.safety import (ActionLimits, FaultAction, RateLimiter, StaleWatchdog, UnsafeCommandError,
+                                intersect_limits, state_rejection_reason)
+
+
+def test_rate_limiter_bounds_each_step() -> None:
+    rl = RateLimiter(0.1, 2)
+    rl.reset(np.zeros(2))
+    outs = [rl.apply(np.array([1.0, -1.0])).copy() for _ in range(15)]
+    assert np.all(np.abs(np.diff(np.vstack([np.zeros(2), *outs]), axis=0)) <= 0.1 + 1e-7)
+    np.testing.assert_allclose(outs[-1], [1.0, -1.0])
+    assert not RateLimiter.from_parameter(0.0, 2).enabled
+    with pytest.raises(UnsafeCommandError):
+        rl.apply(np.array([np.nan, 0.0]))
+    with pytest.raises(ValueError):
+        RateLimiter(-1.0, 2)
+
+
+def test_watchdog_monotonic_and_gap() -> None:
+    t = [0.0]
+    wd = StaleWatchdog(0.5, clock=lambda: t[0])
+    assert not wd.stale() and math.isinf(wd.age())
+    wd.arm()
+    t[0] = 0.6
+    assert wd.stale()
+    assert wd.feed() == pytest.approx(0.6) and not wd.stale()
+
+
+def test_fault_action_always_inside_limits() -> None:
+    lim = ActionLimits(np.array([0.2, -1.0]), np.array([1.0, 1.0]))
+    np.testing.assert_allclose(FaultAction("zeros", lim).action(), [0.2, 0.0])
+    np.testing.assert_allclose(FaultAction("hold", lim).action(np.array([0.5, 5.0])), [0.5, 1.0])
+    np.testing.assert_allclose(FaultAction("hold", lim).action(None), [0.2, 0.0])
+    np.testing.assert_allclose(FaultAction("safe", lim, [0.3, 0.3]).action(), [0.3, 0.3])
+    with pytest.raises(ValueError, match="outside"):
+        FaultAction("safe", lim, [0.0, 0.0])
+    with pytest.raises(ValueError):
+        FaultAction("explode", lim)
+
+
+def test_state_validation_and_limit_narrowing() -> None:
+    assert state_rejection_reason(np.zeros(3), 3) is None
+    assert "shape" in state_rejection_reason(np.zeros(2), 3)
+    assert "NaN/Inf" in state_rejection_reason(np.array([0.0, np.inf, 0.0]), 3)
+    lim = intersect_limits(ActionLimits.symmetric(1.0, 2), [-0.5], [2.0, 0.3])
+    np.testing.assert_allclose(lim.low, [-0.5, -0.5]) and np.testing.assert_allclose(lim.high, [1.0, 0.3])
+    with pytest.raises(ValueError, match="empty"):
+        intersect_limits(ActionLimits.symmetric(1.0, 2), [0.5, 0.5], [0.0, 0.0])
+
+
+def test_latency_ring_percentiles_without_allocation() -> None:
+    ring = LatencyRing(100)
+    for i in range(1, 201):  # only the newest 100 (101..200 ms) stay
+        ring.add(i * 1e-3)
+    s = ring.summary()
+    assert s.count == 100 and s.p50 == pytest.approx(0.150) and s.p99 == pytest.approx(0.199) and s.max == pytest.approx(0.2)
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(1000):
+        ring.add(0.001)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(d.size_diff for d in after.compare_to(before, "filename") if "latency" in str(d.traceback))
+    assert grown <= 0
+    rm = RateMeter(16, clock=lambda: 1.0)
+    for k in range(10):
+        rm.tick(k * 0.01)
+    assert rm.rate_hz(now=0.09) == pytest.approx(100.0)
+    assert set(LoopStats().counters()) >= {"overruns", "stale_ticks", "rejected_inputs"}
+
+
+def test_conversions_roundtrip() -> None:
+    pytest.importorskip("rclpy")
+    from sensor_msgs.msg import JointState
+
+    from ros_nodes import conversions as conv
+
+    js = JointState(name=["a", "b"], position=[1.0, 2.0], velocity=[3.0, 4.0])
+    np.testing.assert_allclose(conv.joint_state_to_array(js, ["b", "a"]), [2.0, 1.0, 4.0, 3.0])
+    with pytest.raises(conv.ConversionError, match="lacks"):
+        conv.joint_state_to_array(js, ["c"])
+    msg = conv.array_to_multiarray(np.array([0.5, -0.5]), "cmd")
+    np.testing.assert_allclose(conv.multiarray_to_array(msg), [0.5, -0.5])
+    assert conv.stamp_to_ns(conv.ns_to_stamp(12_000_000_345)) == 12_000_000_345
+    cmd = conv.array_to_joint_state(np.array([0.1, 0.2]), ["a", "b"], conv.ns_to_stamp(7), "effort")
+    assert list(cmd.effort) == [0.1, 0.2] and cmd.header.stamp.nanosec == 7
+    st = conv.diagnostic_status("x", 1, "warn", {"p99_ms": 0.123456789, "n": 3})
+    assert conv.diagnostic_values(st) == {"p99_ms": "0.123457", "n": "3"} and st.level == b"\x01"

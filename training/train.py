@@ -1,0 +1,502 @@
+"""Train a Masked Trajectory Model on an offline dataset (CleanRL-style: read it top to bottom).
+
+    python -m training.train --data reacher_expert.hdf5 --preset embedded --steps 6000 --out runs/reacher
+    mtm train --data reacher_expert.hdf5 --out runs/reacher                        # same thing
+    torchrun --nproc_per_node=2 -m training.train --data ... --out ...             # DDP (gloo/nccl)
+
+What one run does:
+ 1. arguments: dataclass defaults < ``--config`` YAML/JSON < explicit command-line flags;
+ 2. distributed setup from torchrun's environment (``RANK``/``WORLD_SIZE``); gloo on CPU, nccl on
+    CUDA; only rank 0 writes files or prints;
+ 3. data: load episodes, split train/validation by episode (seeded), build the spec from the task's
+    ``modality_widths()`` and horizon T, fit the normaliser on the training split only (returns
+    are scale-only: the RTG scale is ``max |return of an episode|`` in the training split, so
+    normalised returns-to-go lie in [-1, 1] on the data, unless ``--rtg-scale`` is given);
+ 4. model (``--preset``) and AdamW; learning rate: linear warmup then cosine to 10 %
+    (``mtm_runtime.trainer.lr_at``); bf16 autocast on CUDA; gradient clipping;
+ 5. loop: per step, windows + per-sample training masks (``--masks``, AUTO_MASK by default)
+    ANDed with data availability, packed-encoder forward, ``mtm_runtime.loss.mtm_loss``;
+    periodic validation loss (+ per-mode errors), optional periodic policy evaluation in the
+    simulator, checkpoints every ``--ckpt-every`` steps;
+ 6. the end: final checkpoint, ``scalars.csv``, ``curves.png``.
+
+Randomness is a pure function of ``(seed, rank, step)``: each step draws its windows, masks and
+dropout from generators seeded with that triple. So a resumed run (``--resume``) continues
+bit-exactly (same CPU thread count assumed) without saving any generator state, and DDP ranks
+draw different data.
+
+Output directory (``--out``), a checkpoint directory ``load_checkpoint`` reads:
+    model.safetensors, mtm.json   weights + spec/normaliser/provenance (mtm_runtime.checkpoint)
+    train_state.safetensors       optimizer tensors (AdamW moments, step counts)
+    train_state.json              step, optimizer hyper-parameters, resolved run config
+    scalars.csv, curves.png       training curves (train/val loss, lr, samples/s, eval scores)
+No pickle anywhere: tensors in safetensors, everything else in JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from mtm_runtime import masks as M
+from mtm_runtime.checkpoint import save_checkpoint, sha256_file
+from mtm_runtime.loss import mtm_loss
+from mtm_runtime.model import MTM, PRESETS, build_model, count_parameters
+from mtm_runtime.normalise import Normaliser
+from mtm_runtime.safety import ActionLimits
+from mtm_runtime.spec import ACTIONS, RETURNS, TrajectorySpec
+from mtm_runtime.trainer import TrainConfig, lr_at
+from sim.tasks import Task, get_task
+from training.loaders import Episode, WindowSampler, load_episodes, read_metadata, split_episodes
+
+#: Default peak learning rate per preset (small models tolerate, and need, a larger one).
+PRESET_LR = {"embedded": 1e-3, "paper": 2e-4}
+TRAIN_STATE_TENSORS = "train_state.safetensors"
+TRAIN_STATE_JSON = "train_state.json"
+
+
+# ---- 1. arguments ------------------------------------------------------------------------------
+@dataclass
+class Args:
+    """Every knob of a run. Units: steps are optimiser steps; batch_size is global (all ranks)."""
+
+    data: str = ""                        # dataset: our HDF5, a D4RL hdf5 (needs --task) or a Minari dir
+    task: str = ""                        # task name; default: from the dataset's metadata
+    out: str = "runs/mtm"                 # output / checkpoint directory
+    preset: str = "embedded"              # model size: embedded | paper
+    horizon: int = 4                      # window length T
+    steps: int = 5000                     # total optimiser steps
+    batch_size: int = 256                 # global batch (split evenly over ranks)
+    lr: float = 0.0                       # peak learning rate; 0 = PRESET_LR[preset]
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    masks: tuple[str, ...] = ("auto",)    # training mask kinds, one drawn per sample
+    val_fraction: float = 0.1             # fraction of episodes held out for validation
+    val_every: int = 500                  # validation loss period (steps); 0 = only at the end
+    val_windows: int = 1024               # validation windows (fixed set)
+    eval_every: int = 0                   # policy evaluation period (steps); 0 = never
+    eval_episodes: int = 10
+    eval_modes: tuple[str, ...] = ("bc",)
+    ckpt_every: int = 1000                # checkpoint period (steps); always at the end
+    until: int = 0                        # stop (with a checkpoint) once this step is reached; 0 = steps
+    resume: bool = False                  # continue from the train state in --out
+    labelled_only: bool = False           # drop episodes without actions (heteromodal baseline)
+    rtg_scale: float = 0.0                # returns normalisation scale; 0 = max |episode return|
+    seed: int = 0
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    threads: int = 0                      # torch CPU threads per process; 0 = torch default
+    progress: bool = True                 # tqdm bar (rank 0)
+    plot: bool = True                     # curves.png at the end
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Config-file / CLI value -> the Args field's type (tuples from lists or comma strings)."""
+    default = Args.__dataclass_fields__[name].default
+    if isinstance(default, tuple):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(v).strip() for v in items if str(v).strip())
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    return type(default)(value)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML (``.yaml``/``.yml``) or JSON file of Args fields; unknown keys are an error."""
+    p = Path(path)
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        cfg = yaml.safe_load(text) or {}
+    else:
+        cfg = json.loads(text)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{p}: must hold a mapping of training options")
+    unknown = sorted(set(cfg) - set(Args.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{p}: unknown training options {unknown}")
+    return {k.replace("-", "_"): v for k, v in cfg.items()}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags for every Args field; all default to None so only explicit flags override a config."""
+    p.add_argument("--config", help="YAML or JSON file of training options (flags override it)")
+    for f in dataclasses.fields(Args):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction)
+        elif isinstance(f.default, tuple):
+            p.add_argument(flag, dest=f.name, default=None, help=f"comma list (default {','.join(f.default)})")
+        else:
+            p.add_argument(flag, dest=f.name, default=None, type=type(f.default), help=f"default {f.default!r}")
+
+
+def resolve_args(ns: argparse.Namespace) -> Args:
+    """Defaults < config file < explicit flags."""
+    values: dict[str, Any] = {}
+    if getattr(ns, "config", None):
+        values.update(load_config_file(ns.config))
+    for f in dataclasses.fields(Args):
+        v = getattr(ns, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    args = Args(**{k: _coerce(k, v) for k, v in values.items()})
+    if not args.data:
+        raise SystemExit("train: --data is required (in a flag or the config file)")
+    if args.preset not in PRESETS:
+        raise SystemExit(f"train: unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    for k in args.masks:
+        if k not in M.TRAINING_MASKS:
+            raise SystemExit(f"train: unknown mask kind {k!r}; choose from {', '.join(M.TRAINING_MASKS)}")
+    if args.lr <= 0:
+        args.lr = PRESET_LR[args.preset]
+    return args
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+class TrainForward(nn.Module):
+    """Makes ``MTM.forward_train`` the module's ``forward`` so DDP's hooks see it."""
+
+    def __init__(self, mtm: MTM) -> None:
+        super().__init__()
+        self.mtm = mtm
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.mtm.forward_train(x, mask)
+
+
+def fit_normaliser(spec: TrajectorySpec, episodes: Sequence[Episode], rtg_scale: float = 0.0) -> Normaliser:
+    """Z-score states/actions/goals on ``episodes`` (missing actions ignored); returns scale-only
+    with scale ``rtg_scale`` or, if 0, ``max_e |rtg_0(e)|`` (largest episode return magnitude)."""
+    data = {}
+    for name in spec.names:
+        rows = [ep[name] for ep in episodes if ep.present.get(name, True)]
+        if rows:
+            data[name] = np.concatenate(rows)
+    norm = Normaliser.fit(spec, data)
+    if RETURNS in spec:
+        scale = rtg_scale if rtg_scale > 0 else max(float(np.max(np.abs(ep[RETURNS]))) for ep in episodes)
+        norm.std[RETURNS] = np.full(1, max(scale, norm.std_floor), np.float32)
+        norm = Normaliser(spec, norm.mean, norm.std, norm.std_floor)  # rebuild the packed arrays
+    return norm
+
+
+class NormalisedSampler:
+    """WindowSampler whose windows come out normalised (absent tokens stay 0)."""
+
+    def __init__(self, episodes: Sequence[Episode], spec: TrajectorySpec, norm: Normaliser) -> None:
+        self.windows = WindowSampler(episodes, spec, seed=0)
+        self.spec, self.norm = spec, norm
+        self._expand = np.repeat(np.arange(spec.num_modalities), spec.widths)  # packed column -> modality
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``x [B, T, D]`` normalised, ``present [B, T, M]``, drawn with ``rng``."""
+        self.windows.rng = rng
+        x, present = self.windows.sample(batch_size)
+        x = self.norm.normalise_packed(x) * present[..., self._expand]
+        return x.astype(np.float32), present
+
+
+def step_rng(seed: int, rank: int, step: int) -> np.random.Generator:
+    """The generator of one (seed, rank, step): windows, masks."""
+    return np.random.default_rng([seed, rank, step])
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def save_train_state(out: Path, opt: torch.optim.Optimizer, step: int, args: Args) -> None:
+    """Optimizer tensors -> safetensors (``state.<param index>.<key>``), the rest -> JSON."""
+    from safetensors.torch import save_file
+
+    sd = opt.state_dict()
+    tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous()
+               for i, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    tmp = out / f".{TRAIN_STATE_TENSORS}.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, out / TRAIN_STATE_TENSORS)
+    meta = {"step": step, "param_groups": sd["param_groups"], "args": dataclasses.asdict(args),
+            "tensors_sha256": sha256_file(out / TRAIN_STATE_TENSORS)}
+    tmp = out / f".{TRAIN_STATE_JSON}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / TRAIN_STATE_JSON)
+
+
+def load_train_state(out: Path, opt: torch.optim.Optimizer) -> int:
+    """Restore the optimizer from ``out``; returns the step to continue from."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((out / TRAIN_STATE_JSON).read_text())
+    if sha256_file(out / TRAIN_STATE_TENSORS) != meta["tensors_sha256"]:
+        raise RuntimeError(f"{out / TRAIN_STATE_TENSORS}: sha256 does not match {TRAIN_STATE_JSON}")
+    tensors = load_file(str(out / TRAIN_STATE_TENSORS))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        _, i, k = key.split(".", 2)
+        state.setdefault(int(i), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"])
+
+
+def load_model_weights(out: Path, mtm: MTM) -> None:
+    from mtm_runtime.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(out, expect_spec=mtm.spec)
+    mtm.load_state_dict(ckpt.state_dict, strict=True)
+
+
+@torch.no_grad()
+def validate(mtm: MTM, spec: TrajectorySpec, val: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+             device: torch.device) -> dict[str, float]:
+    """Validation: AUTO-mask loss on the fixed windows and hidden-token MSE of each mode mask
+    (normalised units; bc/rcbc/goal score the action at T-1, id all actions, fd the state at T-1)."""
+    if val is None:
+        return {}
+    x, present, mask = val
+    mtm.eval()
+    xt, pt, mt = (torch.from_numpy(a).to(device) for a in (x, present, mask))
+    loss, _ = mtm_loss(spec, mtm(xt, mt), xt, mt, pt)
+    out = {"val_loss": float(loss)}
+    for mode in M.available_modes(spec):
+        m = torch.from_numpy(M.mode_mask(spec, mode)).to(device).expand_as(mt)
+        m = torch.minimum(m, pt)
+        pred = mtm(xt, m)
+        col = spec.index(ACTIONS) if mode != "fd" else spec.index("states")
+        sl = spec.slice(spec.names[col])
+        err = (pred[..., sl] - xt[..., sl]).pow(2).mean(-1)                  # [B, T]
+        w = (1.0 - m[..., col]) * pt[..., col]
+        out[f"val_{mode}_mse"] = float((err * w).sum() / w.sum().clamp_min(1.0))
+    return out
+
+
+def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
+    """Train/val loss, learning rate and throughput (and eval scores if any) against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in rows for k in r})
+    score_keys = [k for k in keys if k.startswith("eval_") and k.endswith("_score")]
+    fig, axes = plt.subplots(1, 3 + bool(score_keys), figsize=(4.5 * (3 + bool(score_keys)), 3.5))
+    series = lambda k: ([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r])  # noqa: E731
+    for k in ["loss", "val_loss"] + [k for k in keys if k.startswith("val_") and k.endswith("_mse")]:
+        axes[0].plot(*series(k), label=k)
+    axes[0].set_yscale("log"), axes[0].set_title("loss (normalised MSE)"), axes[0].legend(fontsize=7)
+    axes[1].plot(*series("lr")), axes[1].set_title("learning rate")
+    axes[2].plot(*series("samples_per_s")), axes[2].set_title("samples/s")
+    for k in score_keys:
+        axes[3].plot(*series(k), marker="o", label=k)
+    if score_keys:
+        axes[3].set_title("normalised score"), axes[3].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---- the run -----------------------------------------------------------------------------------
+def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
+    """Train; returns a summary (final val metrics, samples/s, out dir). ``episodes`` replaces
+    loading ``args.data`` (the benchmark passes subsets in memory; provenance still names data)."""
+    # 2. distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR ...)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}" if use_cuda and args.device in ("auto", "cuda") else
+                          (args.device if use_cuda else "cpu"))
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    is_main = rank == 0
+    if args.batch_size % world:
+        raise SystemExit(f"train: --batch-size {args.batch_size} must divide evenly over {world} ranks")
+    local_batch = args.batch_size // world
+    out = Path(args.out)
+    log = print if is_main else (lambda *a, **k: None)
+
+    # 3. data, spec, normaliser
+    meta = {}
+    if episodes is None:
+        try:
+            meta = read_metadata(args.data)
+        except Exception:  # noqa: BLE001 - plain D4RL / Minari: no metadata group
+            meta = {}
+        task: Task = get_task(args.task or meta.get("task", ""))
+        episodes = load_episodes(args.data, task)
+    else:
+        task = get_task(args.task)
+    if args.labelled_only:
+        episodes = [ep for ep in episodes if ep.present.get(ACTIONS, True)]
+    train_eps, val_eps = split_episodes(episodes, args.val_fraction, seed=args.seed)
+    spec = TrajectorySpec.create(args.horizon, **task.modality_widths())
+    norm = fit_normaliser(spec, train_eps, args.rtg_scale)
+    sampler = NormalisedSampler(train_eps, spec, norm)
+    val = None
+    if val_eps:
+        vrng = np.random.default_rng([args.seed, 0x5A1])
+        vx, vp = NormalisedSampler(val_eps, spec, norm).sample(args.val_windows, vrng)
+        vm = M.apply_availability(M.sample_training_masks(spec, len(vx), vrng, ("auto",)), vp, vrng)
+        val = (vx, vp, vm)
+    n_labelled = sum(ep.present.get(ACTIONS, True) for ep in train_eps)
+    log(f"[train] {task.name}: {len(train_eps)} train episodes ({n_labelled} with actions), {len(val_eps)} val; "
+        f"spec {spec.describe()}; world {world} on {device}")
+
+    # 4. model, optimiser, schedule
+    torch.manual_seed(args.seed)
+    mtm = build_model(spec, args.preset).to(device)
+    net: nn.Module = TrainForward(mtm)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if use_cuda else None)
+    opt = torch.optim.AdamW(mtm.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sched = TrainConfig(steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps)
+    start = 0
+    if args.resume and (out / TRAIN_STATE_JSON).exists():
+        load_model_weights(out, mtm)
+        start = load_train_state(out, opt)
+        log(f"[train] resumed from {out} at step {start}")
+    elif args.resume:
+        log(f"[train] --resume: no train state in {out}, starting from scratch")
+    if world > 1:  # every rank starts from rank 0's weights and optimizer state
+        for p in mtm.parameters():
+            dist.broadcast(p.data, 0)
+    limits = ActionLimits.symmetric(1.0, spec.width(ACTIONS)) if task.name in ("reacher", "inverted_double_pendulum", "hopper") else None
+    if limits is not None:
+        env = task.make_env()
+        limits = ActionLimits(env.action_space.low, env.action_space.high)
+        env.close()
+    provenance = {
+        "task": task.name, "dataset": {"path": str(Path(args.data).resolve()) if args.data else None,
+                                       "sha256": sha256_file(args.data) if args.data and Path(args.data).is_file() else None,
+                                       "tier": meta.get("tier"), "episodes": len(episodes),
+                                       "train_episodes": len(train_eps), "val_episodes": len(val_eps)},
+        "config": dataclasses.asdict(args), "git_commit": git_commit(), "world_size": world,
+        "parameters": count_parameters(mtm), "trainer": "training/train.py",
+    }
+
+    def checkpoint(step: int) -> None:
+        if not is_main:
+            return
+        prov = {**provenance, "steps": step, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        save_checkpoint(out, mtm, norm, limits, prov)
+        save_train_state(out, opt, step, args)
+
+    # 5. the loop
+    rows: list[dict[str, float]] = []
+    csv_path = out / "scalars.csv"
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(json.dumps(dataclasses.asdict(args), indent=2) + "\n")
+        if start > 0 and csv_path.exists():
+            with open(csv_path) as f:
+                rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+            rows = [r for r in rows if r["step"] <= start]
+    stop = min(args.until or args.steps, args.steps)
+    bar = None
+    if is_main and args.progress and stop > start:
+        from tqdm import tqdm
+        bar = tqdm(total=stop - start, initial=0, desc="train", unit="step", dynamic_ncols=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
+    t_start, smooth = time.perf_counter(), None
+    summary: dict[str, Any] = {}
+    for step in range(start, stop):
+        net.train()
+        rng = step_rng(args.seed, rank, step)
+        torch.manual_seed(args.seed * 1_000_003 + rank * 10_007 + step)  # dropout
+        x, present = sampler.sample(local_batch, rng)
+        mask = M.apply_availability(M.sample_training_masks(spec, local_batch, rng, args.masks), present, rng)
+        xt, mt, pt = (torch.from_numpy(a).to(device, non_blocking=True) for a in (x, mask, present))
+        lr = lr_at(step, sched)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast:
+            pred = net(xt, mt)
+        loss, parts = mtm_loss(spec, pred.float(), xt, mt, pt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(mtm.parameters(), args.grad_clip))
+        opt.step()
+
+        done = step + 1
+        elapsed = time.perf_counter() - t_start
+        row = {"step": done, "loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm,
+               "samples_per_s": (done - start) * args.batch_size / max(elapsed, 1e-9),
+               **{f"loss_{k}": v for k, v in parts.items()}}
+        smooth = row["loss"] if smooth is None else 0.98 * smooth + 0.02 * row["loss"]
+        last = done == stop
+        if (args.val_every and done % args.val_every == 0) or last:
+            row.update(validate(mtm, spec, val, device))
+        if is_main and args.eval_every and (done % args.eval_every == 0 or (last and done == args.steps)):
+            from training.evaluate import evaluate_checkpoint_object
+
+            for mode in args.eval_modes:
+                res = evaluate_checkpoint_object(mtm, norm, limits, task, mode, episodes=args.eval_episodes,
+                                                 seeds=(10_000,), workers=1)
+                row[f"eval_{mode}_score"] = res["score_mean"]
+                if res.get("success_mean") is not None:
+                    row[f"eval_{mode}_success"] = res["success_mean"]
+        if (args.ckpt_every and done % args.ckpt_every == 0) or last:
+            checkpoint(done)
+        if is_main:
+            rows.append(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{smooth:.4f}", samples_s=f"{row['samples_per_s']:.0f}", lr=f"{lr:.1e}")
+        summary = row
+    if bar is not None:
+        bar.close()
+
+    # 6. the end: scalars + curves (rank 0)
+    if is_main and rows:
+        keys = ["step"] + sorted({k for r in rows for k in r} - {"step"})
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        if args.plot:
+            plot_curves(rows, out / "curves.png")
+        vals = {k: v for k, v in summary.items() if k.startswith("val_")}
+        log(f"[train] step {summary.get('step')}: loss {summary.get('loss', math.nan):.4f} "
+            + " ".join(f"{k} {v:.4f}" for k, v in vals.items())
+            + f"; {summary.get('samples_per_s', 0):.0f} samples/s; wrote {out}")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {**summary, "out": str(out), "spec": spec.describe(), "device": str(device), "world_size": world}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    run(resolve_args(p.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
