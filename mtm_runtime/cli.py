@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("mtm_runtime.commands.profile", "latency profile of Policy.act per backend (paced or flat out)"),
     "launch": ("mtm_runtime.commands.launch", "start the ROS 2 node set of launch/policy.launch.py (one process per node)"),
     "collect": ("mtm_runtime.commands.collect", "roll out a scripted expert into a D4RL-style HDF5 dataset"),
+    "train": ("mtm_runtime.commands.train", "train an MTM on a dataset (training/train.py; torchrun for DDP)"),
+    "eval": ("mtm_runtime.commands.eval", "evaluate a checkpoint in the simulator (bc/rcbc/goal; ID/FD errors)"),
 }
 
 

@@ -121,7 +121,7 @@ def test_mtm_launch_lockstep_reproduces_in_process_rollout(ros_env, tmp_path: Pa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(results.read_text())
     ros = data["episodes"]
-    assert data["lockstep_resends"] == 0
+    assert data["lockstep_resends"] <= 1  # a first observation lost before discovery completed is resent
     import torch
 
     threads = torch.get_num_threads()

