@@ -271,8 +271,8 @@ def features_parity(onnx_bytes: bytes, extractor: FeatureExtractor, batch_size: 
 
 
 class OrtFeatures:
-    """ONNX Runtime runner for a ``features.onnx`` graph: ``run(x, mask) -> [B, F]`` (a reused
-    output array; copy what you keep). Static batch from the graph."""
+    """ONNX Runtime runner for a ``features.onnx`` graph: ``run(x, mask) -> [B, F]`` float32.
+    Static batch from the graph (``input_shapes``)."""
 
     def __init__(self, onnx: str | os.PathLike | bytes, threads: int = 1) -> None:
         data = bytes(onnx) if isinstance(onnx, (bytes, bytearray)) else Path(onnx).read_bytes()
@@ -311,7 +311,7 @@ class RuntimeFeatures:
             rf.record_action(a)                  # executed action -> history of the next step
 
     ``state_action`` features need the candidate action: ``features(state, action=a)``.
-    The returned array is reused by the next call.
+    The returned array may be reused by the next call: copy what you keep.
     """
 
     def __init__(self, spec: TrajectorySpec, normaliser: Normaliser,

@@ -12,8 +12,8 @@ parity). ``read_onnx_metadata`` returns it; ``checkpoint.parse_metadata`` valida
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)``. On torch 2.13 it
 emits opset 17 natively in ~0.7 s; the dynamo exporter only implements opset >= 18 and reaches
 17 through a fallback version converter (and takes 2-4 s), for the same 147-node graph. The
-result is cleaned by ``onnxscript.optimizer`` (constants folded into initializers, Identity
-nodes removed).
+result is tidied (``_clean``: Constant nodes -> initializers, Identity nodes bypassed), which
+leaves the same ops as the dynamo graph.
 
 Opset: 17 by default, 17..20 accepted. 17 is the first opset with a single
 ``LayerNormalization`` node (TensorRT maps it to its normalisation layer and can keep it in fp32
@@ -119,12 +119,27 @@ def export_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None, batch_s
 
 
 def _clean(proto: Any) -> Any:
-    """Fold constants into initializers and drop Identity nodes (onnxscript optimizer)."""
-    try:
-        import onnxscript.optimizer as oso
-    except ImportError:  # the graph is valid without it, just less tidy
-        return proto
-    return oso.optimize(proto)
+    """Tidy the TorchScript export in place: ``Constant`` nodes become initializers and
+    ``Identity`` nodes are bypassed (their consumers read the source tensor directly)."""
+    g = proto.graph
+    outputs = {o.name for o in g.output}
+    rename: dict[str, str] = {}
+    keep = []
+    for node in g.node:
+        for k, name in enumerate(node.input):
+            if name in rename:
+                node.input[k] = rename[name]
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = node.attribute[0].t
+            t.name = node.output[0]
+            g.initializer.append(t)
+        elif node.op_type == "Identity" and node.output[0] not in outputs:
+            rename[node.output[0]] = node.input[0]
+        else:
+            keep.append(node)
+    del g.node[:]
+    g.node.extend(keep)
+    return proto
 
 
 def _weights_sha256(ckpt: Checkpoint) -> str:

@@ -23,18 +23,38 @@ Every published command is inside the limits and obeys the rate limit (fault act
 after activation the rate limiter starts from the fault action with no history (zeros clipped into
 the limits, or ``safe_action``), so the first commands ramp from there.
 
+Safety contract (``docs/safety.md``, numbers in ``mtm_runtime.safety_contract``):
+* /diagnostics carries ``fault`` (the active fault kind, ``none``) and ``fault_detail``; the level
+  is the worst active fault's (held ``FAULT_HOLD_S`` after its last occurrence). A fault
+  publishes /diagnostics at once (at most every ``DIAG_MIN_INTERVAL_S``), besides the 1 Hz report.
+* JointState inputs must have strictly increasing stamps within an episode; with
+  ``max_state_age > 0`` (clocks in one domain) stamps older than that or more than
+  ``max_future_s`` ahead of the node's clock are rejected too. JointState commands carry the
+  stamp of the state they were computed from; fault commands carry the node's clock.
+* ``trigger: state`` steps at most ``max_input_rate_factor`` times per period: a flood of states
+  is deferred to the next tick, so it cannot multiply the per-step rate limit.
+* SIGINT/SIGTERM (``main``): while active the fault action is published (a rate-limited ramp of at
+  most ``SHUTDOWN_RAMP_MAX_STEPS`` commands), then the node shuts down and exits 0.
+* Test backends: with ``MTM_ALLOW_EXTERNAL_BACKENDS=1`` in the environment (tests only),
+  ``backend: external:package.module:Class`` loads a checkpoint directory and runs it through
+  that ``mtm_runtime.backends.Backend`` subclass. Without the variable it is refused.
+
 Latency: ``act`` = time inside policy.act(); ``e2e`` = from the state's arrival in this node to
 the command's publication (includes the wait for the timer in ``trigger: timer``).
 """
 from __future__ import annotations
 
+import importlib
 import math
+import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import rclpy
+import rclpy.duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -45,6 +65,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 
+from mtm_runtime import safety_contract as contract
 from mtm_runtime.latency import LoopStats
 from mtm_runtime.safety import (FAULT_KINDS, ActionLimits, FaultAction, RateLimiter, StaleWatchdog,
                                 UnsafeCommandError, intersect_limits, state_rejection_reason)
@@ -108,7 +129,35 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "inference_threads": (1, _desc("torch intra-op threads for the default loader (0 = library default)",
                                    ilo=0, ihi=256)),
     "autostart": (False, _desc("configure and activate at start-up (no lifecycle manager needed)")),
+    "max_state_age": (0.0, _desc("reject JointState stamps older than this vs the node clock (s; 0 = off: "
+                                 "only needs stamps to increase)", lo=0.0, hi=3600.0)),
+    "max_future_s": (0.05, _desc("with max_state_age > 0: reject stamps this far ahead of the node clock (s)",
+                                 lo=0.0, hi=3600.0)),
+    "max_input_rate_factor": (contract.MAX_INPUT_RATE_FACTOR,
+                              _desc("trigger=state: at most this many steps per control period", lo=1.0, hi=100.0)),
 }
+#: Prefix of the test-only backend form ``external:module:Class`` (needs EXTERNAL_BACKENDS_ENV=1).
+EXTERNAL_PREFIX = "external:"
+EXTERNAL_BACKENDS_ENV = "MTM_ALLOW_EXTERNAL_BACKENDS"
+
+
+def load_external_policy(path: str, spec_str: str, mode: str) -> Any:
+    """``external:module:Class`` -> a Policy on that Backend subclass (tests only; see module doc)."""
+    from mtm_runtime.backends import Backend
+    from mtm_runtime.checkpoint import load_checkpoint
+    from mtm_runtime.policy import Policy
+
+    if os.environ.get(EXTERNAL_BACKENDS_ENV) != "1":
+        raise ValueError(f"backend {spec_str!r}: external backends are for tests; set {EXTERNAL_BACKENDS_ENV}=1")
+    target = spec_str[len(EXTERNAL_PREFIX):]
+    module, _, cls_name = target.partition(":")
+    if not module or not cls_name:
+        raise ValueError(f"backend {spec_str!r}: expected external:package.module:Class")
+    cls = getattr(importlib.import_module(module), cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ValueError(f"backend {spec_str!r}: {cls_name} is not a mtm_runtime Backend subclass")
+    ckpt = load_checkpoint(path)
+    return Policy(ckpt.spec, ckpt.normaliser, cls(ckpt.spec), ckpt.action_limits, mode, ckpt.metadata())
 
 
 def _floats(value: Any) -> list[float]:
@@ -131,9 +180,14 @@ class PolicyNode(LifecycleNode):
         self.policy: Any = None
         self.executor_name = ""
         self._config_error = ""
+        self.param_refusals = 0
+        self.config_failures = 0
+        self._faults_seen: dict[str, tuple[float, str]] = {}  # kind -> (monotonic time, detail)
+        self._last_diag_t = 0.0
         self._reset_entities()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        self._diag_pending = False
+        self._diag_timer = self.create_timer(contract.DIAG_MIN_INTERVAL_S, self._on_diag_timer)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self._autostart_timer = None
         if self.get_parameter("autostart").value:
@@ -147,6 +201,8 @@ class PolicyNode(LifecycleNode):
         self._reward_acc: float | None = None
         self._episode_steps = 0
         self._last_cmd: np.ndarray | None = None
+        self._last_stamp_ns: int | None = None
+        self._last_step_t = -math.inf
         self._trigger, self._command_type, self._command_interface = "state", "float64_multiarray", "effort"
 
     # ---- parameters ------------------------------------------------------------------------
@@ -160,6 +216,25 @@ class PolicyNode(LifecycleNode):
                 self.get_logger().warning(f"refused {prm.name}={prm.value!r}: {reason}")
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
+
+    def set_parameters(self, parameter_list: list[Parameter]) -> list[SetParametersResult]:
+        """rclpy's, plus: every refusal (descriptor range or our callback) is counted and reported."""
+        results = super().set_parameters(parameter_list)
+        for prm, res in zip(parameter_list, results):
+            self._count_refusal([prm], res)
+        return results
+
+    def set_parameters_atomically(self, parameter_list: list[Parameter]) -> SetParametersResult:
+        """rclpy's (the ``~/set_parameters`` service uses it), plus refusals counted and reported."""
+        res = super().set_parameters_atomically(parameter_list)
+        self._count_refusal(parameter_list, res)
+        return res
+
+    def _count_refusal(self, params: list[Parameter], res: SetParametersResult) -> None:
+        if not res.successful:
+            self.param_refusals += 1
+            names = ", ".join(f"{p.name}={p.value!r}" for p in params)
+            self._note_fault("param_refused", f"{names}: {res.reason}")
 
     def _check_parameter(self, name: str, value: Any) -> str | None:
         """None if ``value`` is acceptable for ``name`` now (and applied to a live policy), else why not."""
@@ -218,6 +293,8 @@ class PolicyNode(LifecycleNode):
         (1 by default: on a couple of shared cores one thread has the lowest jitter)."""
         from mtm_runtime.policy import Policy
 
+        if backend.startswith(EXTERNAL_PREFIX):
+            return load_external_policy(path, backend, mode)
         opts: dict[str, Any] = {}
         threads = int(self.p("inference_threads"))
         if threads and (backend or "torch").startswith("torch") and not path.endswith((".onnx", ".engine")):
@@ -238,11 +315,14 @@ class PolicyNode(LifecycleNode):
             self._configure()
         except Exception as e:  # noqa: BLE001 - any failure leaves the node unconfigured
             self._config_error = f"configure failed: {e}"
+            self.config_failures += 1
+            self._note_fault("configure_failed", self._config_error)
             self.stats.last_fault_reason = self._config_error
             self.get_logger().error(self._config_error)
             self._teardown()
             return TransitionCallbackReturn.FAILURE
         self._config_error = ""
+        self._faults_seen.pop("configure_failed", None)
         self.lifecycle_state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
@@ -278,6 +358,9 @@ class PolicyNode(LifecycleNode):
         self.fault = FaultAction(str(self.p("fault_action")), self.limits, _floats(self.p("safe_action")))
         self.watchdog = StaleWatchdog(float(self.p("stale_timeout")))
         self.period_s = 1.0 / float(self.p("control_rate_hz"))
+        self._min_step_s = self.period_s / float(self.p("max_input_rate_factor"))
+        self._max_age_ns = int(float(self.p("max_state_age")) * 1e9)
+        self._max_future_ns = int(float(self.p("max_future_s")) * 1e9)
         self.state_width, self.action_width = sw, aw
         self._joints, self._fields = joints, fields
         n = int(self.p("warmup_iters"))
@@ -305,6 +388,8 @@ class PolicyNode(LifecycleNode):
         self.policy.reset()
         self.rate_limiter.reset(self.fault.action(None))  # ramp from the resting command
         self._newest, self._reward_acc, self._episode_steps, self._last_cmd = None, None, 0, None
+        self._last_stamp_ns, self._last_step_t = None, -math.inf
+        self._faults_seen.pop("stale_input", None)
         self.watchdog.arm()
         self._timer = self.create_timer(self.period_s, self._on_tick)
         self.lifecycle_state = "active"
@@ -354,11 +439,33 @@ class PolicyNode(LifecycleNode):
         except conv.ConversionError as e:
             self._reject(str(e))
             return
-        self._accept(state, conv.stamp_to_ns(msg.header.stamp))
+        stamp = conv.stamp_to_ns(msg.header.stamp)
+        if self.lifecycle_state == "active":
+            if self.watchdog.age() > float(self.p("stale_reset_s")):
+                self._last_stamp_ns = None  # a new episode will start: old stamps are void
+            reason = self._stamp_rejection(stamp)
+            if reason:
+                self._reject(reason)
+                return
+        self._accept(state, stamp)
+
+    def _stamp_rejection(self, stamp_ns: int) -> str | None:
+        """None if the stamp is acceptable (increasing; within max_state_age / max_future_s of now)."""
+        if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
+            return (f"state stamp {stamp_ns * 1e-9:.6f} s is not after the previous one "
+                    f"({self._last_stamp_ns * 1e-9:.6f} s): duplicate or out of order")
+        if self._max_age_ns:
+            now = self.get_clock().now().nanoseconds
+            if now - stamp_ns > self._max_age_ns:
+                return f"state stamp is {(now - stamp_ns) * 1e-9:.3f} s old (> max_state_age)"
+            if stamp_ns - now > self._max_future_ns:
+                return f"state stamp is {(stamp_ns - now) * 1e-9:.3f} s in the future (> max_future_s)"
+        return None
 
     def _reject(self, reason: str) -> None:
         self.stats.rejected_inputs += 1
         self.stats.last_fault_reason = f"rejected input: {reason}"
+        self._note_fault("rejected_input", reason)
         self.get_logger().warning(self.stats.last_fault_reason, throttle_duration_sec=1.0)
 
     def _accept(self, state: np.ndarray, stamp_ns: int) -> None:
@@ -369,6 +476,12 @@ class PolicyNode(LifecycleNode):
         if reason:
             self._reject(reason)
             return
+        if self._trigger == "state" and t_in - self._last_step_t < self._min_step_s:
+            self._newest = (state, stamp_ns, t_in)  # flood: deferred to the next tick
+            self._last_stamp_ns = stamp_ns
+            self.watchdog.feed(t_in)
+            return
+        self._last_stamp_ns = stamp_ns
         gap = self.watchdog.feed(t_in)
         if gap > self.watchdog.timeout_s:
             self.get_logger().info(f"fresh input after {gap:.3f} s without one")
@@ -405,6 +518,7 @@ class PolicyNode(LifecycleNode):
     def _new_episode(self, why: str) -> None:
         self.policy.reset()
         self._reward_acc, self._episode_steps, self._newest = None, 0, None
+        self._last_stamp_ns = None
         self.stats.episode_resets += 1
         self.get_logger().info(f"new episode: {why}")
 
@@ -414,9 +528,10 @@ class PolicyNode(LifecycleNode):
         if self.watchdog.stale():
             self.stats.stale_ticks += 1
             self._publish_fault(f"stale input: no valid state for {self.watchdog.age():.3f} s "
-                                f"(> {self.watchdog.timeout_s} s)", self.get_clock().now().nanoseconds)
+                                f"(> {self.watchdog.timeout_s} s)", self.get_clock().now().nanoseconds,
+                                "stale_input")
             return
-        if self._newest is not None and self._trigger == "timer":
+        if self._newest is not None:  # timer trigger, or states deferred by a flood
             state, stamp_ns, t_in = self._newest
             self._newest = None
             self._step(state, stamp_ns, t_in)
@@ -425,11 +540,13 @@ class PolicyNode(LifecycleNode):
         reward = self._reward_acc if self._episode_steps else None  # no reward precedes an episode's first act
         self._reward_acc = None
         t0 = time.monotonic()
+        self._last_step_t = t0
         try:
             action = self.policy.act(state.astype(np.float32), reward=reward)
         except Exception as e:  # noqa: BLE001 - a failing model must not stop the loop
             self.stats.act_errors += 1
-            self._publish_fault(f"act() raised {type(e).__name__}: {e}", stamp_ns)
+            self._publish_fault(f"act() raised {type(e).__name__}: {e}", self.get_clock().now().nanoseconds,
+                                "act_error")
             return
         dt = time.monotonic() - t0
         self._episode_steps += 1
@@ -437,23 +554,57 @@ class PolicyNode(LifecycleNode):
         if dt > self.period_s:
             self.stats.overruns += 1
             self._publish_fault(f"inference overrun: act() took {dt * 1e3:.2f} ms > period "
-                                f"{self.period_s * 1e3:.2f} ms", stamp_ns)
+                                f"{self.period_s * 1e3:.2f} ms", self.get_clock().now().nanoseconds, "overrun")
             return
         try:
             cmd = self.rate_limiter.apply(self.limits.clip(np.asarray(action, dtype=np.float32)))
         except UnsafeCommandError as e:
             self.stats.act_errors += 1
-            self._publish_fault(f"unsafe command from the policy: {e}", stamp_ns)
+            self._publish_fault(f"unsafe command from the policy: {e}", self.get_clock().now().nanoseconds,
+                                "unsafe_output")
             return
         self.stats.ticks += 1
         self._publish(cmd, stamp_ns)
         self.stats.e2e_latency.add(time.monotonic() - t_in)
 
-    def _publish_fault(self, reason: str, stamp_ns: int) -> None:
+    def _publish_fault(self, reason: str, stamp_ns: int, kind: str) -> None:
+        """The fault action (through the rate limiter), stamped with the node's clock."""
         self.stats.fault(reason)
         self.get_logger().warning(reason, throttle_duration_sec=1.0)
+        self._note_fault(kind, reason)
         cmd = self.rate_limiter.apply(self.fault.action(self._last_cmd))
         self._publish(cmd, stamp_ns)
+
+    def _note_fault(self, kind: str, detail: str) -> None:
+        """Remember a fault for /diagnostics and publish them now (at most every DIAG_MIN_INTERVAL_S)."""
+        now = time.monotonic()
+        prev = self._faults_seen.get(kind)
+        self._faults_seen[kind] = (now, detail)
+        if now - self._last_diag_t >= contract.DIAG_MIN_INTERVAL_S:
+            self._publish_diagnostics()
+        else:
+            self._diag_pending = True  # the diagnostics timer sends it within DIAG_MIN_INTERVAL_S
+
+    def active_faults(self) -> list[tuple[str, str]]:
+        """(kind, detail) of faults seen within FAULT_HOLD_S, worst level first."""
+        now = time.monotonic()
+        live = [(k, d) for k, (t, d) in self._faults_seen.items() if now - t <= contract.FAULT_HOLD_S]
+        return sorted(live, key=lambda kd: -contract.LEVELS[contract.CONTRACT[kd[0]].level])
+
+    def safe_stop(self) -> int:
+        """Publish the fault action (rate-limited ramp, bounded) if active; returns commands sent."""
+        if self.lifecycle_state != "active" or self._cmd_pub is None:
+            return 0
+        self._note_fault("shutdown", "signal: stopping")
+        target = self.fault.action(self._last_cmd)
+        stamp = self.get_clock().now().nanoseconds
+        for n in range(1, contract.SHUTDOWN_RAMP_MAX_STEPS + 1):
+            cmd = self.rate_limiter.apply(target).copy()
+            self._publish(cmd, stamp)
+            if np.array_equal(cmd, target):
+                return n
+            time.sleep(self.period_s)  # the actuator gets one period per ramp step
+        return contract.SHUTDOWN_RAMP_MAX_STEPS
 
     def _publish(self, cmd: np.ndarray, stamp_ns: int) -> None:
         if self._cmd_pub is None:
@@ -480,15 +631,32 @@ class PolicyNode(LifecycleNode):
             for k, v in ring.summary().as_ms().items():
                 vals[f"{prefix}_{k}"] = v
         vals.update(s.counters())
+        vals["param_refusals"] = self.param_refusals
+        vals["config_failures"] = self.config_failures
         vals["last_fault_reason"] = s.last_fault_reason or "none"
+        faults = self.active_faults()
+        vals["fault"] = ",".join(k for k, _ in faults) or "none"
+        vals["fault_detail"] = faults[0][1] if faults else "none"
         return vals
 
+    def _on_diag_timer(self) -> None:
+        """Every DIAG_MIN_INTERVAL_S: pending fault reports now, the periodic report at 1 Hz."""
+        if self._diag_pending or time.monotonic() - self._last_diag_t >= 1.0:
+            self._publish_diagnostics()
+
     def _publish_diagnostics(self) -> None:
+        if getattr(self, "_diag_pub", None) is None:
+            return
+        self._diag_pending = False
+        self._last_diag_t = time.monotonic()
         vals = self.diagnostics_values()
+        faults = self.active_faults()
         if self._config_error:
             level, text = DiagnosticStatus.ERROR, self._config_error
         elif self.lifecycle_state == "active" and self.watchdog.stale():
             level, text = DiagnosticStatus.WARN, "stale input"
+        elif faults and faults[0][0] != "configure_failed":
+            level, text = contract.LEVELS[contract.CONTRACT[faults[0][0]].level], f"{faults[0][0]}: {faults[0][1]}"
         elif self.lifecycle_state != "active":
             level, text = DiagnosticStatus.OK, self.lifecycle_state
         else:
@@ -506,16 +674,36 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point ``mtm_policy_node`` (accepts ``--ros-args -p ... --params-file ...``)."""
     args = sys.argv if argv is None else argv
     context = rclpy.Context()
-    rclpy.init(args=args, context=context)
+    try:  # our own SIGINT/SIGTERM handling: the context must stay up to publish the safe action
+        from rclpy.signals import SignalHandlerOptions
+
+        rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    except ImportError:  # pragma: no cover - very old rclpy
+        rclpy.init(args=args, context=context)
+    stop: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, _f: stop.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
     node = PolicyNode(context=context, cli_args=None)
     executor, node.executor_name = make_executor(context)
     executor.add_node(node)
     node.get_logger().info(f"executor: {node.executor_name}")
     try:
-        spin_loop(executor, context)
+        spin_loop(executor, context, keep_going=lambda: not stop, period_s=0.05)
+        if stop:
+            sent = node.safe_stop()
+            node.get_logger().info(f"{signal.Signals(stop[0]).name} in state {node.lifecycle_state}: "
+                                   f"{sent} safe command(s) published, shutting down")
+            if sent and node._cmd_pub is not None:
+                node._cmd_pub.wait_for_all_acked(timeout=rclpy.duration.Duration(seconds=0.5))
+            if node.lifecycle_state in ("unconfigured", "inactive", "active"):
+                node.trigger_shutdown()
+            end = time.monotonic() + 0.2  # let the transition event and logs out
+            while time.monotonic() < end:
+                executor.spin_once(timeout_sec=0.02)
     except KeyboardInterrupt:
         pass
     finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         if context.ok():

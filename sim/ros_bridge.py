@@ -14,6 +14,11 @@ Modes
   ROS rollout reproduces the in-process rollout for the same seed. An observation that gets no
   command within ``lockstep_resend_s`` (lost, or the policy not active yet) is sent again.
 
+Safety (``docs/safety.md``): a command that is non-finite or of the wrong width is ignored and
+counted (``rejected_commands``); in ``realtime`` a command older than ``command_timeout_s`` is
+replaced by zeros (``command_timeouts``, WARN in /diagnostics) until a fresh one arrives, so a
+dead policy node never leaves the plant driven by its last command.
+
 Episodes: at termination or the task's time limit the return and normalised score are logged
 and published, then the bridge calls the policy node's ``~/reset`` service
 (``policy_reset_service``; empty = none) and waits for its answer (at most ``reset_timeout_s``)
@@ -79,6 +84,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "actuator_gain_scale": ([1.0, 1.0], "[low, high] actuator gear scale"),
     "obs_noise_std": (0.0, "Gaussian observation noise (observation units)"),
     "action_latency_steps": (0, "actions act this many control steps late"),
+    "stamp_clock": ("sim", "joint_states stamps: 'sim' (sim time, as /clock) or 'ros' (this node's clock)"),
+    "command_timeout_s": (0.5, "realtime: no valid command for this long -> zero action (0 = hold forever)"),
 }
 
 
@@ -117,6 +124,9 @@ class SimBridge(Node):
         self._awaiting = False          # an observation is out and unanswered (lockstep)
         self._resetting = False
         self._command: np.ndarray | None = None
+        self._command_t = 0.0
+        self.rejected_commands, self.command_timeouts = 0, 0
+        self._timed_out = False
         self._zero = np.zeros(self.task.action_dim, dtype=self.env.action_space.dtype)
 
         self.obs_pub = self.create_publisher(Float64MultiArray, "observation", SENSOR_OUT)
@@ -222,6 +232,8 @@ class SimBridge(Node):
         self._obs = np.asarray(obs, dtype=np.float64)
         stamp = conv.ns_to_stamp(int(round(self.sim_steps * self.dt * 1e9)))
         self.clock_pub.publish(Clock(clock=stamp))
+        if self.p("stamp_clock") == "ros":
+            stamp = self.get_clock().now().to_msg()
         if self.p("publish_joint_states"):
             data = self.env.unwrapped.data
             self.js_pub.publish(conv.joint_state_from_arrays(self.task.joint_names, data.qpos[self._qpos],
@@ -248,15 +260,25 @@ class SimBridge(Node):
     def _on_command(self, msg: Any) -> None:
         a = conv.multiarray_to_array(msg) if isinstance(msg, Float64MultiArray) else np.asarray(msg.effort)
         if a.shape != (self.task.action_dim,) or not np.all(np.isfinite(a)):
+            self.rejected_commands += 1
             self.get_logger().warning(f"ignored command of shape {a.shape} (or non-finite)", throttle_duration_sec=1.0)
             return
         self._command = a.astype(self.env.action_space.dtype)  # the env's declared action type
+        self._command_t = time.monotonic()
+        self._timed_out = False
         if self.mode == "lockstep" and self._awaiting and not self._resetting and not self.finished:
             self._step(self._command)
 
     def _on_realtime_tick(self) -> None:
         if self._resetting or self.finished:
             return
+        timeout = float(self.p("command_timeout_s"))
+        if self._command is not None and timeout > 0 and time.monotonic() - self._command_t > timeout:
+            if not self._timed_out:
+                self._timed_out = True
+                self.command_timeouts += 1
+                self.get_logger().warning(f"no command for {timeout} s: applying zeros")
+            self._command = None
         self._step(self._zero if self._command is None else self._command)
 
     def _on_supervise(self) -> None:
@@ -277,11 +299,15 @@ class SimBridge(Node):
         last = self.results[-1] if self.results else {}
         vals = {"task": self.task.name, "mode": self.mode, "episode": self.episode, "step": self.steps,
                 "sim_time_s": self.sim_steps * self.dt, "lockstep_resends": self.resends,
-                "last_return": last.get("return", math.nan), "last_normalised_score": last.get("normalised_score", math.nan)}
+                "last_return": last.get("return", math.nan), "last_normalised_score": last.get("normalised_score", math.nan),
+                "rejected_commands": self.rejected_commands, "command_timeouts": self.command_timeouts,
+                "fault": "no_command" if self._timed_out else "none"}
+        level = DiagnosticStatus.WARN if self._timed_out else DiagnosticStatus.OK
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [conv.diagnostic_status(f"{self.get_name()}: sim", DiagnosticStatus.OK,
-                                             "finished" if self.finished else "running", vals)]
+        arr.status = [conv.diagnostic_status(f"{self.get_name()}: sim", level,
+                                             "finished" if self.finished else
+                                             ("no command: zeros applied" if self._timed_out else "running"), vals)]
         self.diag_pub.publish(arr)
 
 

@@ -116,7 +116,16 @@ def test_read_metadata_without_mtm_metadata(exported: tuple[Path, bytes], tmp_pa
 
 # ---- CLI ------------------------------------------------------------------------------------------
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "mtm_runtime.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    """``mtm ARGS`` in this process (no second torch import); stdout/stderr captured."""
+    import contextlib
+    import io
+
+    from mtm_runtime.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 
 def test_script_writes_a_loadable_model(ckpt_dir: Path, tmp_path: Path) -> None:

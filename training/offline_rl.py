@@ -181,6 +181,16 @@ class ObsSource:
                 return self.norm(fx(self.x[steps], self.m[steps]))
         return self.norm(fx(self.x[steps], self.m[steps]))
 
+    def to(self, device: torch.device) -> "ObsSource":
+        self.norm = self.norm.to(device)
+        for name in ("table", "x", "m"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
+        for fx in (self.extractor, self.target_extractor):
+            if fx is not None:
+                fx.to(device)
+        return self
+
     def polyak(self, tau: float) -> None:
         if self.extractor is not None:
             _polyak(self.extractor, self.target_extractor, tau)
@@ -245,6 +255,7 @@ class Config:
     threads: int = 1               # torch CPU threads
     max_episode_steps: int = 0     # cap on evaluation episode length; 0 = the task's
     save: str = ""                 # directory for actor (+ encoder) weights, safetensors
+    device: str = "cpu"            # cpu | cuda (networks, tables and windows live there)
 
 
 def make_source(cfg: Config, task: Task, episodes: Sequence[Episode], tr: Transitions) -> tuple[ObsSource, Any]:
@@ -290,10 +301,14 @@ def train(cfg: Config, episodes: Sequence[Episode] | None = None,
     relabel = get_relabel(cfg.relabel, task)
     tr = build_transitions(episodes, task, relabel)
     src, eval_fx = make_source(cfg, task, episodes, tr)
+    dev = torch.device(cfg.device)
+    src.to(dev)
+    if eval_fx is not None:
+        eval_fx.to(dev)
     A, max_action = task.action_dim, 1.0
 
-    actor = Actor(src.dim, A, cfg.hidden, max_action)
-    critic = TwinCritic(src.dim, A, cfg.hidden)
+    actor = Actor(src.dim, A, cfg.hidden, max_action).to(dev)
+    critic = TwinCritic(src.dim, A, cfg.hidden).to(dev)
     actor_t, critic_t = copy.deepcopy(actor).requires_grad_(False), copy.deepcopy(critic).requires_grad_(False)
     actor_opt = torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr)
     critic_params = [{"params": critic.parameters(), "lr": cfg.critic_lr}]
@@ -302,10 +317,10 @@ def train(cfg: Config, episodes: Sequence[Episode] | None = None,
         src.extractor.train()
     critic_opt = torch.optim.Adam(critic_params)
 
-    actions = torch.from_numpy(tr.actions)
-    idx, nxt = torch.from_numpy(tr.idx), torch.from_numpy(tr.next_idx)
-    rewards, dones = torch.from_numpy(tr.rewards)[:, None], torch.from_numpy(tr.dones)[:, None]
-    gen = torch.Generator().manual_seed(cfg.seed)
+    actions = torch.from_numpy(tr.actions).to(dev)
+    idx, nxt = torch.from_numpy(tr.idx).to(dev), torch.from_numpy(tr.next_idx).to(dev)
+    rewards, dones = torch.from_numpy(tr.rewards)[:, None].to(dev), torch.from_numpy(tr.dones)[:, None].to(dev)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
     log(f"[offline_rl] {task.name} {cfg.representation}: {len(idx)} transitions, obs dim {src.dim}, "
         f"reward {relabel.description} (mean {float(rewards.mean()):.3f})")
 
@@ -323,12 +338,12 @@ def train(cfg: Config, episodes: Sequence[Episode] | None = None,
     if cfg.eval_every:
         evaluate(0)
     for step in range(1, cfg.steps + 1):
-        b = torch.randint(0, len(idx), (cfg.batch_size,), generator=gen)
+        b = torch.randint(0, len(idx), (cfg.batch_size,), generator=gen, device=dev)
         s, s2 = idx[b], nxt[b]
         a, r, d = actions[s], rewards[b], dones[b]
         with torch.no_grad():
             o2 = src.get(s2, target=True)
-            noise = (torch.randn(a.shape, generator=gen) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+            noise = (torch.randn(a.shape, generator=gen, device=dev) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
             a2 = (actor_t(o2) + noise * max_action).clamp(-max_action, max_action)
             q1_t, q2_t = critic_t(o2, a2)
             y = r + cfg.gamma * (1.0 - d) * torch.min(q1_t, q2_t)
@@ -338,7 +353,7 @@ def train(cfg: Config, episodes: Sequence[Episode] | None = None,
         critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         critic_opt.step()
-        metrics["critic_loss"] = float(critic_loss)
+        metrics["critic_loss"] = float(critic_loss.detach())
 
         if step % cfg.policy_freq == 0:
             o_d = o.detach()
@@ -349,7 +364,7 @@ def train(cfg: Config, episodes: Sequence[Episode] | None = None,
             actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
             actor_opt.step()
-            metrics["actor_loss"], metrics["q_mean"] = float(actor_loss), float(q.mean())
+            metrics["actor_loss"], metrics["q_mean"] = float(actor_loss.detach()), float(q.detach().mean())
             _polyak(actor, actor_t, cfg.tau)
             _polyak(critic, critic_t, cfg.tau)
             src.polyak(cfg.tau)
@@ -367,11 +382,11 @@ def _save(cfg: Config, actor: Actor, src: ObsSource) -> None:
 
     out = Path(cfg.save)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"actor.{k}": v.contiguous() for k, v in actor.state_dict().items()}
-    tensors.update({f"obs_norm.{k}": v.contiguous() for k, v in src.norm.state_dict().items()})
+    tensors = {f"actor.{k}": v.cpu().contiguous() for k, v in actor.state_dict().items()}
+    tensors.update({f"obs_norm.{k}": v.cpu().contiguous() for k, v in src.norm.state_dict().items()})
     save_file(tensors, str(out / "td3bc.safetensors"))
     if src.extractor is not None:
-        save_file({k: v.contiguous() for k, v in src.extractor.mtm.state_dict().items()}, str(out / "encoder.safetensors"))
+        save_file({k: v.cpu().contiguous() for k, v in src.extractor.mtm.state_dict().items()}, str(out / "encoder.safetensors"))
     (out / "td3bc.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
 
 
@@ -387,6 +402,7 @@ def evaluate_actor(task: Task, relabel: Relabel, actor: Actor, src: ObsSource, e
 
     was = actor.training
     actor.eval()
+    dev = next(actor.parameters()).device
     fx = src.extractor if src.extractor is not None else extractor
     if fx is not None:
         fx_was = fx.training
@@ -401,13 +417,13 @@ def evaluate_actor(task: Task, relabel: Relabel, actor: Actor, src: ObsSource, e
     limit = max_steps or task.episode_steps
     if fx is not None:
         bufs = [TrajectoryBuffer(spec, norm) for _ in range(episodes)]
-        base = torch.from_numpy(feature_mask(spec, fx.kind))
+        base = torch.from_numpy(feature_mask(spec, fx.kind)).to(dev)
     for _t in range(limit):
         if not alive:
             break
         o = np.stack([obs[i] for i in alive]).astype(np.float32)
         if fx is None:
-            inp = src.norm(torch.from_numpy(o))
+            inp = src.norm(torch.from_numpy(o).to(dev))
         else:
             xs, ms = [], []
             for i in alive:
@@ -419,9 +435,9 @@ def evaluate_actor(task: Task, relabel: Relabel, actor: Actor, src: ObsSource, e
                 x, av = bufs[i].window()
                 xs.append(x[0].copy())
                 ms.append(av[0].copy())
-            mask = torch.minimum(base, torch.from_numpy(np.stack(ms)))
-            inp = src.norm(fx(torch.from_numpy(np.stack(xs)), mask))
-        act = actor(inp).numpy().astype(np.float32)
+            mask = torch.minimum(base, torch.from_numpy(np.stack(ms)).to(dev))
+            inp = src.norm(fx(torch.from_numpy(np.stack(xs)).to(dev), mask))
+        act = actor(inp).cpu().numpy().astype(np.float32)
         new_r = relabel.fn(o.astype(np.float64), act.astype(np.float64))
         still = []
         for j, i in enumerate(alive):

@@ -233,6 +233,17 @@ def step_rng(seed: int, rank: int, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, rank, step])
 
 
+def weights_digest(mtm: MTM) -> str:
+    """sha256 over every parameter and buffer (float32 bytes, state_dict order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in mtm.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -467,6 +478,9 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
         last = done == stop
         if (args.val_every and done % args.val_every == 0) or last:
             row.update(validate(mtm, spec, val, device))
+            if bar is None and not last:
+                log(f"[train] step {done}: loss {row['loss']:.4f} val_loss {row.get('val_loss', math.nan):.4f} "
+                    f"val_bc_mse {row.get('val_bc_mse', math.nan):.4f}; {row['samples_per_s']:.0f} samples/s", flush=True)
         if is_main and args.eval_every and (done % args.eval_every == 0 or (last and done == args.steps)):
             from training.evaluate import evaluate_checkpoint_object
 
@@ -500,10 +514,13 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
         log(f"[train] step {summary.get('step')}: loss {summary.get('loss', math.nan):.4f} "
             + " ".join(f"{k} {v:.4f}" for k, v in vals.items())
             + f"; {summary.get('samples_per_s', 0):.0f} samples/s; wrote {out}")
+    digest = weights_digest(mtm)
     if world > 1:
+        print(f"[train] rank {rank}/{world} final weights sha256 {digest}", flush=True)
         dist.barrier()
         dist.destroy_process_group()
-    return {**summary, "out": str(out), "spec": spec.describe(), "device": str(device), "world_size": world}
+    return {**summary, "out": str(out), "spec": spec.describe(), "device": str(device), "world_size": world,
+            "weights_sha256": digest}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

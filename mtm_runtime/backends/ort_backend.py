@@ -7,21 +7,21 @@ call: copy what you keep). Providers default to TensorRT > CUDA > CPU, whichever
 onnxruntime offers; on a GPU provider the binding is to host memory (ORT copies), which keeps
 the contract identical and is the right trade at batch 1.
 
-Session defaults, measured for the ``embedded`` preset, batch 1, on the 2-core AMD EPYC dev VM
-(ORT 1.32, 2000 steps each, other work on the machine; ``python -m mtm_runtime.backends.ort_backend``
-reprints the table)::
+Session defaults, measured for the ``embedded`` preset, batch 1, BC mask, on the 2-core AMD EPYC
+dev VM (ORT 1.32, 2000 steps each, ``python -m mtm_runtime.backends.ort_backend`` reprints it;
+load average ~1.3 from other work at the time)::
 
     intra_op  spinning  execution    p50 us   p99 us
-    1         on        sequential    ~105     ~150     <- default
-    1         off       sequential    ~107     ~170
-    2         on        sequential    ~125     ~330     (the pool's 2nd thread competes with
-    2         off       sequential    ~140     ~360      the control loop / ROS for 2 cores)
-    1         on        parallel      ~110     ~170
+    1         on        sequential     167      279    <- default
+    1         off       sequential     168      306
+    2         on        sequential     183      321    (the pool's 2nd thread competes with
+    2         off       sequential     215      348     the control loop / ROS for 2 cores)
+    1         on        parallel       167      242    (same within noise: one branch-free graph)
 
 so: intra_op 1, inter_op 1, sequential execution, ORT_ENABLE_ALL. Spinning only matters with
-intra_op > 1 (the pool's threads spin between runs), so it is disabled by default there to give
-the other core back. For the ``paper`` preset intra_op 2 cuts p50 (~2.8 vs ~3.8 ms) when the
-second core is idle; pass ``intra_op_threads=2`` if it is.
+intra_op > 1 (the pool's threads spin between runs), so it is off by default there to give the
+other core back. For the ``paper`` preset intra_op 2 cuts p50 (2.8 vs 3.8-4.0 ms) when the second
+core is idle; pass ``intra_op_threads=2`` if it is.
 
 ``quantize="int8"`` (opt-in) runs ONNX Runtime's dynamic int8 quantisation of the MatMuls
 (``onnx_export.quantize_int8``) and refuses the result unless it stays within

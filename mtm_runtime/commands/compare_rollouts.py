@@ -1,0 +1,33 @@
+"""``mtm compare-rollouts A.mcap B.mcap [--png out.png] [--json out.json]``: per-dimension state and
+action divergence (RMSE, max, correlation) between two recordings, e.g. sim vs hardware with the
+same policy and seeds (``training/rollout_compare.py``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("a", type=Path, help="first recording (.mcap)")
+    parser.add_argument("b", type=Path, help="second recording (.mcap)")
+    parser.add_argument("--png", type=Path, default=None, help="plot (default: compare.png next to A)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    from mtm_runtime.recording import RecordingError
+    from training.rollout_compare import compare, format_table
+
+    png = args.png or args.a.with_name("compare.png")
+    try:
+        result = compare(args.a, args.b, png)
+    except (RecordingError, ValueError) as e:
+        print(f"mtm compare-rollouts: {e}", file=sys.stderr)
+        return 1
+    print(format_table(result))
+    print(f"plot: {result['png']}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0

@@ -1,0 +1,37 @@
+"""``mtm import-mcap FILE.mcap --task reacher -o data.hdf5``: recorded rollouts -> our HDF5 dataset.
+
+See ``training/mcap_import.py`` for the pairing of states with commands and the episode
+boundaries. The result loads with ``training.loaders.load_episodes`` and trains with ``mtm train``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recording", type=Path, help="an .mcap file from mtm record / mtm rollout")
+    parser.add_argument("--task", default="reacher", help="task the recording comes from (sets the widths)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output .hdf5 path")
+
+
+def main(args: argparse.Namespace) -> int:
+    from mtm_runtime.recording import RecordingError
+    from training.mcap_import import import_to_hdf5
+
+    try:
+        path, rep = import_to_hdf5(args.recording, args.task, args.output)
+    except (RecordingError, KeyError) as e:
+        print(f"mtm import-mcap: {e}", file=sys.stderr)
+        return 1
+    notes = []
+    if rep.dropped_partial_first:
+        notes.append("dropped a first episode cut by the start of the recording")
+    if rep.truncated_last:
+        notes.append("kept the last, unfinished episode as truncated")
+    if rep.held:
+        notes.append(f"{rep.held} steps had no command of their own (previous action held)")
+    print(f"wrote {path}: {rep.episodes} episodes, {rep.steps} steps, command pairing by {rep.pairing}"
+          + ("; " + "; ".join(notes) if notes else ""))
+    return 0

@@ -1,0 +1,25 @@
+"""``mtm record [--topics ...] -o FILE.mcap [--duration S]``: record the closed-loop topics to MCAP.
+
+Thin wrapper over ``ros_nodes.closed_loop.record_main`` (rclpy is imported only here, when the
+command runs). Default topics: ``mtm_runtime.recording.CLOSED_LOOP_TOPICS``. The file is
+rosbag2-compatible MCAP (profile ``ros2``, ``ros2msg`` schemas, CDR messages).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mtm_runtime.recording import CLOSED_LOOP_TOPICS
+
+    parser.add_argument("--topics", nargs="+", default=None,
+                        help=f"topics to record (default: {' '.join(CLOSED_LOOP_TOPICS)})")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output .mcap file")
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds to record (0 = until Ctrl-C)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ros_nodes.closed_loop import record_main
+
+    return record_main(args.output, args.topics, args.duration)

@@ -1,0 +1,256 @@
+"""Watching, recording and running the closed loop from the outside (rclpy; thin).
+
+* :class:`LoopMonitor`: a node that records topics to MCAP (raw CDR, no deserialisation: see
+  ``mtm_runtime.recording``) and keeps what a supervisor needs: the policy node's latest
+  /diagnostics, the bridge's ``episode_stats``, and whether the policy reported a configure error.
+  Subscriptions are created when a publisher of the topic appears, with QoS matched to it (like
+  rosbag2): best effort only if every publisher is best effort, transient local if every
+  publisher is (latched ``goal``), else reliable with a deep queue.
+* :func:`run_closed_loop`: the node set of ``mtm launch`` (``launch_description.describe``), each
+  node its own process, plus the monitor in this process; ends after the bridge's ``episodes``
+  or ``duration_s``; raises ``NodeFailure`` naming the node (and its last log lines) when a node
+  dies or the policy fails to configure.
+* ``record_main``: ``mtm record``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Float64MultiArray
+
+from mtm_runtime.launch_description import describe
+from mtm_runtime.node_processes import NodeFailure, NodeProcesses
+from mtm_runtime.recording import CLOSED_LOOP_TOPICS, McapSink
+from ros_nodes.conversions import diagnostic_values
+from ros_nodes.executors import make_executor, spin_loop
+
+
+def message_class(type_name: str) -> type:
+    """``pkg/msg/Type`` -> the generated Python class."""
+    pkg, kind, name = type_name.split("/")
+    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+
+
+class LoopMonitor(Node):
+    """Records ``topics`` (name -> type, "" = take it from the graph) into ``sink`` and watches the loop."""
+
+    def __init__(self, topics: dict[str, str], sink: McapSink | None = None, *, context: Any = None,
+                 name: str = "mtm_recorder") -> None:
+        super().__init__(name, context=context, start_parameter_services=False)
+        self.sink, self.lock = sink, threading.Lock()
+        self.wanted = {(t if t.startswith("/") else "/" + t): ty for t, ty in topics.items()}
+        self.subscribed: dict[str, str] = {}
+        self.episodes: list[dict[str, float]] = []
+        self.policy_diag: dict[str, str] = {}
+        self.bridge_diag: dict[str, str] = {}
+        self.policy_error = ""
+        self.messages = 0
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
+        self.create_subscription(Float64MultiArray, "/episode_stats", self._on_stats,
+                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self._resolve()
+        self.create_timer(0.05, self._resolve)
+
+    # ---- recording ---------------------------------------------------------------------------
+    def _qos(self, topic: str) -> QoSProfile | None:
+        infos = self.get_publishers_info_by_topic(topic)
+        if not infos:
+            return None
+        best_effort = all(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for i in infos)
+        latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10 if latched else 1000,
+                          reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+
+    def _resolve(self) -> None:
+        if self.sink is None:
+            return
+        graph = None
+        for topic, type_name in self.wanted.items():
+            if topic in self.subscribed:
+                continue
+            if not type_name:
+                graph = graph if graph is not None else dict(self.get_topic_names_and_types())
+                types = graph.get(topic, [])
+                if not types:
+                    continue
+                type_name = types[0]
+            qos = self._qos(topic)
+            if qos is None:  # no publisher yet: subscribe when one appears (QoS matched to it)
+                continue
+            self.sink.add_topic(topic, type_name)
+            self.create_subscription(message_class(type_name), topic, self._writer(topic), qos, raw=True)
+            self.subscribed[topic] = type_name
+
+    def _writer(self, topic: str):
+        sink = self.sink
+
+        def write(data: bytes) -> None:
+            with self.lock:
+                sink.write(topic, data, time.time_ns())
+                self.messages += 1
+        return write
+
+    # ---- watching ----------------------------------------------------------------------------
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            vals = dict(diagnostic_values(st), _message=st.message, _level=str(st.level[0] if isinstance(
+                st.level, (bytes, bytearray)) else st.level))
+            with self.lock:
+                if "policy loop" in st.name:
+                    self.policy_diag = vals
+                    if vals["_level"] == "2" and "configure failed" in st.message:
+                        self.policy_error = st.message
+                elif ": sim" in st.name:
+                    self.bridge_diag = vals
+
+    def _on_stats(self, msg: Float64MultiArray) -> None:
+        v = list(msg.data)
+        if len(v) >= 4:
+            with self.lock:
+                self.episodes.append({"episode": int(v[0]), "return": v[1], "normalised_score": v[2],
+                                      "steps": int(v[3])})
+
+
+@dataclass
+class LoopResult:
+    """Outcome of :func:`run_closed_loop` (times in s; latencies from the policy's diagnostics in ms)."""
+
+    wall_s: float
+    episodes: list[dict[str, float]]
+    policy_diagnostics: dict[str, str]
+    bridge_diagnostics: dict[str, str]
+    recorded: dict[str, int] = field(default_factory=dict)
+    record_path: str = ""
+    log_dir: str = ""
+
+    def mean_score(self) -> float:
+        s = [e["normalised_score"] for e in self.episodes if math.isfinite(e["normalised_score"])]
+        return float(sum(s) / len(s)) if s else math.nan
+
+
+def write_params(path: Path, policy: dict[str, Any], bridge: dict[str, Any]) -> Path:
+    """A ROS params file with sections for the policy node and the bridge (JSON is valid YAML)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"mtm_policy": {"ros__parameters": policy},
+                                "mtm_sim_bridge": {"ros__parameters": bridge},
+                                "mtm_serial_bridge": {"ros__parameters": bridge}}, indent=1))
+    return path
+
+
+def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: str = "", rate: str = "",
+                    task: str = "reacher", sim_mode: str = "realtime", episodes: int = 0, duration_s: float = 0.0,
+                    record: Path | None = None, topics: dict[str, str] | None = None,
+                    policy_params: dict[str, Any] | None = None, bridge_params: dict[str, Any] | None = None,
+                    startup_timeout_s: float = 30.0, progress: bool = False) -> LoopResult:
+    """Run the launch description's node set until ``episodes`` are done (bridge exits 0) or ``duration_s``.
+
+    Raises NodeFailure if a node exits non-zero (or the policy node exits at all), the policy
+    fails to configure, or no episode ends within ``startup_timeout_s`` of the expected time.
+    """
+    log_dir = Path(log_dir)
+    bridge = dict(bridge_params or {})
+    if target == "sim" and episodes:
+        bridge["episodes"] = int(episodes)
+    params = write_params(log_dir / "params.yaml", dict(policy_params or {}), bridge)
+    nodes = describe(model=model, backend=backend, rate=rate, params_file=str(params), target=target,
+                     task=task if target == "sim" else "", sim_mode=sim_mode if target == "sim" else "")
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    sink = McapSink(record, metadata={"model": model, "task": task, "target": target, "sim_mode": sim_mode,
+                                      "rate": rate, "backend": backend}) if record else None
+    monitor = LoopMonitor(dict(CLOSED_LOOP_TOPICS if topics is None else topics), sink, context=context)
+    executor, _ = make_executor(context)
+    executor.add_node(monitor)
+    stop = threading.Event()
+    thread = threading.Thread(target=spin_loop, args=(executor, context, lambda: not stop.is_set(), 0.02), daemon=True)
+    thread.start()
+    procs = NodeProcesses(nodes, log_dir)
+    t0 = time.monotonic()
+    try:
+        procs.start()
+        shown = 0
+        while True:
+            time.sleep(0.05)
+            now = time.monotonic() - t0
+            with monitor.lock:
+                err, n_eps = monitor.policy_error, len(monitor.episodes)
+                new = monitor.episodes[shown:]
+            if progress:
+                for e in new:
+                    print(f"  episode {e['episode']}: return {e['return']:.3f}, normalised score "
+                          f"{e['normalised_score']:.1f} ({e['steps']} steps)", flush=True)
+            shown += len(new)
+            if err:
+                raise NodeFailure(f"node mtm_policy: {err}; last lines of its log:\n" + procs.tail("mtm_policy"))
+            exited = procs.exited()
+            bridge_name = nodes[-1].name if len(nodes) > 1 else ""
+            if bridge_name in exited and exited[bridge_name] == 0 and episodes:
+                break  # the bridge finished its episodes
+            procs.check()
+            if duration_s and now >= duration_s:
+                break
+            if not n_eps and episodes and now > startup_timeout_s:
+                raise NodeFailure(f"no episode finished within {startup_timeout_s:.0f} s; policy diagnostics: "
+                                  f"{monitor.policy_diag or 'none received'}\n--- mtm_policy log:\n"
+                                  + procs.tail("mtm_policy") + (f"\n--- {bridge_name} log:\n" + procs.tail(bridge_name)
+                                                                if bridge_name else ""))
+        wall = time.monotonic() - t0
+        time.sleep(0.3)  # last messages (diagnostics, stats) reach the monitor
+    finally:
+        codes = procs.stop()
+        stop.set()
+        thread.join(timeout=5)
+        executor.shutdown(timeout_sec=1.0)
+        monitor.destroy_node()
+        if sink is not None:
+            sink.close()
+        if context.ok():
+            rclpy.shutdown(context=context)
+    bad = {n: c for n, c in codes.items() if c not in (0, -2)}  # -2: stopped by our SIGINT
+    if bad:
+        raise NodeFailure(f"nodes exited with errors while stopping: {bad} (logs in {log_dir})")
+    return LoopResult(wall, list(monitor.episodes), dict(monitor.policy_diag), dict(monitor.bridge_diag),
+                      dict(sink.counts) if sink else {}, str(record or ""), str(log_dir))
+
+
+# ---- mtm record ------------------------------------------------------------------------------
+def record_main(output: Path, topics: list[str] | None, duration_s: float) -> int:
+    """Record ``topics`` (default: the closed-loop set) until Ctrl-C or ``duration_s``; prints counts."""
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    wanted = CLOSED_LOOP_TOPICS if not topics else {t if t.startswith("/") else "/" + t:
+                                                   CLOSED_LOOP_TOPICS.get(t if t.startswith("/") else "/" + t, "")
+                                                   for t in topics}
+    sink = McapSink(output, metadata={"recorded_by": "mtm record"})
+    node = LoopMonitor(dict(wanted), sink, context=context)
+    executor, _ = make_executor(context)
+    executor.add_node(node)
+    t_end = time.monotonic() + duration_s if duration_s > 0 else math.inf
+    print(f"mtm record: recording {', '.join(wanted)} to {output}"
+          + (f" for {duration_s:g} s" if duration_s > 0 else " until Ctrl-C"), flush=True)
+    try:
+        spin_loop(executor, context, keep_going=lambda: time.monotonic() < t_end, period_s=0.05)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        sink.close()
+        if context.ok():
+            rclpy.shutdown(context=context)
+    missing = [t for t in wanted if t not in sink.counts]
+    print(f"mtm record: wrote {output}: " + ", ".join(f"{t} {n}" for t, n in sink.counts.items())
+          + (f"; never published: {', '.join(missing)}" if missing else ""), flush=True)
+    return 0

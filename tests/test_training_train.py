@@ -1,0 +1,100 @@
+"""training/train.py: checkpoints load, resume is bit-exact, config files, `mtm train`, and a short
+run on a small Reacher dataset beats an untrained model in the simulator."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtm_runtime.checkpoint import load_checkpoint
+from mtm_runtime.spec import RETURNS
+from sim.tasks import get_task
+from training.datasets import collect, write_hdf5
+from training.train import TRAIN_STATE_JSON, Args, run, weights_digest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def reacher_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("train") / "reacher_expert.hdf5"
+    task = get_task("reacher")
+    return write_hdf5(path, collect(task, "expert", 60, seed=5), task, "expert", 5)
+
+
+def small(data: Path, out: Path, **kw) -> Args:
+    base = dict(data=str(data), out=str(out), steps=16, batch_size=32, val_every=8, ckpt_every=8,
+                warmup_steps=4, val_windows=64, progress=False, plot=False, threads=1)
+    return Args(**{**base, **kw})
+
+
+def test_checkpoint_loads_with_provenance_and_optimizer_state(reacher_data, tmp_path):
+    res = run(small(reacher_data, tmp_path / "a", plot=True))
+    ckpt = load_checkpoint(tmp_path / "a")
+    prov = ckpt.provenance
+    assert prov["task"] == "reacher" and prov["steps"] == 16
+    assert len(prov["dataset"]["sha256"]) == 64 and prov["dataset"]["path"].endswith("reacher_expert.hdf5")
+    assert prov["config"]["preset"] == "embedded" and "created" in prov and "git_commit" in prov
+    assert ckpt.spec.names == ("states", "actions", "returns", "goals") and ckpt.spec.horizon == 4
+    assert ckpt.normaliser.mean[RETURNS][0] == 0.0                      # returns are scale-only
+    assert weights_digest(ckpt.build_model()) == res["weights_sha256"]
+    state = json.loads((tmp_path / "a" / TRAIN_STATE_JSON).read_text())
+    assert state["step"] == 16 and state["param_groups"][0]["weight_decay"] == 0.01
+    for name in ("scalars.csv", "curves.png", "train_state.safetensors", "model.safetensors", "mtm.json"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+    header = (tmp_path / "a" / "scalars.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "loss", "val_loss", "lr", "samples_per_s", "val_bc_mse"} <= set(header)
+    assert not list((tmp_path / "a").glob("*.pt")) and not list((tmp_path / "a").glob("*.pkl"))
+
+
+def test_resume_is_bit_exact(reacher_data, tmp_path):
+    straight = run(small(reacher_data, tmp_path / "straight"))
+    first = run(small(reacher_data, tmp_path / "split", until=8))
+    assert first["step"] == 8
+    resumed = run(small(reacher_data, tmp_path / "split", resume=True))
+    assert resumed["step"] == 16
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+    assert resumed["loss"] == straight["loss"]
+    rows = (tmp_path / "split" / "scalars.csv").read_text().splitlines()
+    assert len(rows) == 1 + 16                                      # header + one row per step
+
+
+def test_config_file_and_flags(reacher_data, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("steps: 4\nbatch_size: 16\nmasks: [bc, id]\nval_every: 0\nckpt_every: 0\nwarmup_steps: 1\n")
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "mtm_runtime.cli", "train", "--data", str(reacher_data),
+                           "--config", str(cfg), "--steps", "3", "--out", str(out), "--no-progress",
+                           "--no-plot", "--val-windows", "32", "--threads", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prov = load_checkpoint(out).provenance
+    assert prov["steps"] == 3                                        # the flag beats the file
+    assert prov["config"]["batch_size"] == 16 and prov["config"]["masks"] == ["bc", "id"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stepz": 3}))
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--data", str(reacher_data), "--config", str(bad)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "stepz" in proc.stderr
+
+
+def test_short_training_improves_bc_over_untrained(tmp_path):
+    """A few hundred steps on 6 expert InvertedDoublePendulum episodes balance the pendulum far
+    longer than an untrained model. (Reacher's normalised score cannot show this: holding still
+    scores ~98, as much as the expert, so Reacher is checked by success rate on the bundled model.)"""
+    from training.evaluate import evaluate_checkpoint_object
+
+    task = get_task("inverted_double_pendulum")
+    data = write_hdf5(tmp_path / "idp.hdf5", collect(task, "expert", 6, seed=5), task, "expert", 5)
+    run(small(data, tmp_path / "u", steps=1, val_every=0, lr=1e-12))
+    run(small(data, tmp_path / "t", steps=400, batch_size=64, val_every=0, ckpt_every=0, warmup_steps=20, lr=2e-3))
+    res = {}
+    for name in ("u", "t"):
+        ck = load_checkpoint(tmp_path / name)
+        res[name] = evaluate_checkpoint_object(ck.build_model(), ck.normaliser, ck.action_limits, task, "bc",
+                                               episodes=3, seeds=(0,))
+    assert res["t"]["score_mean"] > res["u"]["score_mean"] + 1.5, res
+    assert res["t"]["return_mean"] > 2.0 * res["u"]["return_mean"], res
