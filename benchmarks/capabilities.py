@@ -221,6 +221,12 @@ def throughput(preset: str, batch: int = 256, steps: int = 10) -> float:
     return steps * batch / (time.perf_counter() - t0)
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 # ---- report --------------------------------------------------------------------------------------
 def fmt(r: dict[str, Any] | None, key: str = "score") -> str:
     if not r:
@@ -315,16 +321,19 @@ def write_report(report: dict[str, Any], path_md: Path) -> None:
             L.append(f"| {r['task']} | {r['tier']} | {f['mtm']['id_error']:.3f} | {f['mlp_id']['id_error']:.3f} | "
                      f"{f['mtm']['fd_error']:.3f} | {f['mlp_fd']['fd_error']:.3f} |")
     L += ["", f"## Heteromodal (expert tier, {100 * report['config']['hetero_fraction']:g}% of episodes with actions; BC score)", "",
-          "| task | labelled episodes | MLP-BC (labelled) | MTM (labelled) | MTM heteromodal (all) |", "| --- | --- | --- | --- | --- |"]
+          "| task | labelled episodes | MLP-BC (labelled) | MTM (labelled) | MTM heteromodal (all) | success MLP / MTM lab. / MTM het. |",
+          "| --- | --- | --- | --- | --- | --- |"]
     for r in res:
         if r["kind"] == "hetero":
             ro = r["rollouts"]
             L.append(f"| {r['task']} | {r['labelled_episodes']}/{r['episodes']} | {fmt(ro['mlp_bc_labelled'])} | "
-                     f"{fmt(ro['mtm_labelled'])} | {fmt(ro['mtm_heteromodal'])} |")
+                     f"{fmt(ro['mtm_labelled'])} | {fmt(ro['mtm_heteromodal'])} | {fmt_succ(ro['mlp_bc_labelled'])} / "
+                     f"{fmt_succ(ro['mtm_labelled'])} / {fmt_succ(ro['mtm_heteromodal'])} |")
     tp = report["throughput"]
     L += ["", "## Training throughput (this CPU, batch 256, one process)", "",
           f"paper preset {tp['paper']:.0f} samples/s (reference design figure ~320 samples/s on these machines); "
-          f"embedded preset {tp['embedded']:.0f} samples/s.", "", "## Targets", "", "| target | holds | evidence |", "| --- | --- | --- |"]
+          f"embedded preset {tp['embedded']:.0f} samples/s (torch {torch_threads()} threads; load average "
+          f"{report['load_average_at_end'][0]:.1f} when measured: the machine is shared).", "", "## Targets", "", "| target | holds | evidence |", "| --- | --- | --- |"]
     for claim, ok, ev in report["targets"]:
         L.append(f"| {claim} | {'yes' if ok else ('no' if ok is False else 'not measured')} | {ev} |")
     path_md.write_text("\n".join(L) + "\n")
@@ -360,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f"{k}:{t}:{tier}" for k, t, tier in all_jobs if (k, t, tier) not in {(r["kind"], r["task"], r["tier"]) for r in results}]
     report = {"config_name": a.config, "config": cfg, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "wall_s": time.perf_counter() - t0, "missing": missing,
+              "load_average_at_end": os.getloadavg(),
               "throughput": {"paper": throughput("paper"), "embedded": throughput("embedded")}, "results": results}
     report["targets"] = targets(results)
     if a.json:

@@ -10,7 +10,9 @@ Topics (names are parameters)
   ``state_0..``). ``state_type`` picks ``observation``, ``joint_state`` or ``both``.
 * in  ``commands``     std_msgs/Float64MultiArray  reliable, keep last 1; forwarded as COMMAND
   frames; NaN/Inf or wrong width is rejected and counted (never sent).
-* out ``/diagnostics`` diagnostic_msgs/DiagnosticArray at 1 Hz.
+* out ``/diagnostics`` diagnostic_msgs/DiagnosticArray at 1 Hz, and at once (at most every
+  ``DIAG_MIN_INTERVAL_S``) when the set of active faults changes; key ``fault`` lists them
+  (``link_down``, ``corrupt_frames``, ``sequence``, ``device_silent``; ``docs/safety.md``).
 
 Threading choice: the serial reader thread publishes STATE messages itself. rclpy's
 ``Publisher.publish`` may be called from any thread (``rcl_publish`` is documented thread-safe
@@ -24,6 +26,7 @@ Run: ``mtm_serial_bridge --ros-args -p port:=/tmp/x/ttyMTM -p command_width:=2``
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
+from mtm_runtime import safety_contract as contract
 from mtm_runtime import serial_protocol as sp
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.serial_link import SerialLink
@@ -81,7 +85,11 @@ class SerialBridge(Node):
         self._was_up = False
         if p["heartbeat_hz"] > 0:
             self.create_timer(1.0 / p["heartbeat_hz"], self.link.send_heartbeat)
-        self.create_timer(1.0, self._publish_diagnostics)
+        self._last_diag_t = 0.0
+        self._faults: tuple[str, ...] = ()
+        self._counts: dict[str, int] = {}
+        self._fault_t: dict[str, float] = {}
+        self.create_timer(contract.DIAG_MIN_INTERVAL_S, self._on_diag_timer)
         self.link.start()
         self.get_logger().info(f"serial bridge on {p['port']} @ {p['baud']} baud, "
                                f"heartbeat {p['heartbeat_hz']:g} Hz")
@@ -137,8 +145,31 @@ class SerialBridge(Node):
                                       throttle_duration_sec=1.0)
 
     # ------------------------------------------------------------------ diagnostics
-    def _publish_diagnostics(self) -> None:
+    def _active_faults(self, s: dict[str, Any]) -> tuple[str, ...]:
+        """Faults now: link/device state, and counters that grew within FAULT_HOLD_S."""
+        now = time.monotonic()
+        for kind, keys in (("corrupt_frames", ("corrupt",)), ("sequence", ("duplicate", "out_of_order"))):
+            total = sum(int(s[k]) for k in keys)
+            if total > self._counts.get(kind, 0):
+                self._fault_t[kind] = now
+            self._counts[kind] = total
+        out = [k for k, t in self._fault_t.items() if now - t <= contract.FAULT_HOLD_S]
+        if not s["link_up"]:
+            out.insert(0, "link_down")
+        elif not s["device_alive"]:
+            out.insert(0, "device_silent")
+        return tuple(out)
+
+    def _on_diag_timer(self) -> None:
         s = self.link.snapshot()
+        faults = self._active_faults(s)
+        if faults != self._faults or time.monotonic() - self._last_diag_t >= 1.0:
+            self._faults = faults
+            self._publish_diagnostics(s)
+
+    def _publish_diagnostics(self, s: dict[str, Any] | None = None) -> None:
+        self._last_diag_t = time.monotonic()
+        s = s if s is not None else self.link.snapshot()
         if s["link_up"] != self._was_up:
             self._was_up = s["link_up"]
             if s["link_up"]:
@@ -155,6 +186,8 @@ class SerialBridge(Node):
         elif s["device_status"] != sp.DeviceStatus.OK:
             st.level = DiagnosticStatus.WARN
             st.message = f"device status {s['device_status']} (safe / fault)"
+        elif self._faults:
+            st.level, st.message = DiagnosticStatus.WARN, f"link up; {', '.join(self._faults)}"
         else:
             st.level, st.message = DiagnosticStatus.OK, "link up"
         keys = ["link_up", "device_alive", "device_status", "frames_ok", "corrupt", "bad_cobs",
@@ -164,6 +197,7 @@ class SerialBridge(Node):
                 "faults", "last_fault_code", "last_fault_text", "disconnect_reason", "last_error"]
         st.values = [KeyValue(key=k, value=str(s[k])) for k in keys]
         st.values.append(KeyValue(key="state_width_errors", value=str(self.state_width_errors)))
+        st.values.append(KeyValue(key="fault", value=",".join(self._faults) or "none"))
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [st]

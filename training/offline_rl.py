@@ -368,7 +368,7 @@ def train(cfg: Config, episodes: Sequence[Episode] | None = None,
             _polyak(actor, actor_t, cfg.tau)
             _polyak(critic, critic_t, cfg.tau)
             src.polyak(cfg.tau)
-        if (cfg.eval_every and step % cfg.eval_every == 0) or (step == cfg.steps and not (cfg.eval_every and step % cfg.eval_every == 0)):
+        if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
             evaluate(step)
     if cfg.save:
         _save(cfg, actor, src)

@@ -52,7 +52,7 @@ def train_on_episodes(task: Task, episodes: Sequence[Episode], out: Path | None,
     return path, hist
 
 
-def quick_checkpoint(out: Path, episodes: int = 40, steps: int = 400, seed: int = 0) -> Path:
+def quick_checkpoint(out: Path, episodes: int = 40, steps: int = 200, seed: int = 0) -> Path:
     """Expert-tier Reacher data -> a briefly trained ``embedded`` checkpoint in ``out``."""
     from training.datasets import collect
     from training.loaders import split_d4rl
@@ -61,6 +61,7 @@ def quick_checkpoint(out: Path, episodes: int = 40, steps: int = 400, seed: int 
     data = collect(task, "expert", episodes, seed=seed)
     eps = split_d4rl(task, data)
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # measured on the shared 2-core VM: 2 threads were ~7x slower under load
     try:
         path, _ = train_on_episodes(task, eps, out, steps=steps, seed=seed,
                                     provenance={"source": "training.quick (mtm demo fallback)", "episodes": episodes})
