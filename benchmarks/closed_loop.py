@@ -229,8 +229,9 @@ def verdict(rate: int, pol: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--duration", type=float, default=60.0, help="seconds measured per setting (default 60)")
-    ap.add_argument("--quick", action="store_true", help="5 s per setting")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="seconds measured per setting (default 60, or 5 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="5 s per setting (unless --duration is given)")
     ap.add_argument("--rates", default="500,1000", help="comma-separated control rates in Hz")
     ap.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch"))
     ap.add_argument("--no-echo", action="store_true", help="skip the echo baseline")
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     ap.add_argument("--work-dir", type=Path, default=None, help="logs and intermediate files (default: a temp dir)")
     args = ap.parse_args(argv)
-    duration = 5.0 if args.quick else args.duration
+    duration = args.duration if args.duration is not None else (5.0 if args.quick else 60.0)
     rates = [int(float(r)) for r in args.rates.split(",") if r]
     os.environ.setdefault("ROS_DOMAIN_ID", str(40 + os.getpid() % 50))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")

@@ -1,0 +1,58 @@
+"""The demo's closed-loop step, shortened: one realtime Reacher episode, policy node and MuJoCo
+bridge in their own processes (shared launch description), recorded; a failing node makes the
+demo exit 1 naming it. And the closed-loop benchmark's --quick JSON schema (timings not asserted)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+
+pytestmark = pytest.mark.ros
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _demo(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mtm_runtime.cli", "demo", "--skip-toy", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_closed_loop_step(ros_env, tmp_path: Path) -> None:
+    from ros_harness import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
+    r = _demo(["--model", str(ckpt), "--episodes", "1", "--record", "--out", str(tmp_path / "demo")])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "achieved rate" in r.stdout and "p99" in r.stdout and "normalised score" in r.stdout
+    assert "episode 0: return" in r.stdout
+    assert (tmp_path / "demo" / "closed_loop.mcap").stat().st_size > 1000
+
+
+def test_demo_fails_clearly_when_the_policy_cannot_configure(ros_env, tmp_path: Path) -> None:
+    r = _demo(["--model", str(tmp_path / "no_such_model"), "--episodes", "1", "--out", str(tmp_path / "demo")])
+    assert r.returncode == 1, r.stdout[-2000:]
+    assert "closed loop failed" in r.stderr and "mtm_policy" in r.stderr and "configure failed" in r.stderr
+
+
+def test_closed_loop_benchmark_quick_json_schema(ros_env, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "benchmarks/closed_loop.py", "--quick", "--duration", "1", "--rates", "500",
+                        "--json", str(out), "--work-dir", str(tmp_path / "work")], cwd=REPO, capture_output=True,
+                       text=True, timeout=150)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["policy"]["backend"] in ("onnxruntime", "torch") and res["policy"]["backend_choice"]
+    s = res["settings"]["500hz"]
+    assert set(s["echo_baseline"]) == {"single", "events"}
+    for part in (s["echo_baseline"]["single"], s["echo_baseline"]["events"], s["policy_loop"]):
+        for key in ("tick_rate_hz", "deadline_misses", "miss_fraction", "latency_ms", "cpu_cores_used"):
+            assert key in part, key
+        assert set(part["latency_ms"]) == {"p50", "p99", "p99.9", "max"}
+    pol = s["policy_loop"]
+    assert pol["achieved_rate_hz"] > 0 and pol["replies"] > 0
+    assert {"latency_p50_added_ms", "latency_p99_ratio"} <= set(s["policy_over_echo"])
+    assert set(s["targets"]) == {"achieved_rate_hz", "miss_fraction", "latency_p99_ms"}
