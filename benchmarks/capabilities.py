@@ -296,7 +296,9 @@ def write_report(report: dict[str, Any], path_md: Path) -> None:
          f"{report['config']['batch_size']} for every model (MTM and MLPs), one training run per model (seed 0); "
          f"evaluation: {len(report['config']['seeds'])} seeds x {report['config']['eval_episodes']} episodes; "
          "scores are D4RL-normalised (100 = scripted expert, 0 = uniform random), mean ± std over evaluation seeds. "
-         f"Wall time {report['wall_s'] / 60:.1f} min.", ""]
+         f"Wall time of this invocation {report['wall_s'] / 60:.1f} min; sum of the job wall times "
+         f"{sum(r.get('wall_s', 0) for r in res) / 60:.1f} min ({report['config']['workers']} jobs in parallel; "
+         "jobs cached from an earlier invocation of the same config are reused).", ""]
     if report.get("missing"):
         L += [f"**Not run / missing jobs:** {', '.join(report['missing'])}", ""]
     L += ["## BC, RCBC and goal reaching (normalised score)", "",
@@ -354,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.workers:
         cfg["workers"] = a.workers
     out = Path(a.out or f"/tmp/mtm_capabilities_{a.config}")
-    jobs = [("hetero", t, "expert") for t in cfg["tasks"]] + [("main", t, tier) for t in cfg["tasks"] for tier in cfg["tiers"]]
+    # main jobs first, tier-major (every task's expert tier before any medium-replay), hetero last
+    jobs = [("main", t, tier) for tier in cfg["tiers"] for t in cfg["tasks"]] + [("hetero", t, "expert") for t in cfg["tasks"]]
     if a.only:
         keep = {s.strip() for s in a.only.split(",")}
         jobs = [j for j in jobs if (f"hetero:{j[1]}" if j[0] == "hetero" else f"{j[1]}:{j[2]}") in keep]

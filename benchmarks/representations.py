@@ -3,6 +3,16 @@
     nice -n 15 python -m benchmarks.representations --config cpu            # ~35 min, 2 busy shared cores
     python -m benchmarks.representations --config gpu --device cuda         # the larger setting
 
+    # what produced benchmarks/RESULTS.md here: one process per task (and per variant group),
+    # each writing representations_<task><tag>.json, then one merging report
+    nice -n 15 python -m benchmarks.representations --config cpu --tasks reacher --partial   # (and idp)
+    nice -n 15 python -m benchmarks.representations --config cpu-long --variants raw,frozen \
+        --tasks reacher --partial --out benchmarks/results/long                            # (and idp)
+    nice -n 15 python -m benchmarks.representations --config cpu-long --variants finetune --tag=-finetune \
+        --tasks reacher --partial --out benchmarks/results/long                            # (and idp)
+    python -m benchmarks.representations --report --out benchmarks/results/long --no-markdown
+    python -m benchmarks.representations --report --extra benchmarks/results/long
+
 For each task (default reacher, inverted_double_pendulum):
  1. a ``medium`` dataset from the scripted expert (``training.datasets.collect``), kept in ``--work``;
  2. an MTM pretrained on it with the project's trainer (``training.train.run``, ``embedded``
@@ -32,7 +42,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -47,6 +57,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "cpu": {"episodes": {"reacher": 200, "inverted_double_pendulum": 60}, "pretrain_steps": 2000,
             "pretrain_batch": 128, "steps": 1000, "eval_every": 200, "eval_episodes": 5, "batch_size": 128,
             "hidden": 256, "seeds": 3},
+    # 5x the steps of "cpu"; fine-tuning costs ~4x a raw step on CPU, so run it in its own process
+    "cpu-long": {"episodes": {"reacher": 200, "inverted_double_pendulum": 60}, "pretrain_steps": 2000,
+                 "pretrain_batch": 128, "steps": 5000, "eval_every": 500, "eval_episodes": 5, "batch_size": 128,
+                 "hidden": 256, "seeds": 3},
     "gpu": {"episodes": {"reacher": 1000, "inverted_double_pendulum": 300}, "pretrain_steps": 20000,
             "pretrain_batch": 256,
             "steps": 100000, "eval_every": 5000, "eval_episodes": 10, "batch_size": 256, "hidden": 256,
@@ -120,36 +134,59 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def verdict(result: dict[str, Any]) -> list[str]:
-    """Plain statements: does frozen/finetune reach raw's final score in a fraction of the steps?"""
-    lines = []
+def _first_reach(curve: dict[str, Any], level: float) -> int | None:
+    return next((st for st, m in zip(curve["steps"], curve["mean"]) if m >= level), None)
+
+
+def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (task, metric, feature variant): the first evaluated step at which the variant's
+    seed-mean curve reaches raw's final value, against the step at which raw itself first does."""
+    out = []
     for task, vs in result["tasks"].items():
-        raw = vs.get("raw")
-        if raw is None:
+        if "raw" not in vs:
             continue
         for key in ("score", "new_return"):
-            r = raw[key]
+            r = vs["raw"][key]
+            raw_at = _first_reach(r, r["final"])
             for v in ("frozen", "finetune"):
-                if v not in vs:
-                    continue
-                f = vs[v][key]
-                if r["steps_to_80"] is None:
-                    lines.append(f"{task} / {key}: {v} final {f['final']:.1f} vs raw {r['final']:.1f}; raw did not "
-                                 "improve on its untrained actor, so no step comparison")
-                    continue
-                # first step where the variant reaches 80 % of raw's final gain
-                target = r["start"] + 0.8 * (r["final"] - r["start"])
-                reach = next((s for s, m in zip(f["steps"], f["mean"]) if m >= target), None)
-                lines.append(f"{task} / {key}: {v} final {f['final']:.1f} vs raw {r['final']:.1f}; "
-                             f"reaches 80 % of raw's gain at step {reach if reach is not None else 'never'} "
-                             f"(raw: {r['steps_to_80']})")
+                if v in vs:
+                    f = vs[v][key]
+                    at = _first_reach(f, r["final"])
+                    out.append({"task": task, "metric": key, "variant": v, "final": f["final"], "raw_final": r["final"],
+                                "steps_to_raw_final": at, "raw_steps_to_raw_final": raw_at,
+                                "faster": at is not None and raw_at is not None and at < raw_at})
+    return out
+
+
+def verdict(result: dict[str, Any]) -> list[str]:
+    """Plain statements, one per comparison."""
+    lines = []
+    for c in comparisons(result):
+        frac = (f" = {c['steps_to_raw_final'] / c['raw_steps_to_raw_final']:.2f} of raw's steps"
+                if c["steps_to_raw_final"] is not None and c["raw_steps_to_raw_final"] else "")
+        lines.append(f"{c['task']} / {c['metric']}: {c['variant']} final {c['final']:.1f} vs raw {c['raw_final']:.1f}; "
+                     f"reaches raw's final value at step {c['steps_to_raw_final'] if c['steps_to_raw_final'] is not None else 'never'}"
+                     f" (raw: step {c['raw_steps_to_raw_final']}){frac}")
     return lines
 
 
-def write_markdown(result: dict[str, Any], path: Path | None = None) -> None:
-    """Replace (or append) the section between BEGIN and END; the rest of the file is kept."""
-    path = path or RESULTS_MD
-    c = result["config"]
+def overall(result: dict[str, Any]) -> str:
+    """One sentence per metric: which feature variants reached raw's final value in fewer steps."""
+    parts = []
+    for key, name in (("score", "D4RL score"), ("new_return", "relabelled return")):
+        cs = [c for c in comparisons(result) if c["metric"] == key]
+        yes = [f"{c['task']}/{c['variant']}" for c in cs if c["faster"]]
+        no = [f"{c['task']}/{c['variant']}" for c in cs if not c["faster"]]
+        if not no:
+            parts.append(f"{name}: holds for every feature variant")
+        elif not yes:
+            parts.append(f"{name}: does not hold ({', '.join(no)} never beat raw to raw's final value)")
+        else:
+            parts.append(f"{name}: holds for {', '.join(yes)}; not for {', '.join(no)}")
+    return "; ".join(parts) + "."
+
+
+def table(result: dict[str, Any]) -> list[str]:
     rows = ["| task | variant | final score (D4RL, env reward) | steps to 80 % | final relabelled return | steps to 80 % |",
             "| --- | --- | --- | --- | --- | --- |"]
     for task, vs in result["tasks"].items():
@@ -159,6 +196,21 @@ def write_markdown(result: dict[str, Any], path: Path | None = None) -> None:
             s, n = vs[v]["score"], vs[v]["new_return"]
             rows.append(f"| {task} | {v} | {s['final']:.1f} +- {s['final_std']:.1f} | {s['steps_to_80']} | "
                         f"{n['final']:.2f} +- {n['final_std']:.2f} | {n['steps_to_80']} |")
+    return rows
+
+
+def write_markdown(result: dict[str, Any], path: Path | None = None,
+                   extra: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
+    """Replace (or append) the section between BEGIN and END; the rest of the file is kept.
+    ``extra``: (relative dir, result) of further runs whose tables follow the main one."""
+    path = path or RESULTS_MD
+    c = result["config"]
+    rows = table(result)
+    for rel, ex in extra:
+        ec = ex["config"]
+        rows += ["", f"Longer run, {ex['config_name']} config (`{ex['command']}`, {ex['wall_min']:.0f} min): TD3+BC "
+                 f"{ec['steps']} steps, evaluation every {ec['eval_every']} steps, {ex['seeds']} seeds, same datasets "
+                 f"and MTMs. Overall: {ex.get('overall', '?')} Curves and data in `{rel}/`.", "", *table(ex)]
     body = [BEGIN, "## Representations (MTM features for offline TD3+BC)", "",
             f"`{result['command']}` ({result['config_name']} config, {result['wall_min']:.0f} min on "
             f"{result['machine'].get('cpu', '?')}, torch threads 1). Datasets: scripted-expert `medium` tier "
@@ -168,7 +220,9 @@ def write_markdown(result: dict[str, Any], path: Path | None = None) -> None:
             f"{c['eval_every']} steps on {c['eval_episodes']} episodes. Rewards relabelled: "
             + "; ".join(f"{t}: {vs['relabel']}" for t, vs in result["tasks"].items()) + ".",
             "", "Steps to 80 %: first evaluated step where the seed-mean curve covers 80 % of the way "
-            "from the untrained actor (step 0) to its final value.", "", *rows, "",
+            "from the untrained actor (step 0) to its final value. Verdict: first evaluated step where a "
+            "feature variant's seed-mean curve reaches raw's final value, against the step where raw "
+            "itself first does (5-episode evaluations: noisy).", "", *rows, "",
             "Verdict (\"features reach raw-state performance in a fraction of the steps\"):", "",
             *[f"- {line}" for line in result["verdict"]], "", f"- Overall: {result['overall']}", "",
             "Curves: `benchmarks/results/representations.png`, data: `benchmarks/results/representations.json`.",
@@ -182,35 +236,6 @@ def write_markdown(result: dict[str, Any], path: Path | None = None) -> None:
         text = text.rstrip("\n") + "\n\n" + "\n".join(body) + "\n"
     path.write_text(text)
 
-
-def overall(result: dict[str, Any]) -> str:
-    """One sentence: whether frozen/finetune beat raw to 80 % of raw's final gain on the D4RL score."""
-    faster, slower, undetermined = [], [], []
-    for task, vs in result["tasks"].items():
-        r = vs["raw"]["score"]
-        if r["steps_to_80"] is None:
-            undetermined.append(task)
-            continue
-        target = r["start"] + 0.8 * (r["final"] - r["start"])
-        for v in ("frozen", "finetune"):
-            f = vs[v]["score"]
-            reach = next((s for s, m in zip(f["steps"], f["mean"]) if m >= target), None)
-            ok = reach is not None and r["steps_to_80"] is not None and reach < r["steps_to_80"]
-            (faster if ok else slower).append(f"{task}/{v}")
-    note = (f" (raw did not improve on its untrained actor for {', '.join(undetermined)}: no comparison there)"
-            if undetermined else "")
-    if not faster and not slower:
-        return "undetermined" + note
-    return _overall_sentence(faster, slower) + note
-
-
-def _overall_sentence(faster: list[str], slower: list[str]) -> str:
-    if not slower:
-        return "holds here: every feature variant reached 80 % of raw's gain in fewer steps than raw."
-    if not faster:
-        return ("does not hold here: no feature variant reached 80 % of raw's gain in fewer steps than raw "
-                f"({', '.join(slower)}).")
-    return f"holds only partly here: faster for {', '.join(faster)}; not for {', '.join(slower)}."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,10 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-markdown", action="store_true", help="do not touch benchmarks/RESULTS.md")
     p.add_argument("--partial", action="store_true",
                    help="only write representations_<task>.json (run tasks in separate processes, then --report)")
+    p.add_argument("--tag", default="", help="suffix of the partial JSON file name (e.g. -finetune)")
     p.add_argument("--report", action="store_true", help="merge the partial JSON files in --out and report")
+    p.add_argument("--extra", action="append", default=[],
+                   help="with --report: another run's --out whose table is appended to the section")
     args = p.parse_args(argv)
     if args.report:
-        return report(Path(args.out), not args.no_markdown)
+        return report(Path(args.out), not args.no_markdown, extra=args.extra)
 
     import torch
 
@@ -273,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                               "new_return_steps_to_80": entry[v]["new_return"]["steps_to_80"]}), flush=True)
             result["tasks"][task] = entry
             result["wall_min"] = (time.perf_counter() - t0) / 60
-            (out / f"representations_{task}.json").write_text(json.dumps(result_for(result, task), indent=1) + "\n")
+            (out / f"representations_{task}{args.tag}.json").write_text(json.dumps(result_for(result, task), indent=1) + "\n")
     if args.partial:
         return 0
     return report(out, not args.no_markdown, result)
@@ -283,25 +311,30 @@ def result_for(result: dict[str, Any], task: str) -> dict[str, Any]:
     return {**result, "tasks": {task: result["tasks"][task]}}
 
 
-def report(out: Path, markdown: bool, result: dict[str, Any] | None = None) -> int:
+def report(out: Path, markdown: bool, result: dict[str, Any] | None = None, extra: Sequence[str] = ()) -> int:
     """Merge ``representations_<task>.json`` partials (or ``result``), plot, verdict, markdown."""
     parts = [json.loads(f.read_text()) for f in sorted(out.glob("representations_*.json"))]
     if result is None:
         if not parts:
             raise SystemExit(f"no representations_*.json in {out}")
         result = dict(parts[0])
-        result["tasks"] = {t: v for p in parts for t, v in p["tasks"].items()}
+        result["tasks"] = {}
+        for part in parts:  # variants of one task may come from several processes (--tag)
+            for t, v in part["tasks"].items():
+                result["tasks"].setdefault(t, {}).update(v)
         result["wall_min"] = max(p["wall_min"] for p in parts)  # tasks ran in parallel processes
         result["command"] = " ; ".join(sorted({p["command"] for p in parts}))
-    if all(v in vs for vs in result["tasks"].values() for v in VARIANTS):
-        result["verdict"] = verdict(result)
-        result["overall"] = overall(result)
-    else:
-        result["verdict"], result["overall"] = verdict(result), "not evaluated (a variant was skipped)"
+    result["verdict"], result["overall"] = verdict(result), overall(result)
     (out / "representations.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, out / "representations.png")
     if markdown:
-        write_markdown(result)
+        ex = []
+        for d in extra:
+            f = Path(d) / "representations.json"
+            if f.exists():
+                rel = os.path.relpath(Path(d).resolve(), ROOT)
+                ex.append((rel, json.loads(f.read_text())))
+        write_markdown(result, extra=ex)
     print(json.dumps({"overall": result["overall"], "verdict": result["verdict"], "wall_min": result["wall_min"]}, indent=1))
     return 0
 

@@ -36,6 +36,14 @@ from ros_nodes.conversions import diagnostic_values
 from ros_nodes.executors import make_executor, spin_loop
 
 
+#: Topics published latched (reliable, transient local) by the node set.
+LATCHED_TOPICS = ("/goal", "/target_return")
+#: Measured (rclpy 9.1.2 wheel, lockstep Reacher, 100 steps): with the EventsExecutor the raw
+#: /commands subscription recorded 46-48 of 100 commands (the policy's RELIABLE keep-last-1
+#: writer); with the SingleThreadedExecutor all of them. The recorder is not a control path.
+MONITOR_EXECUTOR = "single"
+
+
 def message_class(type_name: str) -> type:
     """``pkg/msg/Type`` -> the generated Python class."""
     pkg, kind, name = type_name.split("/")
@@ -46,7 +54,11 @@ class LoopMonitor(Node):
     """Records ``topics`` (name -> type, "" = take it from the graph) into ``sink`` and watches the loop."""
 
     def __init__(self, topics: dict[str, str], sink: McapSink | None = None, *, context: Any = None,
-                 name: str = "mtm_recorder") -> None:
+                 name: str = "mtm_recorder", eager: bool = False) -> None:
+        """``eager``: subscribe at once to every topic whose type is given, reliable (transient local
+        for ``/goal``), instead of waiting to see its publisher: for our own node set, whose
+        publishers are all reliable, this is matched before the first message (measured: waiting
+        lost the first ~50 commands of a lockstep run on a loaded machine)."""
         super().__init__(name, context=context, start_parameter_services=False)
         self.sink, self.lock = sink, threading.Lock()
         self.wanted = {(t if t.startswith("/") else "/" + t): ty for t, ty in topics.items()}
@@ -55,12 +67,26 @@ class LoopMonitor(Node):
         self.policy_diag: dict[str, str] = {}
         self.bridge_diag: dict[str, str] = {}
         self.policy_error = ""
+        self.policy_diag_count = 0
         self.messages = 0
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
         self.create_subscription(Float64MultiArray, "/episode_stats", self._on_stats,
                                  QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        if sink is not None and eager:
+            for topic, type_name in self.wanted.items():
+                if type_name:
+                    latched = topic in LATCHED_TOPICS
+                    self._subscribe(topic, type_name, QoSProfile(
+                        history=HistoryPolicy.KEEP_LAST, depth=10 if latched else 1000,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE))
         self._resolve()
         self.create_timer(0.05, self._resolve)
+
+    def _subscribe(self, topic: str, type_name: str, qos: QoSProfile) -> None:
+        self.sink.add_topic(topic, type_name)
+        self.create_subscription(message_class(type_name), topic, self._writer(topic), qos, raw=True)
+        self.subscribed[topic] = type_name
 
     # ---- recording ---------------------------------------------------------------------------
     def _qos(self, topic: str) -> QoSProfile | None:
@@ -89,16 +115,19 @@ class LoopMonitor(Node):
             qos = self._qos(topic)
             if qos is None:  # no publisher yet: subscribe when one appears (QoS matched to it)
                 continue
-            self.sink.add_topic(topic, type_name)
-            self.create_subscription(message_class(type_name), topic, self._writer(topic), qos, raw=True)
-            self.subscribed[topic] = type_name
+            self._subscribe(topic, type_name, qos)
 
     def _writer(self, topic: str):
+        """Raw callback for ``topic``: the receive time is both log and publish time.
+
+        (MessageInfo source timestamps were tried: with the rclpy 9.1.2 wheel the EventsExecutor
+        raises SystemError on such callbacks; not retried with the SingleThreadedExecutor.)"""
         sink = self.sink
 
         def write(data: bytes) -> None:
+            now = time.time_ns()
             with self.lock:
-                sink.write(topic, data, time.time_ns())
+                sink.write(topic, data, now)
                 self.messages += 1
         return write
 
@@ -110,6 +139,7 @@ class LoopMonitor(Node):
             with self.lock:
                 if "policy loop" in st.name:
                     self.policy_diag = vals
+                    self.policy_diag_count += 1
                     if vals["_level"] == "2" and "configure failed" in st.message:
                         self.policy_error = st.message
                 elif ": sim" in st.name:
@@ -120,7 +150,7 @@ class LoopMonitor(Node):
         if len(v) >= 4:
             with self.lock:
                 self.episodes.append({"episode": int(v[0]), "return": v[1], "normalised_score": v[2],
-                                      "steps": int(v[3])})
+                                      "steps": int(v[3]), "received_s": time.monotonic()})
 
 
 @dataclass
@@ -134,6 +164,13 @@ class LoopResult:
     recorded: dict[str, int] = field(default_factory=dict)
     record_path: str = ""
     log_dir: str = ""
+
+    def step_rate_hz(self) -> float:
+        """Env steps per second at the bridge between the first and the last episode end (NaN if < 2)."""
+        if len(self.episodes) < 2:
+            return math.nan
+        dt = self.episodes[-1]["received_s"] - self.episodes[0]["received_s"]
+        return sum(e["steps"] for e in self.episodes[1:]) / dt if dt > 0 else math.nan
 
     def mean_score(self) -> float:
         s = [e["normalised_score"] for e in self.episodes if math.isfinite(e["normalised_score"])]
@@ -170,8 +207,12 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
     rclpy.init(context=context)
     sink = McapSink(record, metadata={"model": model, "task": task, "target": target, "sim_mode": sim_mode,
                                       "rate": rate, "backend": backend}) if record else None
-    monitor = LoopMonitor(dict(CLOSED_LOOP_TOPICS if topics is None else topics), sink, context=context)
-    executor, _ = make_executor(context)
+    wanted = dict(CLOSED_LOOP_TOPICS if topics is None else topics)
+    if wanted.get("/commands", None) == "":  # known from the policy's parameters
+        wanted["/commands"] = ("sensor_msgs/msg/JointState" if (policy_params or {}).get("command_type") == "joint_state"
+                               else "std_msgs/msg/Float64MultiArray")
+    monitor = LoopMonitor(wanted, sink, context=context, eager=True)
+    executor, _ = make_executor(context, prefer=MONITOR_EXECUTOR)
     executor.add_node(monitor)
     stop = threading.Event()
     thread = threading.Thread(target=spin_loop, args=(executor, context, lambda: not stop.is_set(), 0.02), daemon=True)
@@ -207,7 +248,22 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
                                   + procs.tail("mtm_policy") + (f"\n--- {bridge_name} log:\n" + procs.tail(bridge_name)
                                                                 if bridge_name else ""))
         wall = time.monotonic() - t0
-        time.sleep(0.3)  # last messages (diagnostics, stats) reach the monitor
+        with monitor.lock:
+            seen = monitor.policy_diag_count
+        deadline = time.monotonic() + 2.5  # one more policy /diagnostics (1 Hz) to judge the run by
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            with monitor.lock:
+                if monitor.policy_diag_count > seen:
+                    break
+        with monitor.lock:
+            err, diag = monitor.policy_error, dict(monitor.policy_diag)
+        if err:
+            raise NodeFailure(f"node mtm_policy: {err}; last lines of its log:\n" + procs.tail("mtm_policy"))
+        if target != "none" and (not diag or diag.get("ticks", "0") in ("0", "")):
+            raise NodeFailure("node mtm_policy never produced a command from the model (lifecycle state "
+                              f"{diag.get('lifecycle_state', 'unknown')}); last lines of its log:\n"
+                              + procs.tail("mtm_policy"))
     finally:
         codes = procs.stop()
         stop.set()
@@ -235,7 +291,7 @@ def record_main(output: Path, topics: list[str] | None, duration_s: float) -> in
                                                    for t in topics}
     sink = McapSink(output, metadata={"recorded_by": "mtm record"})
     node = LoopMonitor(dict(wanted), sink, context=context)
-    executor, _ = make_executor(context)
+    executor, _ = make_executor(context, prefer=MONITOR_EXECUTOR)
     executor.add_node(node)
     t_end = time.monotonic() + duration_s if duration_s > 0 else math.inf
     print(f"mtm record: recording {', '.join(wanted)} to {output}"

@@ -25,7 +25,7 @@ def test_demo_closed_loop_step(ros_env, tmp_path: Path) -> None:
     from ros_harness import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
-    r = _demo(["--model", str(ckpt), "--episodes", "1", "--record", "--out", str(tmp_path / "demo")])
+    r = _demo(["--model", str(ckpt), "--episodes", "2", "--record", "--out", str(tmp_path / "demo")])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "achieved rate" in r.stdout and "p99" in r.stdout and "normalised score" in r.stdout
     assert "episode 0: return" in r.stdout

@@ -26,9 +26,28 @@ def _lockstep(tmp: Path, ckpt: Path, name: str, episodes: int = 2, seed: int = 5
 
     return run_closed_loop(str(ckpt), log_dir=tmp / f"{name}_logs", task="reacher", sim_mode="lockstep",
                            episodes=episodes, record=tmp / f"{name}.mcap",
-                           policy_params={"mask_mode": "goal", "warmup_iters": 2, "stale_timeout": 5.0,
-                                          "control_rate_hz": 5.0},
+                           policy_params={"mask_mode": "bc", "warmup_iters": 2, "stale_timeout": 5.0,
+                                          "control_rate_hz": 50.0},
                            bridge_params={"seed": seed}, startup_timeout_s=60.0)
+
+
+def _goal_free_checkpoint(directory: Path) -> Path:
+    """Untrained Reacher-width MTM without a goals modality, run in ``bc``: its actions depend only
+    on the recorded states, so the recording can be replayed exactly (a goal-mode policy would
+    depend on whether /goal or the episode's first observation reached the node first)."""
+    import torch
+
+    from mtm_runtime.checkpoint import save_checkpoint
+    from mtm_runtime.model import MTM, MTMConfig
+    from mtm_runtime.normalise import Normaliser
+    from mtm_runtime.safety import ActionLimits
+    from mtm_runtime.spec import TrajectorySpec
+
+    spec = TrajectorySpec.create(4, states=8, actions=2, returns=1)
+    torch.manual_seed(0)
+    model = MTM(spec, MTMConfig(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, mlp_ratio=2))
+    return save_checkpoint(directory, model, Normaliser.identity(spec), ActionLimits.symmetric(1.0, 2),
+                           provenance={"note": "untrained test checkpoint"})
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +56,12 @@ def recordings(tmp_path_factory: pytest.TempPathFactory):
     import os
 
     from conftest import fresh_domain_id
-    from ros_harness import make_tiny_checkpoint
 
     tmp = tmp_path_factory.mktemp("rec")
     old = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
     os.environ.update(ROS_DOMAIN_ID=str(fresh_domain_id()), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     try:
-        ckpt = make_tiny_checkpoint(tmp / "ckpt")
+        ckpt = _goal_free_checkpoint(tmp / "ckpt")
         a = _lockstep(tmp, ckpt, "a")
         b = _lockstep(tmp, ckpt, "b")
     finally:
@@ -89,8 +107,7 @@ def test_record_import_load_and_train(recordings, tmp_path: Path) -> None:
     # commands are the policy's actions on the recorded states: replay them in process
     from mtm_runtime.policy import Policy
 
-    pol = Policy.load(tmp / "ckpt", mode="goal", threads=1)
-    pol.set_goal(eps[1]["goals"][0])
+    pol = Policy.load(tmp / "ckpt", mode="bc", threads=1)
     pol.reset()
     replay = [pol.act(s).copy() for s in eps[1]["states"][:10]]
     assert np.allclose(replay, eps[1]["actions"][:10], atol=1e-5)

@@ -32,12 +32,13 @@ def small(data: Path, out: Path, **kw) -> Args:
 
 
 def test_checkpoint_loads_with_provenance_and_optimizer_state(reacher_data, tmp_path):
-    res = run(small(reacher_data, tmp_path / "a", plot=True))
+    res = run(small(reacher_data, tmp_path / "a", plot=True, eval_every=16, eval_episodes=1, eval_modes=("bc", "goal")))
     ckpt = load_checkpoint(tmp_path / "a")
     prov = ckpt.provenance
     assert prov["task"] == "reacher" and prov["steps"] == 16
     assert len(prov["dataset"]["sha256"]) == 64 and prov["dataset"]["path"].endswith("reacher_expert.hdf5")
     assert prov["config"]["preset"] == "embedded" and "created" in prov and "git_commit" in prov
+    assert prov["config"]["lr"] == 1e-3                               # 0 resolves to the preset's default
     assert ckpt.spec.names == ("states", "actions", "returns", "goals") and ckpt.spec.horizon == 4
     assert ckpt.normaliser.mean[RETURNS][0] == 0.0                      # returns are scale-only
     assert weights_digest(ckpt.build_model()) == res["weights_sha256"]
@@ -46,7 +47,7 @@ def test_checkpoint_loads_with_provenance_and_optimizer_state(reacher_data, tmp_
     for name in ("scalars.csv", "curves.png", "train_state.safetensors", "model.safetensors", "mtm.json"):
         assert (tmp_path / "a" / name).stat().st_size > 0
     header = (tmp_path / "a" / "scalars.csv").read_text().splitlines()[0].split(",")
-    assert {"step", "loss", "val_loss", "lr", "samples_per_s", "val_bc_mse"} <= set(header)
+    assert {"step", "loss", "val_loss", "lr", "samples_per_s", "val_bc_mse", "eval_bc_score", "eval_goal_success"} <= set(header)
     assert not list((tmp_path / "a").glob("*.pt")) and not list((tmp_path / "a").glob("*.pkl"))
 
 
@@ -57,6 +58,7 @@ def test_resume_is_bit_exact(reacher_data, tmp_path):
     resumed = run(small(reacher_data, tmp_path / "split", resume=True))
     assert resumed["step"] == 16
     assert resumed["weights_sha256"] == straight["weights_sha256"]
+    assert first["weights_sha256"] != resumed["weights_sha256"]     # it did train between 8 and 16
     assert resumed["loss"] == straight["loss"]
     rows = (tmp_path / "split" / "scalars.csv").read_text().splitlines()
     assert len(rows) == 1 + 16                                      # header + one row per step

@@ -23,9 +23,13 @@ Actions (the command computed from state t):
 * ``stamp`` pairing, exact: the commands are JointState stamped with the state's stamp (policy
   ``input_type: joint_state`` + ``command_type: joint_state``): the command whose stamp equals
   the stamp of the ``joint_states`` published with observation t.
-* ``arrival`` pairing otherwise: the last command received after observation t and before the
-  bridge's next message of the loop (observation t+1 or the episode end) — the command a
-  realtime bridge applies at its next tick; in lockstep the only one. A step with no command in
+* ``arrival`` pairing otherwise: commands are matched to states one to one, in order: state t
+  takes the first unmatched command received after it and before the bridge's next message of
+  the loop (observation t+1 or the episode end); commands received before state t that no
+  earlier state took (a fault action published between states) are skipped. Times are the
+  recorder's receive times, and a lockstep bridge answering command t with observation t+1
+  can beat the recorder to it (measured: up to a few ms on a loaded machine), so both window
+  edges get a slack of ``race_slack_ns`` (<= 5 ms and <= a quarter of the state interval). A step with no command in
   its window holds the previous action (counted in ``held``; zeros at an episode's first step).
 
 ``terminals``: an episode shorter than the task's time limit terminated; otherwise ``timeouts``.
@@ -43,6 +47,17 @@ import numpy as np
 
 from mtm_runtime.recording import RecordingError, read_messages
 from sim.tasks import Task, get_task
+
+#: Receive-order race allowance: at most this (ns), and at most a quarter of the median interval
+#: between observations (so a realtime loop's commands can never slide to the next state).
+RACE_NS = 5_000_000
+
+
+def race_slack_ns(obs_t: np.ndarray) -> int:
+    """How far receive order may disagree with causal order (see ``arrival`` pairing)."""
+    if len(obs_t) < 3:
+        return RACE_NS
+    return int(min(RACE_NS, 0.25 * float(np.median(np.diff(obs_t)))))
 
 TOPICS = ("/observation", "/joint_states", "/commands", "/reward", "/goal", "/episode_stats")
 
@@ -81,10 +96,15 @@ def _stamp_ns(msg: Any) -> int | None:
 
 
 def load_recording(path: str | Path) -> dict[str, list[tuple[int, Any]]]:
-    """topic -> [(log_time_ns, message)] for the loop topics, in publication (log) order."""
+    """topic -> [(time_ns, message)] for the loop topics, in publication order.
+
+    ``time_ns`` is the MCAP publish_time (``mtm record``: the receive time; other recorders may
+    store the DDS source timestamp there) or, where that is 0, the log time."""
     out: dict[str, list[tuple[int, Any]]] = {t: [] for t in TOPICS}
     for rec in read_messages(path, TOPICS):
-        out[rec.topic].append((rec.log_time_ns, rec.msg))
+        out[rec.topic].append((rec.publish_time_ns or rec.log_time_ns, rec.msg))
+    for topic, rows in out.items():
+        rows.sort(key=lambda r: r[0])  # stable: same-topic order kept on equal times
     return out
 
 
@@ -236,10 +256,15 @@ def _pair_actions(rec: dict[str, list[tuple[int, Any]]], obs_t: np.ndarray,
         ends[-1] = np.iinfo(np.int64).max
         for o0, L, _ret, t_end in episodes:  # an episode's last window closes with its end
             ends[o0 + L - 1] = t_end
-        for i in range(n):
-            j = bisect.bisect_right(cmd_t, ends[i]) - 1  # last command received before the window closed
-            if j >= 0 and cmd_t[j] > obs_t[i] and vals[j].shape == (width,):
-                out[i] = vals[j]
+        slack = race_slack_ns(obs_t)
+        j = 0
+        for i in range(n):  # one command per state, in order (trigger: state answers each state once)
+            while j < len(cmd_t) and cmd_t[j] < obs_t[i] - slack:
+                j += 1  # received before this state: an extra (fault) command of an earlier one
+            if j < len(cmd_t) and cmd_t[j] <= ends[i] + slack:
+                if vals[j].shape == (width,):
+                    out[i] = vals[j]
+                j += 1
     held = 0
     for o0, L, _ret, _t in episodes:
         prev = np.zeros(width)

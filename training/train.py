@@ -3,6 +3,10 @@
     python -m training.train --data reacher_expert.hdf5 --preset embedded --steps 6000 --out runs/reacher
     mtm train --data reacher_expert.hdf5 --out runs/reacher                        # same thing
     torchrun --nproc_per_node=2 -m training.train --data ... --out ...             # DDP (gloo/nccl)
+    torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d \
+             --rdzv_endpoint=HOST:29500 -m training.train ...                       # several hosts
+(with several hosts, ``--data`` must exist on every host and ``--out`` be on a shared filesystem
+for ``--resume``: every rank reads the train state, only rank 0 writes.)
 
 What one run does:
  1. arguments: dataclass defaults < ``--config`` YAML/JSON < explicit command-line flags;
@@ -164,8 +168,6 @@ def resolve_args(ns: argparse.Namespace) -> Args:
     for k in args.masks:
         if k not in M.TRAINING_MASKS:
             raise SystemExit(f"train: unknown mask kind {k!r}; choose from {', '.join(M.TRAINING_MASKS)}")
-    if args.lr <= 0:
-        args.lr = PRESET_LR[args.preset]
     return args
 
 
@@ -348,6 +350,8 @@ def plot_curves(rows: list[dict[str, float]], path: Path) -> None:
 def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
     """Train; returns a summary (final val metrics, samples/s, out dir). ``episodes`` replaces
     loading ``args.data`` (the benchmark passes subsets in memory; provenance still names data)."""
+    if args.lr <= 0:  # 0 = the preset's default (resolved here so Args built in code get it too)
+        args = dataclasses.replace(args, lr=PRESET_LR[args.preset])
     # 2. distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR ...)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -412,11 +416,9 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
     if world > 1:  # every rank starts from rank 0's weights and optimizer state
         for p in mtm.parameters():
             dist.broadcast(p.data, 0)
-    limits = ActionLimits.symmetric(1.0, spec.width(ACTIONS)) if task.name in ("reacher", "inverted_double_pendulum", "hopper") else None
-    if limits is not None:
-        env = task.make_env()
-        limits = ActionLimits(env.action_space.low, env.action_space.high)
-        env.close()
+    env = task.make_env()  # action limits travel in the checkpoint: the env's actuator range
+    limits = ActionLimits(env.action_space.low, env.action_space.high)
+    env.close()
     provenance = {
         "task": task.name, "dataset": {"path": str(Path(args.data).resolve()) if args.data else None,
                                        "sha256": sha256_file(args.data) if args.data and Path(args.data).is_file() else None,

@@ -6,8 +6,9 @@ watches (and, with ``record``, records MCAP). Model: the bundled ``models/reache
 when present, else a checkpoint trained for a few seconds here (``training.quick``) and cached
 under the demo's output directory.
 
-Printed: episodes with normalised scores, the policy node's achieved rate and its latency
-(state arrival -> command publication, and act()), from its /diagnostics.
+Printed: episodes with normalised scores, the achieved rate (env steps per second between the
+first and last episode end; with one episode, NaN) and the policy node's latency (state arrival
+-> command publication, and act()) from its /diagnostics.
 """
 from __future__ import annotations
 
@@ -65,12 +66,14 @@ def run(out: Path, episodes: int = 4, record: bool = False, model: str = "", bac
     summary = {"model": path, "model_origin": origin, "backend": d.get("backend", backend),
                "executor": d.get("executor", "?"), "episodes": res.episodes,
                "mean_normalised_score": res.mean_score(), "rate_hz": num("rate_hz"),
+               "step_rate_hz": res.step_rate_hz(),
                "e2e_ms": {k: num(f"e2e_{k}_ms") for k in ("p50", "p99", "max")},
                "act_ms": {k: num(f"act_{k}_ms") for k in ("p50", "p99", "max")},
                "faults": d.get("faults", "?"), "overruns": d.get("overruns", "?"), "wall_s": round(res.wall_s, 1),
                "recording": res.record_path, "recorded_messages": res.recorded, "logs": res.log_dir}
     e2e, act = summary["e2e_ms"], summary["act_ms"]
-    print(f"  achieved rate {summary['rate_hz']:.1f} Hz (policy node, {summary['executor']} executor, "
+    print(f"  achieved rate {summary['step_rate_hz']:.1f} Hz (env steps/s between episode ends, resets "
+          f"included; policy node's meter {summary['rate_hz']:.1f} Hz, {summary['executor']} executor, "
           f"backend {summary['backend']})", flush=True)
     print(f"  latency state arrival -> command published: p50 {e2e['p50']:.3f} ms, p99 {e2e['p99']:.3f} ms, "
           f"max {e2e['max']:.3f} ms; act(): p50 {act['p50']:.3f} ms, p99 {act['p99']:.3f} ms", flush=True)
