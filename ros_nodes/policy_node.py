@@ -203,6 +203,7 @@ class PolicyNode(LifecycleNode):
         self._last_cmd: np.ndarray | None = None
         self._last_stamp_ns: int | None = None
         self._last_step_t = -math.inf
+        self._last_arrival_t = -math.inf
         self._trigger, self._command_type, self._command_interface = "state", "float64_multiarray", "effort"
 
     # ---- parameters ------------------------------------------------------------------------
@@ -388,7 +389,7 @@ class PolicyNode(LifecycleNode):
         self.policy.reset()
         self.rate_limiter.reset(self.fault.action(None))  # ramp from the resting command
         self._newest, self._reward_acc, self._episode_steps, self._last_cmd = None, None, 0, None
-        self._last_stamp_ns, self._last_step_t = None, -math.inf
+        self._last_stamp_ns, self._last_step_t, self._last_arrival_t = None, -math.inf, -math.inf
         self._faults_seen.pop("stale_input", None)
         self.watchdog.arm()
         self._timer = self.create_timer(self.period_s, self._on_tick)
@@ -476,7 +477,11 @@ class PolicyNode(LifecycleNode):
         if reason:
             self._reject(reason)
             return
-        if self._trigger == "state" and t_in - self._last_step_t < self._min_step_s:
+        # Flood guard on inter-arrival time (not on the time of the last step: a state deferred
+        # to a tick would otherwise drag every following state onto the timer's phase, adding up
+        # to a period of latency to a well-behaved stream).
+        since_last_arrival, self._last_arrival_t = t_in - self._last_arrival_t, t_in
+        if self._trigger == "state" and since_last_arrival < self._min_step_s:
             self._newest = (state, stamp_ns, t_in)  # flood: deferred to the next tick
             self._last_stamp_ns = stamp_ns
             self.watchdog.feed(t_in)
