@@ -49,6 +49,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- representations:begin -->", "<!-- representations:end -->"
+#: hand-written reading of the numbers (kept next to them; included in the section if present)
+NOTE = ROOT / "benchmarks" / "results" / "representations_note.md"
 VARIANTS = ("raw", "frozen", "finetune")
 
 #: name -> settings. cpu: fits tens of minutes (niced) on the 2-core dev VM; gpu: closer to the
@@ -103,6 +105,7 @@ def summarise(curves: list[list[dict[str, Any]]], key: str) -> dict[str, Any]:
     else:
         hit = None  # no improvement over the untrained actor
     return {"steps": steps, "mean": mean.tolist(), "std": std.tolist(), "start": start, "final": final,
+            "mean_over_evals": float(mean[1:].mean()) if len(mean) > 1 else final,  # excludes step 0
             "final_std": float(vals[:, -1].std()), "steps_to_80": hit}
 
 
@@ -180,22 +183,24 @@ def overall(result: dict[str, Any]) -> str:
         if not no:
             parts.append(f"{name}: holds for every feature variant")
         elif not yes:
-            parts.append(f"{name}: does not hold ({', '.join(no)} never beat raw to raw's final value)")
+            parts.append(f"{name}: does not hold ({', '.join(no)} did not reach raw's final value in fewer evaluated steps than raw)")
         else:
             parts.append(f"{name}: holds for {', '.join(yes)}; not for {', '.join(no)}")
     return "; ".join(parts) + "."
 
 
 def table(result: dict[str, Any]) -> list[str]:
-    rows = ["| task | variant | final score (D4RL, env reward) | steps to 80 % | final relabelled return | steps to 80 % |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| task | variant | final score (D4RL, env reward) | steps to 80 % | score averaged over evaluations | "
+            "final relabelled return | steps to 80 % | relabelled return averaged over evaluations |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for task, vs in result["tasks"].items():
         for v in VARIANTS:
             if v not in vs:
                 continue
             s, n = vs[v]["score"], vs[v]["new_return"]
             rows.append(f"| {task} | {v} | {s['final']:.1f} +- {s['final_std']:.1f} | {s['steps_to_80']} | "
-                        f"{n['final']:.2f} +- {n['final_std']:.2f} | {n['steps_to_80']} |")
+                        f"{s.get('mean_over_evals', float('nan')):.1f} | {n['final']:.2f} +- {n['final_std']:.2f} | "
+                        f"{n['steps_to_80']} | {n.get('mean_over_evals', float('nan')):.1f} |")
     return rows
 
 
@@ -225,6 +230,7 @@ def write_markdown(result: dict[str, Any], path: Path | None = None,
             "itself first does (5-episode evaluations: noisy).", "", *rows, "",
             "Verdict (\"features reach raw-state performance in a fraction of the steps\"):", "",
             *[f"- {line}" for line in result["verdict"]], "", f"- Overall: {result['overall']}", "",
+            *([NOTE.read_text().strip(), ""] if NOTE.exists() else []),
             "Curves: `benchmarks/results/representations.png`, data: `benchmarks/results/representations.json`.",
             END]
     text = path.read_text() if path.exists() else "# Benchmark results\n"
@@ -324,6 +330,11 @@ def report(out: Path, markdown: bool, result: dict[str, Any] | None = None, extr
                 result["tasks"].setdefault(t, {}).update(v)
         result["wall_min"] = max(p["wall_min"] for p in parts)  # tasks ran in parallel processes
         result["command"] = " ; ".join(sorted({p["command"] for p in parts}))
+    for vs in result["tasks"].values():  # recompute summaries from the stored per-seed curves
+        for v in VARIANTS:
+            if v in vs:
+                curves = [r["curve"] for r in vs[v]["runs"]]
+                vs[v]["score"], vs[v]["new_return"] = summarise(curves, "score"), summarise(curves, "new_return")
     result["verdict"], result["overall"] = verdict(result), overall(result)
     (out / "representations.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(result, out / "representations.png")
