@@ -1,8 +1,6 @@
 """Shared helpers for benchmark scripts: machine description and latency summaries (JSON)."""
 from __future__ import annotations
 
-import os
-import platform
 import time
 from typing import Callable, Sequence
 
@@ -10,31 +8,10 @@ import numpy as np
 
 
 def machine() -> dict[str, object]:
-    """What ran the benchmark: CPU model, cores, Python and library versions."""
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-                               "platform": platform.platform()}
-    for mod in ("torch", "numpy", "onnxruntime"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional
-            pass
-    try:
-        import torch
-        info["torch_threads"] = torch.get_num_threads()
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except Exception:  # noqa: BLE001
-        pass
-    return info
+    """What ran the benchmark (one home: ``mtm_runtime.profiling.machine_info``)."""
+    from mtm_runtime.profiling import machine_info
+
+    return machine_info()
 
 
 def summarise(samples_s: Sequence[float]) -> dict[str, float]:

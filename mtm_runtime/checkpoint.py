@@ -17,10 +17,8 @@ spec + config build. Every refusal is a CheckpointError naming the file and the 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +27,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from mtm_runtime.fileio import atomic_write, sha256_bytes, sha256_file  # noqa: F401 (re-exported)
 from mtm_runtime.model import MTM, MTMConfig
 from mtm_runtime.normalise import Normaliser
 from mtm_runtime.safety import ActionLimits
@@ -74,32 +73,6 @@ class Checkpoint:
                 "provenance": self.provenance}
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(directory: str | os.PathLike, model: MTM, normaliser: Normaliser,
                     action_limits: ActionLimits | None = None,
                     provenance: Mapping[str, Any] | None = None) -> Path:
@@ -112,11 +85,11 @@ def save_checkpoint(directory: str | os.PathLike, model: MTM, normaliser: Normal
         raise SpecError("save_checkpoint: action_limits width differs from the spec's actions width")
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     blob = st_save(tensors, metadata={"format": FORMAT})
-    _atomic_write(d / WEIGHTS_FILE, blob)
+    atomic_write(d / WEIGHTS_FILE, blob)
     ckpt = Checkpoint(model.spec, model.cfg, normaliser, tensors, action_limits, dict(provenance or {}))
     meta = ckpt.metadata()
     meta["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_bytes(blob)}
-    _atomic_write(d / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(d / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return d
 
 

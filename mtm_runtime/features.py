@@ -200,7 +200,7 @@ def export_features_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None
         torch.onnx.export(static, (x, m), buf, dynamo=False, opset_version=opset,
                           input_names=list(ox.INPUT_NAMES), output_names=[FEATURES_OUTPUT],
                           do_constant_folding=True, export_params=True)
-    proto = ox._clean(onnx.load_from_string(buf.getvalue()))
+    proto = ox.clean_graph(onnx.load_from_string(buf.getvalue()))
     proto.producer_name = "mtm_runtime.features"
     proto.doc_string = f"MTM features ({kind}) {spec.describe()} batch {batch_size}: (x, mask) -> features"
     try:
@@ -214,7 +214,7 @@ def export_features_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None
     data = proto.SerializeToString()
     worst = features_parity(data, static, batch_size, tolerance)
     meta = ckpt.metadata()
-    weights_sha = ox._weights_sha256(ckpt) if extractor is None else "fine-tuned (not the checkpoint's weights)"
+    weights_sha = ox.weights_sha256(ckpt) if extractor is None else "fine-tuned (not the checkpoint's weights)"
     meta["export"] = {"graph": "features", "feature_kind": kind, "feature_dim": fx.feature_dim,
                       "exporter": "torch.onnx.export(dynamo=False)", "torch_version": torch.__version__,
                       "opset": opset, "batch_size": batch_size, "source_weights_sha256": weights_sha,
@@ -222,10 +222,10 @@ def export_features_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None
                                  "mask": [batch_size, spec.horizon, spec.num_modalities]},
                       "output": {FEATURES_OUTPUT: [batch_size, fx.feature_dim]},
                       "parity_max_abs_diff": worst}
-    ox._set_metadata(proto, meta, weights_sha)
+    ox.set_metadata(proto, meta, weights_sha)
     data = proto.SerializeToString()
     if path is not None:
-        ox._atomic_write(Path(path), data)
+        ox.atomic_write(Path(path), data)
     return data
 
 

@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from mtm_runtime.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, sha256_bytes, sha256_file
+from mtm_runtime.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError
+from mtm_runtime.fileio import atomic_write, sha256_bytes, sha256_file
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(17, 21)  # 17..20, see the module docstring
@@ -98,12 +99,12 @@ def export_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None, batch_s
                           input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                           do_constant_folding=True, export_params=True)
     proto = onnx.load_from_string(buf.getvalue())
-    proto = _clean(proto)
+    proto = clean_graph(proto)
     proto.producer_name = "mtm_runtime.onnx_export"
     proto.doc_string = f"MTM {spec.describe()} batch {batch_size}: (x, mask) -> y; metadata in '{METADATA_KEY}'"
 
     meta = ckpt.metadata()
-    weights_sha = _weights_sha256(ckpt)
+    weights_sha = weights_sha256(ckpt)
     meta["export"] = {"exporter": "torch.onnx.export(dynamo=False)", "torch_version": torch.__version__,
                       "opset": opset, "batch_size": batch_size, "source_weights_sha256": weights_sha,
                       "inputs": {"x": [batch_size, spec.horizon, spec.packed_width],
@@ -111,14 +112,14 @@ def export_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None, batch_s
                       "output": {"y": [batch_size, spec.horizon, spec.packed_width]}}
     validate_onnx(proto, batch_size, spec)
     meta["export"]["parity_max_abs_diff"] = check_parity(proto.SerializeToString(), model, batch_size)
-    _set_metadata(proto, meta, weights_sha)
+    set_metadata(proto, meta, weights_sha)
     data = proto.SerializeToString()
     if path is not None:
-        _atomic_write(Path(path), data)
+        atomic_write(Path(path), data)
     return data
 
 
-def _clean(proto: Any) -> Any:
+def clean_graph(proto: Any) -> Any:
     """Tidy the TorchScript export in place: ``Constant`` nodes become initializers and
     ``Identity`` nodes are bypassed (their consumers read the source tensor directly)."""
     g = proto.graph
@@ -142,7 +143,7 @@ def _clean(proto: Any) -> Any:
     return proto
 
 
-def _weights_sha256(ckpt: Checkpoint) -> str:
+def weights_sha256(ckpt: Checkpoint) -> str:
     """sha256 of the checkpoint's weights file, or of the tensors serialised as safetensors."""
     if ckpt.path is not None and (Path(ckpt.path) / WEIGHTS_FILE).is_file():
         return sha256_file(Path(ckpt.path) / WEIGHTS_FILE)
@@ -150,24 +151,11 @@ def _weights_sha256(ckpt: Checkpoint) -> str:
     return sha256_bytes(st_save({k: v.contiguous() for k, v in ckpt.state_dict.items()}))
 
 
-def _set_metadata(proto: Any, meta: dict[str, Any], weights_sha: str) -> None:
+def set_metadata(proto: Any, meta: dict[str, Any], weights_sha: str) -> None:
     del proto.metadata_props[:]
     for key, value in ((METADATA_KEY, json.dumps(meta, sort_keys=True)), (WEIGHTS_SHA_KEY, weights_sha)):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---- validation ---------------------------------------------------------------------------------

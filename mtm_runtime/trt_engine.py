@@ -36,7 +36,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mtm_runtime.checkpoint import CheckpointError, sha256_bytes, sha256_file
+from mtm_runtime.checkpoint import CheckpointError
+from mtm_runtime.fileio import sha256_bytes, sha256_file
 
 SIDECAR_SUFFIX = ".json"
 FP32_TOLERANCE = 1e-4  # engine vs ONNX Runtime, max abs diff, normalised units

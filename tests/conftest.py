@@ -9,7 +9,12 @@ from __future__ import annotations
 import itertools
 import os
 
-import pytest
+# One BLAS/OpenMP thread per process in tests: the suite runs ROS nodes, simulators and training
+# side by side on two cores, where oversubscribed OpenMP spin-waits make torch 10x slower.
+# Child processes (nodes started by tests) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 _counter = itertools.count()
 

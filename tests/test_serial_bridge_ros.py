@@ -136,6 +136,7 @@ def test_bridge_end_to_end_with_reconnect(ros_env: dict[str, str], tmp_path: Pat
         assert dq[0] > 0.2 and dq[1] < -0.2, dq
 
         # 3. Bad commands are rejected by the bridge and counted in /diagnostics.
+        probe.spin_until(lambda: False, 0.5)  # let valid commands still in flight land first
         applied = mcu.snapshot()["commands_applied"]
         probe.command([math.nan, 0.0])
         probe.spin_until(lambda: False, 0.05)
@@ -143,6 +144,7 @@ def test_bridge_end_to_end_with_reconnect(ros_env: dict[str, str], tmp_path: Pat
         assert probe.spin_until(lambda: bool(probe.diag)
                                 and int(probe.diag[-1]["rejected_commands"]) == 2, 3.0)
         assert mcu.snapshot()["commands_applied"] == applied
+        np.testing.assert_allclose(mcu.snapshot()["ctrl"], [1.0, -1.0])  # the bad ones never landed
         d = probe.diag[-1]
         assert d["link_up"] == "True" and int(d["frames_ok"]) > 20 and d["corrupt"] == "0"
         assert d["_level"] == "0", d
