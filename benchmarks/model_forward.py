@@ -39,7 +39,7 @@ def latency(preset: str, rounds: int, per_round: int) -> dict:
     x = np.random.default_rng(0).standard_normal((1, 4, SPEC.packed_width)).astype(np.float32)
     bc = M.bc_mask(SPEC)
     mask = bc[None].copy()
-    backend = TorchBackend(ours, warmup=5)
+    backend = TorchBackend(ours, packed_encoder=True, warmup=5)
     static = TorchBackend(ours, packed_encoder=False, warmup=5)
     xt, mt = torch.from_numpy(x), torch.from_numpy(bc)
 
@@ -47,10 +47,10 @@ def latency(preset: str, rounds: int, per_round: int) -> dict:
         with torch.inference_mode():
             ref(xt, mt)
 
-    t = interleaved({"reference": ref_call, "ours_torch": lambda: backend.run(x, mask),
+    t = interleaved({"reference": ref_call, "ours_torch_packed": lambda: backend.run(x, mask),
                      "ours_torch_static": lambda: static.run(x, mask)}, rounds, per_round)
     out = {k: summarise(v) for k, v in t.items()}
-    for k in ("ours_torch", "ours_torch_static"):
+    for k in ("ours_torch_packed", "ours_torch_static"):
         out[k]["speedup_p50_vs_reference"] = round(out["reference"]["p50_us"] / out[k]["p50_us"], 2)
     return out
 

@@ -1,7 +1,10 @@
 """PyTorch backends: eager (CPU or CUDA) and CUDA-graph replay.
 
-``torch``: eager inference with preallocated host output; on CPU, batch 1, it gathers the
-visible tokens into the encoder (same result as the static graph, fewer FLOPs).
+``torch``: eager inference with preallocated host output. By default it runs the static graph
+(``MTM.forward``); ``packed_encoder=True`` gathers the visible tokens into the encoder instead
+(same result, fewer FLOPs) — measured slower at batch 1 on 2 CPU cores, where reading the
+weights dominates (benchmarks/results/model_forward.json: paper preset p50 7.6 ms packed vs
+7.0 ms static), so it is meant for large batches.
 ``torch-cudagraph``: static device buffers, the forward captured once into a CUDA graph and
 replayed each step (needs CUDA; refused with a clear error elsewhere).
 """
@@ -18,7 +21,7 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, model: MTM, batch_size: int = 1, device: str = "cpu", threads: int | None = None,
-                 packed_encoder: bool = True, warmup: int = 10) -> None:
+                 packed_encoder: bool = False, warmup: int = 10) -> None:
         super().__init__(model.spec, batch_size)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError("torch backend: device 'cuda' requested but torch.cuda.is_available() is False")
