@@ -178,7 +178,9 @@ def policy_loop(rate: float, model: Path, backend: str, duration: float, work: P
     policy = {"input_type": "joint_state", "joint_names": ["joint0", "joint1"], "state_fields": ["position", "velocity"],
               "command_type": "joint_state", "command_interface": "effort", "trigger": "state", "mask_mode": "goal",
               "warmup_iters": 200, "stale_timeout": 0.5, "inference_threads": 1}
-    bridge = {"command_type": "joint_state", "reset_timeout_s": 30.0}
+    # the policy reads joint_states: the bridge skips the redundant observation topic (one
+    # publish less between the state and the moment the bridge can take the command)
+    bridge = {"command_type": "joint_state", "reset_timeout_s": 30.0, "publish_observation": False}
     if not episode_reset:
         bridge["policy_reset_service"] = ""
     params = write_params(work / f"params_{int(rate)}.yaml", policy, bridge)

@@ -230,15 +230,14 @@ class SimBridge(Node):
         if reward is not None:
             self.reward_pub.publish(Float64(data=float(reward)))
         self._obs = np.asarray(obs, dtype=np.float64)
-        stamp = conv.ns_to_stamp(int(round(self.sim_steps * self.dt * 1e9)))
-        self.clock_pub.publish(Clock(clock=stamp))
-        if self.p("stamp_clock") == "ros":
-            stamp = self.get_clock().now().to_msg()
+        sim_stamp = conv.ns_to_stamp(int(round(self.sim_steps * self.dt * 1e9)))
+        stamp = self.get_clock().now().to_msg() if self.p("stamp_clock") == "ros" else sim_stamp
         if self.p("publish_joint_states"):
             data = self.env.unwrapped.data
             self.js_pub.publish(conv.joint_state_from_arrays(self.task.joint_names, data.qpos[self._qpos],
                                                              data.qvel[self._qvel], stamp))
         self._publish_obs()
+        self.clock_pub.publish(Clock(clock=sim_stamp))  # after the state: off the state->command path
 
     def _publish_obs(self) -> None:
         if self.p("publish_observation") and self._obs is not None:
