@@ -3,8 +3,9 @@
     python benchmarks/model_forward.py [--quick] [--json out.json]
 
 Shapes: T = 4, states 11 / actions 3 / returns 1 (a Hopper-sized spec), presets ``paper`` and
-``embedded``. Latency: BC mask, batch 1, eval mode, torch eager on this CPU, measured in
-interleaved rounds with the reference so noise hits both alike. Throughput: forward + backward +
+``embedded``. Latency: BC mask, batch 1, eval mode, measured in interleaved rounds with the
+reference so noise hits all alike: the reference forward, our torch eager forward (packed and
+static encoder), and the full runtime step ``Policy.act`` on ONNX Runtime (fp32 and opt-in int8). Throughput: forward + backward +
 AdamW step at batch 256; ours with per-sample AUTO_MASKs (packed encoder), the reference with one
 random mask per batch (its design). JSON to stdout (and --json).
 """
@@ -24,8 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import interleaved, machine, summarise  # noqa: E402
 from benchmarks.reference_mae import ReferenceMAE  # noqa: E402
 from mtm_runtime import masks as M  # noqa: E402
+from mtm_runtime.backends.ort_backend import OrtBackend  # noqa: E402
 from mtm_runtime.backends.torch_backend import TorchBackend  # noqa: E402
+from mtm_runtime.checkpoint import Checkpoint  # noqa: E402
 from mtm_runtime.model import PRESETS, build_model  # noqa: E402
+from mtm_runtime.normalise import Normaliser  # noqa: E402
+from mtm_runtime.onnx_export import export_onnx  # noqa: E402
+from mtm_runtime.policy import Policy  # noqa: E402
 from mtm_runtime.spec import TrajectorySpec  # noqa: E402
 
 SPEC = TrajectorySpec.create(4, states=11, actions=3, returns=1)
@@ -47,10 +53,21 @@ def latency(preset: str, rounds: int, per_round: int) -> dict:
         with torch.inference_mode():
             ref(xt, mt)
 
-    t = interleaved({"reference": ref_call, "ours_torch_packed": lambda: backend.run(x, mask),
-                     "ours_torch_static": lambda: static.run(x, mask)}, rounds, per_round)
+    # the runtime path: Policy.act (buffer, mask, normalisation, limits) on ONNX Runtime, fp32 and
+    # opt-in int8 (dynamic quantisation of the MatMuls, parity-checked by the backend)
+    ckpt = Checkpoint(SPEC, cfg, Normaliser.identity(SPEC), ours.state_dict())
+    onnx = export_onnx(ckpt)
+    state = x[0, -1, SPEC.slice("states")].copy()
+    policies = {"ours_policy_act_ort": Policy(SPEC, ckpt.normaliser, OrtBackend(onnx, SPEC)),
+                "ours_policy_act_ort_int8": Policy(SPEC, ckpt.normaliser, OrtBackend(onnx, SPEC, quantize="int8"))}
+    calls = {"reference": ref_call, "ours_torch_packed": lambda: backend.run(x, mask),
+             "ours_torch_static": lambda: static.run(x, mask)}
+    calls.update({k: (lambda p=p: p.act(state)) for k, p in policies.items()})
+    t = interleaved(calls, rounds, per_round)
     out = {k: summarise(v) for k, v in t.items()}
-    for k in ("ours_torch_packed", "ours_torch_static"):
+    for k in calls:
+        if k == "reference":
+            continue
         out[k]["speedup_p50_vs_reference"] = round(out["reference"]["p50_us"] / out[k]["p50_us"], 2)
     return out
 

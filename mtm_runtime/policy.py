@@ -51,9 +51,12 @@ class InferenceError(RuntimeError):
     """The backend produced something that must not reach an actuator (NaN/Inf)."""
 
 
+_add_reduce = np.add.reduce
+
+
 def _finite(a: np.ndarray) -> bool:
     # float(sum) is NaN/Inf iff an element is (or the sum overflows): no temporary array
-    return math.isfinite(float(np.sum(a, dtype=np.float64)))
+    return math.isfinite(float(_add_reduce(a, axis=None, dtype=np.float64)))
 
 
 class Policy:
@@ -79,6 +82,8 @@ class Policy:
         self._action_out.flags.writeable = False
         self._action_norm = np.zeros(aw, np.float32)
         self._a_slice = spec.slice(ACTIONS)
+        self._state_width = spec.width(STATES)
+        self._has_returns = RETURNS in spec
         self._goal: np.ndarray | None = None
         self._target_return: float | None = None
         self._rtg = 0.0
@@ -165,6 +170,7 @@ class Policy:
             raise InputError("this model has no 'goals' modality")
         g = self._check("goal", goal, self.spec.width(GOALS))
         self._goal = g.astype(np.float32).copy()
+        self._goal_norm = self.normaliser.normalise(GOALS, self._goal)  # written every step
 
     def reset(self) -> None:
         """New episode: empty history, return-to-go back to the target."""
@@ -174,7 +180,7 @@ class Policy:
     # ---- the control step -------------------------------------------------------------------
     def act(self, state: np.ndarray, reward: float | None = None) -> np.ndarray:
         t0 = time.perf_counter()
-        s = self._check("state", state, self.spec.width(STATES))
+        s = self._check("state", state, self._state_width)
         if reward is not None and not math.isfinite(float(reward)):
             raise InputError(f"reward must be finite, got {reward!r}")
         if self.mode == "goal" and self._goal is None:
@@ -188,8 +194,8 @@ class Policy:
         buf.begin_step()
         buf.write(STATES, s)
         if self._goal is not None:
-            buf.write(GOALS, self._goal)
-        if RETURNS in self.spec and self._target_return is not None:
+            buf.write(GOALS, self._goal_norm, normalised=True)
+        if self._has_returns and self._target_return is not None:
             self._rtg_norm[0] = self._rtg / self.normaliser.std[RETURNS][0]
             buf.write(RETURNS, self._rtg_norm, normalised=True)
         x, avail = buf.window()
@@ -206,7 +212,8 @@ class Policy:
         if not _finite(a):
             a.fill(0.0)
             raise InferenceError(f"backend {self.backend.name!r} returned a non-finite action; nothing was emitted")
-        np.clip(a, self.limits.low, self.limits.high, out=a)
+        np.minimum(a, self.limits.high, out=a)  # = np.clip, without its Python wrapper's cost
+        np.maximum(a, self.limits.low, out=a)
         buf.write(ACTIONS, a)
         self.last_act_s = time.perf_counter() - t0
         return self._action_out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable, Mapping
 
 #: Names the runtime gives a meaning to. Other names are allowed (extra sensors, say).
@@ -70,14 +71,18 @@ class TrajectorySpec:
         """``TrajectorySpec.create(4, states=11, actions=3, returns=1)`` (keyword order kept)."""
         return cls(tuple(Modality(n, w) for n, w in widths.items()), horizon)
 
-    # ---- queries ------------------------------------------------------------------------
-    @property
+    # ---- queries (cached: the spec is immutable, and the control loop asks every step) ------
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.modalities)
 
-    @property
+    @cached_property
     def widths(self) -> tuple[int, ...]:
         return tuple(m.width for m in self.modalities)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
 
     @property
     def num_modalities(self) -> int:
@@ -89,19 +94,19 @@ class TrajectorySpec:
         """T * M: tokens in one window."""
         return self.horizon * len(self.modalities)
 
-    @property
+    @cached_property
     def packed_width(self) -> int:
         """D: floats per time step in the packed layout."""
         return sum(self.widths)
 
     def __contains__(self, name: object) -> bool:
-        return name in self.names
+        return name in self._index
 
     def index(self, name: str) -> int:
         """Column of ``name`` in the mask layout; SpecError if absent."""
         try:
-            return self.names.index(name)
-        except ValueError:
+            return self._index[name]
+        except KeyError:
             raise SpecError(f"spec has no modality {name!r} (it has {', '.join(self.names)})") from None
 
     def width(self, name: str) -> int:
