@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from mtm_runtime.fileio import atomic_write, sha256_bytes, sha256_file  # noqa: F401 (re-exported)
+from mtm_runtime.fileio import atomic_write, sha256_bytes
 from mtm_runtime.model import MTM, MTMConfig
 from mtm_runtime.normalise import Normaliser
 from mtm_runtime.safety import ActionLimits

@@ -583,7 +583,6 @@ class PolicyNode(LifecycleNode):
     def _note_fault(self, kind: str, detail: str) -> None:
         """Remember a fault for /diagnostics and publish them now (at most every DIAG_MIN_INTERVAL_S)."""
         now = time.monotonic()
-        prev = self._faults_seen.get(kind)
         self._faults_seen[kind] = (now, detail)
         if now - self._last_diag_t >= contract.DIAG_MIN_INTERVAL_S:
             self._publish_diagnostics()

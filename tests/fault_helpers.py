@@ -6,7 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -55,14 +55,6 @@ def tiny_checkpoint(directory: Path, states: int, actions: int, bound: float = 1
     model = MTM(spec, MTMConfig(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, mlp_ratio=2))
     return save_checkpoint(directory, model, Normaliser.identity(spec), ActionLimits.symmetric(bound, actions),
                            provenance={"note": "fault-test checkpoint"})
-
-
-def diag_since(diags: list[tuple[float, dict[str, str]]], t0: float, pred: Callable[[dict[str, str]], bool]) -> float | None:
-    """Seconds from ``t0`` to the first diagnostics entry after ``t0`` matching ``pred`` (None if none)."""
-    for t, d in diags:
-        if t >= t0 and pred(d):
-            return t - t0
-    return None
 
 
 def record(scenario: str, **values: Any) -> None:

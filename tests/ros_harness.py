@@ -191,6 +191,42 @@ class Graph:
             self.diagnostics.clear()
 
 
+class DiagnosticsLog:
+    """Timestamped /diagnostics statuses whose name contains ``status_name`` (received by the
+    graph's probe node), each as ``{key: value, _message, _level}``."""
+
+    def __init__(self, g: "Graph", status_name: str) -> None:
+        self.status_name = status_name
+        self.items: list[tuple[float, dict[str, str]]] = []
+        self.lock = threading.Lock()
+        g.probe.create_subscription(DiagnosticArray, "/diagnostics", self._on, 100)
+
+    def _on(self, msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            if self.status_name in st.name:
+                d = dict(diagnostic_values(st), _message=st.message, _level=str(st.level[0]))
+                with self.lock:
+                    self.items.append((time.monotonic(), d))
+
+    def since(self, t0: float, pred: Callable[[dict[str, str]], bool]) -> float | None:
+        """Seconds from ``t0`` to the first status at/after ``t0`` matching ``pred`` (or None)."""
+        with self.lock:
+            for t, d in self.items:
+                if t >= t0 and pred(d):
+                    return t - t0
+        return None
+
+    def wait(self, t0: float, pred: Callable[[dict[str, str]], bool], timeout: float = 3.0) -> float:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            dt = self.since(t0, pred)
+            if dt is not None:
+                return dt
+            time.sleep(0.01)
+        raise AssertionError(f"no matching {self.status_name!r} diagnostics within {timeout} s; "
+                             f"last: {self.items[-1:]}")
+
+
 def obs(values: Any) -> Float64MultiArray:
     return Float64MultiArray(data=[float(v) for v in values])
 

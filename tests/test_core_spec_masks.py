@@ -1,15 +1,13 @@
 """TrajectorySpec and masks: layout, serialisation, and the semantics of every mask pattern."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtm_runtime import masks as M
-from mtm_runtime.spec import Modality, SpecError, TrajectorySpec, pack, unpack
+from mtm_runtime.spec import SpecError, TrajectorySpec, pack, unpack
 
 
 def make_spec(T: int = 4, goals: bool = False) -> TrajectorySpec:

@@ -57,7 +57,7 @@ def test_metadata_round_trip(exported: tuple[Path, bytes], ckpt_dir: Path) -> No
     exp = meta["export"]
     assert exp["opset"] == DEFAULT_OPSET and exp["batch_size"] == 1
     assert exp["parity_max_abs_diff"] <= 1e-4
-    from mtm_runtime.checkpoint import sha256_file
+    from mtm_runtime.fileio import sha256_file
     assert exp["source_weights_sha256"] == sha256_file(ckpt_dir / "model.safetensors")
     props = {p.key: p.value for p in onnx.load(str(exported[0])).metadata_props}
     assert json.loads(props[METADATA_KEY])["spec"] == ck.spec.to_dict()

@@ -12,7 +12,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from mtm_runtime.checkpoint import CheckpointError, load_checkpoint, sha256_file
+from mtm_runtime.checkpoint import CheckpointError, load_checkpoint
+from mtm_runtime.fileio import sha256_file
 from mtm_runtime.onnx_export import export_onnx, parity_cases
 from mtm_runtime.trt_engine import (onnx_fp16_matmuls, read_engine_sidecar, sidecar_path, stale_reason,
                                     tensorrt_status, trtexec_command)

@@ -14,14 +14,13 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from fault_helpers import FaultyBackend, diag_since, record, tiny_checkpoint  # noqa: E402
+from fault_helpers import FaultyBackend, record, tiny_checkpoint  # noqa: E402
 from mtm_runtime import safety_contract as contract  # noqa: E402
-from ros_harness import Graph, Parameter, ScriptedPolicy, obs  # noqa: E402
-from ros_nodes.conversions import diagnostic_values, ns_to_stamp  # noqa: E402
+from ros_harness import DiagnosticsLog, Graph, Parameter, ScriptedPolicy, obs  # noqa: E402
+from ros_nodes.conversions import ns_to_stamp  # noqa: E402
 from ros_nodes.policy_node import EXTERNAL_BACKENDS_ENV, PolicyNode  # noqa: E402
 from safety_monitor import MonitorProcess  # noqa: E402
 
@@ -32,33 +31,9 @@ STALE = 0.3
 MAX_RATE = 0.2
 
 
-class Diags:
-    """Timestamped /diagnostics of the policy node, received by the probe."""
-
-    def __init__(self, g: Graph) -> None:
-        self.items: list[tuple[float, dict[str, str]]] = []
-        self.lock = threading.Lock()
-        g.probe.create_subscription(DiagnosticArray, "/diagnostics", self._on, 100)
-
-    def _on(self, msg: DiagnosticArray) -> None:
-        for st in msg.status:
-            if "policy loop" in st.name:
-                d = dict(diagnostic_values(st), _message=st.message, _level=str(st.level[0]))
-                with self.lock:
-                    self.items.append((time.monotonic(), d))
-
-    def since(self, t0: float, pred: Any) -> float | None:
-        with self.lock:
-            return diag_since(list(self.items), t0, pred)
-
-    def wait(self, t0: float, pred: Any, timeout: float = 3.0) -> float:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            dt = self.since(t0, pred)
-            if dt is not None:
-                return dt
-            time.sleep(0.01)
-        raise AssertionError(f"no matching /diagnostics within {timeout} s; last: {self.items[-1:] }")
+def Diags(g: Graph) -> DiagnosticsLog:
+    """The policy node's /diagnostics status, timestamped on arrival."""
+    return DiagnosticsLog(g, "policy loop")
 
 
 def _node(g: Graph, loader: Any, **params: Any) -> PolicyNode:

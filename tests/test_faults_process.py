@@ -16,7 +16,6 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
 
-from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from fault_helpers import REPO, record, tiny_checkpoint  # noqa: E402

@@ -3,10 +3,9 @@
 out-of-order sequence numbers, then the port vanishes and returns."""
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
-from typing import Any
+
 
 import numpy as np
 import pytest
@@ -15,13 +14,11 @@ pytest.importorskip("serial")
 pytest.importorskip("rclpy")
 pytest.importorskip("mujoco")
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 
 from fault_helpers import record  # noqa: E402
 from mtm_runtime import safety_contract as contract  # noqa: E402
 from mtm_runtime import serial_protocol as sp  # noqa: E402
-from ros_harness import Graph, Parameter, ScriptedPolicy  # noqa: E402
-from ros_nodes.conversions import diagnostic_values  # noqa: E402
+from ros_harness import DiagnosticsLog, Graph, Parameter, ScriptedPolicy  # noqa: E402
 from ros_nodes.policy_node import PolicyNode  # noqa: E402
 from safety_monitor import MonitorProcess  # noqa: E402
 from sim.virtual_mcu import VirtualMCU  # noqa: E402
@@ -31,27 +28,9 @@ pytestmark = pytest.mark.ros
 RATE, STALE, MAX_RATE = 50.0, 0.3, 0.2
 
 
-class BridgeDiags:
-    def __init__(self, g: Graph) -> None:
-        self.items: list[tuple[float, dict[str, str]]] = []
-        self.lock = threading.Lock()
-        g.probe.create_subscription(DiagnosticArray, "/diagnostics", self._on, 100)
-
-    def _on(self, msg: DiagnosticArray) -> None:
-        for st in msg.status:
-            if "serial link" in st.name:
-                with self.lock:
-                    self.items.append((time.monotonic(), dict(diagnostic_values(st), _level=str(st.level[0]))))
-
-    def wait(self, t0: float, pred: Any, timeout: float = 3.0) -> float:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                for t, d in self.items:
-                    if t >= t0 and pred(d):
-                        return t - t0
-            time.sleep(0.01)
-        raise AssertionError(f"no matching serial diagnostics; last {self.items[-1:]}")
+def BridgeDiags(g: Graph) -> DiagnosticsLog:
+    """The serial bridge's /diagnostics status, timestamped on arrival."""
+    return DiagnosticsLog(g, "serial link")
 
 
 def _inject(mcu: VirtualMCU, data: bytes) -> None:

@@ -13,7 +13,6 @@ import time
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mtm_runtime.launch_description import (LAUNCH_ARGUMENTS, command_line, describe, launch_node_kwargs,

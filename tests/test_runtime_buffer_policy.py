@@ -10,7 +10,6 @@ import torch
 
 from mtm_runtime import masks as M
 from mtm_runtime.backends import Backend
-from mtm_runtime.backends.torch_backend import TorchBackend
 from mtm_runtime.buffer import TrajectoryBuffer
 from mtm_runtime.checkpoint import save_checkpoint
 from mtm_runtime.model import MTMConfig, build_model

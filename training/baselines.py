@@ -26,7 +26,6 @@ evaluation harness drives.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import math
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mtm_runtime.checkpoint import sha256_bytes, sha256_file
+from mtm_runtime.fileio import sha256_bytes, sha256_file
 from mtm_runtime.normalise import Normaliser
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import ACTIONS, GOALS, RETURNS, STATES, TrajectorySpec
@@ -209,7 +208,7 @@ def load_baseline_agent(path: str | Path) -> BaselineAgent:
 def baseline_id_fd(path: str | Path, data: str | Path, n: int = 4096) -> dict[str, float]:
     """Held-out ID or FD error of an ``id``/``fd`` baseline (the other is NaN) on the validation
     split recorded in its provenance, with the windows and formula MTM is scored with."""
-    from training.evaluate import id_fd_errors, validation_windows
+    from training.evaluate import validation_windows
     from training.loaders import load_episodes, split_episodes
 
     meta, spec, norm, net = load_baseline(path)

@@ -38,7 +38,6 @@ Actions (the command computed from state t):
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

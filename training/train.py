@@ -48,7 +48,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,7 +58,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from mtm_runtime import masks as M
-from mtm_runtime.checkpoint import save_checkpoint, sha256_file
+from mtm_runtime.checkpoint import save_checkpoint
+from mtm_runtime.fileio import sha256_file
 from mtm_runtime.loss import mtm_loss
 from mtm_runtime.model import MTM, PRESETS, build_model, count_parameters
 from mtm_runtime.normalise import Normaliser
