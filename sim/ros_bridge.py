@@ -20,7 +20,7 @@ replaced by zeros (``command_timeouts``, WARN in /diagnostics) until a fresh one
 dead policy node never leaves the plant driven by its last command.
 
 Episodes: at termination or the task's time limit the return and normalised score are logged
-and published, then the bridge calls the policy node's ``~/reset`` service
+and published, the env is reset and the new goal published, then the bridge calls the policy node's ``~/reset`` service
 (``policy_reset_service``; empty = none) and waits for its answer (at most ``reset_timeout_s``)
 before the first observation of the next episode, so no state of the new episode can land in
 the old history. In lockstep a refusal ("not active") is retried until the deadline, so the
@@ -166,8 +166,17 @@ class SimBridge(Node):
 
     # ---- episodes --------------------------------------------------------------------------
     def _begin_episode(self) -> None:
-        """Ask the policy node for a new episode; the env resets when it answers (or times out)."""
+        """Reset the env and publish the episode's goal, then ask the policy node for a new
+        episode; the first observation goes out when it answers (or the request times out).
+        The goal leaves before the reset request, so it reaches the policy before the first
+        state of the episode (they travel on different topics, which DDS does not order)."""
         self._resetting, self._awaiting = True, False
+        obs, _info = self.env.reset(seed=self.seed + self.episode)
+        self.steps, self.episode_return, self._command = 0, 0.0, None
+        self._first_obs = obs
+        parts = self.task.split_observation(obs)
+        if "goals" in parts:
+            self.goal_pub.publish(conv.array_to_multiarray(parts["goals"], "goal"))
         self._reset_deadline = time.monotonic() + float(self.p("reset_timeout_s"))
         self._reset_future = None
         self._try_reset_call()
@@ -192,12 +201,7 @@ class SimBridge(Node):
         if not self._resetting:
             return
         self._resetting = False
-        obs, info = self.env.reset(seed=self.seed + self.episode)
-        self.steps, self.episode_return, self._command = 0, 0.0, None
-        parts = self.task.split_observation(obs)
-        if "goals" in parts:
-            self.goal_pub.publish(conv.array_to_multiarray(parts["goals"], "goal"))
-        self._send(obs, reward=None)
+        self._send(self._first_obs, reward=None)
 
     def _end_episode(self) -> None:
         try:
