@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import emit_json, machine  # noqa: E402
 
 TARGETS = {500: {"achieved_rate_hz": 499.0, "miss_fraction": 0.001, "latency_p99_ms": 1.0},
            1000: {"miss_fraction": 0.005, "latency_p99_ms": 1.0}}
@@ -288,10 +288,7 @@ def main(argv: list[str] | None = None) -> int:
               f"latency p50 {pol['latency_ms']['p50']} ms p99 {pol['latency_ms']['p99']} ms "
               f"max {pol['latency_ms']['max']} ms; bridge tick p99 {pol['tick_callback_ms']['p99']} ms",
               file=sys.stderr, flush=True)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
+    emit_json(result, args.json)
     return 0
 
 

@@ -1,7 +1,9 @@
 """Shared helpers for benchmark scripts: machine description and latency summaries (JSON)."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -12,6 +14,14 @@ def machine() -> dict[str, object]:
     from mtm_runtime.profiling import machine_info
 
     return machine_info()
+
+
+def emit_json(result: dict, path: "Path | None" = None) -> None:
+    """Print a benchmark's result as JSON (the scripts' contract) and write it to ``path`` too."""
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if path is not None:
+        Path(path).write_text(text + "\n")
 
 
 def summarise(samples_s: Sequence[float]) -> dict[str, float]:

@@ -11,7 +11,6 @@ were skipped when it is not importable.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine, summarise, time_calls  # noqa: E402
+from benchmarks.common import emit_json, machine, summarise, time_calls  # noqa: E402
 
 PRESETS = ("paper", "embedded")
 
@@ -83,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="gpu_latency_") as tmp:
             out = {"benchmark": "gpu_latency", "status": "ok", "machine": machine(), "batch_size": 1, "mask": "bc",
                    "results": {pr: bench_preset(pr, args.steps, Path(tmp)) for pr in PRESETS}}
-    text = json.dumps(out, indent=2, default=str)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit_json(out, args.json)
     return 0
 
 

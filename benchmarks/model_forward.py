@@ -12,7 +12,6 @@ random mask per batch (its design). JSON to stdout (and --json).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import interleaved, machine, summarise  # noqa: E402
+from benchmarks.common import emit_json, interleaved, machine, summarise  # noqa: E402
 from benchmarks.reference_mae import ReferenceMAE  # noqa: E402
 from mtm_runtime import masks as M  # noqa: E402
 from mtm_runtime.backends.ort_backend import OrtBackend  # noqa: E402
@@ -110,10 +109,7 @@ def main() -> int:
     result = {"benchmark": "model_forward", "machine": machine(), "spec": SPEC.describe(),
               "latency_batch1_bc": {p: latency(p, rounds, per_round) for p in ("paper", "embedded")},
               "train_throughput_batch256": {p: throughput(p, steps) for p in ("paper", "embedded")}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit_json(result, args.json)
     return 0
 
 
