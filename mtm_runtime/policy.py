@@ -36,7 +36,7 @@ from mtm_runtime.backends import Backend, BackendError, backend_class, source_ki
 from mtm_runtime.buffer import TrajectoryBuffer
 from mtm_runtime.checkpoint import Checkpoint, load_checkpoint, parse_metadata
 from mtm_runtime.normalise import Normaliser
-from mtm_runtime.safety import ActionLimits
+from mtm_runtime.safety import ActionLimits, all_finite
 from mtm_runtime.spec import ACTIONS, GOALS, RETURNS, STATES, TrajectorySpec
 
 #: Modes ``act`` can run. ``id``/``fd`` are offered as helpers (infer_actions, predict_next_state).
@@ -49,14 +49,6 @@ class InputError(ValueError):
 
 class InferenceError(RuntimeError):
     """The backend produced something that must not reach an actuator (NaN/Inf)."""
-
-
-_add_reduce = np.add.reduce
-
-
-def _finite(a: np.ndarray) -> bool:
-    # float(sum) is NaN/Inf iff an element is (or the sum overflows): no temporary array
-    return math.isfinite(float(_add_reduce(a, axis=None, dtype=np.float64)))
 
 
 class Policy:
@@ -209,7 +201,7 @@ class Policy:
         np.copyto(self._action_norm, y[0, -1, self._a_slice])
         np.multiply(self._action_norm, self.normaliser.std[ACTIONS], out=a)
         np.add(a, self.normaliser.mean[ACTIONS], out=a)
-        if not _finite(a):
+        if not all_finite(a):
             a.fill(0.0)
             raise InferenceError(f"backend {self.backend.name!r} returned a non-finite action; nothing was emitted")
         np.minimum(a, self.limits.high, out=a)  # = np.clip, without its Python wrapper's cost
@@ -261,6 +253,6 @@ class Policy:
             raise InputError(f"{what} has shape {a.shape}, expected {(*leading, width)}")
         if a.dtype.kind not in "fiu":
             raise InputError(f"{what} must be numeric, got dtype {a.dtype}")
-        if not _finite(a):
+        if not all_finite(a):
             raise InputError(f"{what} contains NaN or Inf")
         return a

@@ -20,6 +20,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 
+def all_finite(a: np.ndarray) -> bool:
+    """True iff no element is NaN/Inf, without a temporary array (the control loop calls this
+    every step): a float64 sum is NaN/Inf iff an element is, or the sum overflows (|x| > 1e308,
+    refused too)."""
+    return math.isfinite(float(np.add.reduce(a, axis=None, dtype=np.float64)))
+
+
 class UnsafeCommandError(ValueError):
     """A command that must not reach an actuator (non-finite, wrong shape)."""
 
@@ -60,7 +67,7 @@ class ActionLimits:
         a = np.asarray(action)
         if a.shape != self.low.shape:
             raise UnsafeCommandError(f"command has shape {a.shape}, limits expect ({self.width},)")
-        if not np.all(np.isfinite(a)):
+        if not all_finite(a):
             raise UnsafeCommandError("command contains NaN or Inf")
         return np.clip(a, self.low, self.high, out=out)
 
@@ -124,7 +131,7 @@ class RateLimiter:
         a = np.asarray(action)
         if a.shape != (self.width,):
             raise UnsafeCommandError(f"command has shape {a.shape}, rate limiter expects ({self.width},)")
-        if not np.all(np.isfinite(a)):
+        if not all_finite(a):
             raise UnsafeCommandError("command contains NaN or Inf")
         if out is None:
             out = np.empty(self.width, dtype=np.float32)

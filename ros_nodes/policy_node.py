@@ -547,7 +547,7 @@ class PolicyNode(LifecycleNode):
         t0 = time.monotonic()
         self._last_step_t = t0
         try:
-            action = self.policy.act(state.astype(np.float32), reward=reward)
+            action = self.policy.act(state, reward=reward)  # Policy normalises into its float32 buffer
         except Exception as e:  # noqa: BLE001 - a failing model must not stop the loop
             self.stats.act_errors += 1
             self._publish_fault(f"act() raised {type(e).__name__}: {e}", self.get_clock().now().nanoseconds,
