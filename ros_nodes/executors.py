@@ -64,3 +64,18 @@ def spin_loop(executor: Executor, context: Context, keep_going: Callable[[], boo
     """Spin with ``spin_once(timeout_sec=period_s)`` until the context shuts down or ``keep_going()`` is False."""
     while context.ok() and keep_going():
         executor.spin_once(timeout_sec=period_s)
+
+
+def drain(executor: Executor, seconds: float = 0.2, step_s: float = 0.02) -> None:
+    """Keep spinning for ``seconds`` so the last messages, transition events and logs go out."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=step_s)
+
+
+def close(executor: Executor, node: "rclpy.node.Node", context: Context) -> None:
+    """Shut down in the right order: executor, node, then the context (if still up)."""
+    executor.shutdown(timeout_sec=1.0)
+    node.destroy_node()
+    if context.ok():
+        rclpy.shutdown(context=context)

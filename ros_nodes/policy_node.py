@@ -70,7 +70,7 @@ from mtm_runtime.latency import LoopStats
 from mtm_runtime.safety import (FAULT_KINDS, ActionLimits, FaultAction, RateLimiter, StaleWatchdog,
                                 UnsafeCommandError, intersect_limits, state_rejection_reason)
 from ros_nodes import conversions as conv
-from ros_nodes.executors import make_executor, spin_loop
+from ros_nodes.executors import close, drain, make_executor, spin_loop
 
 NODE_NAME = "mtm_policy"
 TRIGGERS = ("state", "timer")
@@ -700,18 +700,13 @@ def main(argv: list[str] | None = None) -> int:
                 node._cmd_pub.wait_for_all_acked(timeout=rclpy.duration.Duration(seconds=0.5))
             if node.lifecycle_state in ("unconfigured", "inactive", "active"):
                 node.trigger_shutdown()
-            end = time.monotonic() + 0.2  # let the transition event and logs out
-            while time.monotonic() < end:
-                executor.spin_once(timeout_sec=0.02)
+            drain(executor, 0.2)  # let the transition event and logs out
     except KeyboardInterrupt:
         pass
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        if context.ok():
-            rclpy.shutdown(context=context)
+        close(executor, node, context)
     return 0
 
 

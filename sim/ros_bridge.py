@@ -57,7 +57,7 @@ from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 
 from ros_nodes import conversions as conv
-from ros_nodes.executors import make_executor, spin_loop
+from ros_nodes.executors import close, drain, make_executor, spin_loop
 
 NODE_NAME = "mtm_sim_bridge"
 #: episodes kept in memory and in ``results_path`` (oldest dropped first)
@@ -330,17 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spin_loop(executor, context, keep_going=lambda: not node.finished)
         if node.finished:  # let the last messages out
-            end = time.monotonic() + 0.2
-            while time.monotonic() < end:
-                executor.spin_once(timeout_sec=0.05)
+            drain(executor, 0.2, step_s=0.05)
     except KeyboardInterrupt:
         pass
     finally:
-        executor.shutdown(timeout_sec=1.0)
         node.env.close()
-        node.destroy_node()
-        if context.ok():
-            rclpy.shutdown(context=context)
+        close(executor, node, context)
     return 0
 
 
