@@ -36,6 +36,7 @@ def sinusoid_windows(n: int, horizon: int, seed: int, noise: float = 0.01) -> np
 class ArraySampler:
     """Samples rows of a fixed array of windows (all modalities present)."""
 
+    spec: TrajectorySpec
     x: np.ndarray
     seed: int = 0
 
@@ -44,8 +45,7 @@ class ArraySampler:
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.rng.integers(0, len(self.x), size=batch_size)
-        n_mod = 2
-        return self.x[idx], np.ones((batch_size, self.x.shape[1], n_mod), np.float32)
+        return self.x[idx], np.ones((batch_size, self.spec.horizon, self.spec.num_modalities), np.float32)
 
 
 def fit_normaliser(spec: TrajectorySpec, windows: np.ndarray) -> Normaliser:

@@ -62,7 +62,7 @@ def run(steps: int = 400, batch_size: int = 128, horizon: int = 4, seed: int = 0
     trainer = Trainer(model, TrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, warmup_steps=20,
                                          mask_kinds=("auto", "random", "id"), seed=seed))
     t0 = time.perf_counter()
-    hist = trainer.fit(ArraySampler(x_train, seed), callback=(
+    hist = trainer.fit(ArraySampler(spec, x_train, seed), callback=(
         (lambda s, r: print(f"step {s:4d}  loss {r['loss']:.4f}") if s % 100 == 0 else None) if verbose else None))
     elapsed = time.perf_counter() - t0
     after = mask_errors(model, spec, x_val, np.random.default_rng(123))
