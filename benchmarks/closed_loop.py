@@ -14,6 +14,10 @@ One run measures, at each rate:
     (``launch_description.describe`` + ``command_line``: one process each; the bridge's module is
     swapped for ``benchmarks.loop_probe``, a subclass that adds timing probes).
 
+Episodes last ``--episode-s`` seconds of control (default 2 s: Reacher's own 50 steps would reset
+the world every 0.1 s at 500 Hz, and every reset is an env reset plus a service round trip to the
+policy node).
+
 Per setting: achieved rate (env steps/s at the bridge; episode resets pause stepping, reported
 separately), deadline misses (a state whose command had not arrived by the next tick), latency
 from just before the state's publication to the command's arrival at the bridge
@@ -170,7 +174,7 @@ def echo_baseline(rate: float, executor: str, duration: float, work: Path, env: 
 
 
 def policy_loop(rate: float, model: Path, backend: str, duration: float, work: Path, env: dict[str, str],
-                episode_reset: bool) -> dict[str, Any]:
+                episode_reset: bool, episode_s: float) -> dict[str, Any]:
     from mtm_runtime.launch_description import describe
     from ros_nodes.closed_loop import write_params
 
@@ -180,7 +184,8 @@ def policy_loop(rate: float, model: Path, backend: str, duration: float, work: P
               "warmup_iters": 200, "stale_timeout": 0.5, "inference_threads": 1}
     # the policy reads joint_states: the bridge skips the redundant observation topic (one
     # publish less between the state and the moment the bridge can take the command)
-    bridge = {"command_type": "joint_state", "reset_timeout_s": 30.0, "publish_observation": False}
+    bridge = {"command_type": "joint_state", "reset_timeout_s": 30.0, "publish_observation": False,
+              "max_episode_steps": max(1, round(rate * episode_s)) if episode_s > 0 else 0}
     if not episode_reset:
         bridge["policy_reset_service"] = ""
     params = write_params(work / f"params_{int(rate)}.yaml", policy, bridge)
@@ -239,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-echo", action="store_true", help="skip the echo baseline")
     ap.add_argument("--no-episode-reset", action="store_true",
                     help="the bridge does not call the policy's reset service between episodes")
+    ap.add_argument("--episode-s", type=float, default=2.0,
+                    help="episode length in seconds of control (Reacher's own 50 steps are 0.1 s at 500 Hz, "
+                         "far shorter than any robot episode); 0 = the task's own length")
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     ap.add_argument("--work-dir", type=Path, default=None, help="logs and intermediate files (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -262,13 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         "rmw": env["RMW_IMPLEMENTATION"], "policy": {"model": "embedded preset (untrained), T=4, states 4, actions 2, goals 2; mode goal",
                                                      "backend": backend, "backend_choice": why,
                                                      "trigger": "state", "command_type": "joint_state",
-                                                     "episode_reset_service": not args.no_episode_reset},
+                                                     "episode_reset_service": not args.no_episode_reset,
+                                                     "episode_s": args.episode_s},
         "work_dir": str(work), "settings": {}}
     for rate in rates:
         entry: dict[str, Any] = {}
         if not args.no_echo:
             entry["echo_baseline"] = {ex: echo_baseline(rate, ex, duration, work, env) for ex in ("single", "events")}
-        pol = policy_loop(rate, model, backend, duration, work, env, not args.no_episode_reset)
+        pol = policy_loop(rate, model, backend, duration, work, env, not args.no_episode_reset, args.episode_s)
         entry["policy_loop"] = pol
         ex = pol.get("executor", "events")
         ex_key = "events" if ex == "events" else "single"

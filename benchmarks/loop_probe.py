@@ -30,7 +30,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
 from ros_nodes import conversions as conv
-from ros_nodes.executors import make_executor, spin_loop
+from ros_nodes.executors import make_executor, settle_heap, spin_loop
 
 RELIABLE_1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -198,6 +198,7 @@ def run_bridge(argv: list[str]) -> int:
     node = ProbedBridge(context=context)
     executor, name = make_executor(context)
     executor.add_node(node)
+    settle_heap()  # as the real nodes do
     try:
         spin_loop(executor, context, keep_going=lambda: not node.finished, period_s=0.05)
     except KeyboardInterrupt:
@@ -267,6 +268,7 @@ def run_echo(role: str) -> int:
         node.create_subscription(JointState, "echo_commands", on_reply, RELIABLE_1)
         node.create_timer(period, tick)
     executor.add_node(node)
+    settle_heap()  # as the real nodes do
     try:
         spin_loop(executor, context, keep_going=lambda: not done[0], period_s=0.05)
     except KeyboardInterrupt:

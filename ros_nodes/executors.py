@@ -10,6 +10,7 @@ with a ``spin_once`` loop (``spin_loop``), which is correct for both executors.
 """
 from __future__ import annotations
 
+import gc
 import os
 import time
 from typing import Callable
@@ -57,6 +58,19 @@ def make_executor(context: Context, prefer: str = "auto") -> tuple[Executor, str
 
         return EventsExecutor(context=context), "events"
     return SingleThreadedExecutor(context=context), "single_threaded"
+
+
+def settle_heap() -> None:
+    """Collect once, then freeze every object alive now out of the cyclic garbage collector.
+
+    Call it when a node is set up (start-up, activation), never per tick. With torch, onnxruntime
+    and rclpy imported a process holds ~180k tracked objects, and a full (generation 2) collection
+    walks them all: 120 ms measured here, a burst of missed control periods whenever the
+    allocator happens to trigger one. Frozen objects are skipped, so the loop's own collections
+    stay in microseconds. Objects created later are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def spin_loop(executor: Executor, context: Context, keep_going: Callable[[], bool] = lambda: True,

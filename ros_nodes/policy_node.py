@@ -70,7 +70,7 @@ from mtm_runtime.latency import LoopStats
 from mtm_runtime.safety import (FAULT_KINDS, ActionLimits, FaultAction, RateLimiter, StaleWatchdog,
                                 UnsafeCommandError, intersect_limits, state_rejection_reason)
 from ros_nodes import conversions as conv
-from ros_nodes.executors import close, drain, make_executor, spin_loop
+from ros_nodes.executors import close, drain, make_executor, settle_heap, spin_loop
 
 NODE_NAME = "mtm_policy"
 TRIGGERS = ("state", "timer")
@@ -393,6 +393,7 @@ class PolicyNode(LifecycleNode):
         self._faults_seen.pop("stale_input", None)
         self.watchdog.arm()
         self._timer = self.create_timer(self.period_s, self._on_tick)
+        settle_heap()  # the model is loaded: keep full GC passes out of the loop (see executors)
         self.lifecycle_state = "active"
         self.get_logger().info(f"active: trigger={self.p('trigger')} rate={1.0 / self.period_s:g} Hz")
         return TransitionCallbackReturn.SUCCESS

@@ -43,6 +43,7 @@ from mtm_runtime import safety_contract as contract
 from mtm_runtime import serial_protocol as sp
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.serial_link import SerialLink
+from ros_nodes.executors import settle_heap
 
 STATE_TYPES = ("observation", "joint_state", "both")
 
@@ -215,6 +216,7 @@ def main(args: list[str] | None = None) -> int:
         node = SerialBridge()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
+        settle_heap()
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -57,7 +57,7 @@ from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 
 from ros_nodes import conversions as conv
-from ros_nodes.executors import close, drain, make_executor, spin_loop
+from ros_nodes.executors import close, drain, make_executor, settle_heap, spin_loop
 
 NODE_NAME = "mtm_sim_bridge"
 #: episodes kept in memory and in ``results_path`` (oldest dropped first)
@@ -74,6 +74,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "control_rate_hz": (0.0, "realtime step rate (0 = the env's own rate, 1/env.dt)"),
     "seed": (0, "episode k resets with seed + k"),
     "episodes": (0, "stop after this many episodes (0 = run forever)"),
+    "max_episode_steps": (0, "episode length in control steps (0 = the task's own, e.g. 50 for Reacher)"),
     "publish_observation": (True, "publish 'observation' (the task's states part)"),
     "publish_joint_states": (True, "publish 'joint_states' (positions/velocities of the task's joints)"),
     "command_type": ("float64_multiarray", "float64_multiarray | joint_state (effort field)"),
@@ -113,7 +114,8 @@ class SimBridge(Node):
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         self.task = get_task(str(p("task")))
         self.seed = int(p("seed"))
-        self.env = self.task.make_env(seed=self.seed, randomisation=self._randomisation())
+        self.env = self.task.make_env(seed=self.seed, randomisation=self._randomisation(),
+                                      episode_steps=int(p("max_episode_steps")))
         model = self.env.unwrapped.model
         self._qpos = [int(model.joint(n).qposadr[0]) for n in self.task.joint_names]
         self._qvel = [int(model.joint(n).dofadr[0]) for n in self.task.joint_names]
@@ -327,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     executor, name = make_executor(context)
     executor.add_node(node)
     node.get_logger().info(f"executor: {name}")
+    settle_heap()
     try:
         spin_loop(executor, context, keep_going=lambda: not node.finished)
         if node.finished:  # let the last messages out

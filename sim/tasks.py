@@ -56,13 +56,17 @@ class Task:
     goal_slice: tuple[int, int] | None = None   # [start, stop) of the goal in the observation
 
     # ---- environments ---------------------------------------------------------------------
-    def make_env(self, seed: int | None = None, randomisation: Randomisation | None = None) -> gymnasium.Env:
-        """A fresh env (with the TimeLimit of ``episode_steps``); randomised if asked.
+    def make_env(self, seed: int | None = None, randomisation: Randomisation | None = None,
+                 episode_steps: int | None = None) -> gymnasium.Env:
+        """A fresh env (with the TimeLimit of ``episode_steps``, the task's own unless given); randomised if asked.
 
         ``seed`` seeds the action space and the randomisation generator; still pass a seed to
         ``reset`` to fix the initial state.
         """
-        env = gymnasium.make(self.env_id, max_episode_steps=self.episode_steps)
+        steps = self.episode_steps if not episode_steps else int(episode_steps)
+        if steps < 1:
+            raise ValueError(f"{self.name}: episode_steps must be >= 1, got {steps}")
+        env = gymnasium.make(self.env_id, max_episode_steps=steps)
         if randomisation is not None:
             env = RandomisationWrapper(env, randomisation, seed=seed)
         if seed is not None:

@@ -63,6 +63,25 @@ def test_all_starts_are_reachable() -> None:
     assert set(zip(eps.tolist(), starts.tolist())) == {(0, 0), (0, 1), (0, 2), (1, 0)}
 
 
+def test_labelled_share_sets_the_fraction_of_action_labelled_windows() -> None:
+    # 1 labelled episode among 20: uniform windows are ~5% labelled; share 0.5 makes at least half
+    episodes = [_episode(i, 9, actions=i == 0) for i in range(20)]
+    sampler = WindowSampler(episodes, SPEC, seed=0)
+    a = SPEC.index("actions")
+    _, present = sampler.sample(400)
+    uniform = present[:, -1, a].mean()
+    sampler.set_labelled_share(0.5)
+    eps, starts = sampler.sample_index(400)
+    assert np.all(eps[:200] == 0) and set(starts[:200].tolist()) == set(range(9 - SPEC.horizon + 1))
+    _, present = sampler.sample(400)
+    assert uniform < 0.15 and 0.5 <= present[:, -1, a].mean() < 0.6
+    with pytest.raises(ValueError, match="labelled_share"):
+        sampler.set_labelled_share(1.0)
+    everyone = WindowSampler([_episode(i, 9) for i in range(3)], SPEC, seed=0)
+    everyone.set_labelled_share(0.5)  # all labelled: nothing to balance, stays uniform
+    assert everyone.labelled_share == 0.0
+
+
 def test_nan_never_reaches_the_batch() -> None:
     ep = _episode(0, 6)
     ep["actions"][:] = np.nan

@@ -74,3 +74,18 @@ def test_realtime_steps_against_wall_clock_with_randomisation(ros_env) -> None:
         g.start()
         g.wait_for(lambda: bridge.finished, timeout=20.0, what="one realtime episode")
         assert bridge.results[0]["steps"] == 50 and len(policy.calls) >= 40
+
+
+def test_max_episode_steps_overrides_the_task_length(ros_env) -> None:
+    task = get_task("reacher")
+    with Graph() as g:
+        policy = ScriptedPolicy(state_width=task.state_dim, action_width=task.action_dim)
+        node = _graph_with_policy(g, policy)
+        bridge = g.add(SimBridge(context=g.context, parameter_overrides=[
+            Parameter("mode", value="lockstep"), Parameter("episodes", value=2),
+            Parameter("max_episode_steps", value=7)]))
+        g.start()
+        g.wait_for(lambda: bridge.finished, timeout=30.0, what="two 7-step episodes")
+        assert [r["steps"] for r in bridge.results] == [7, 7] and node.stats.ticks == 14
+    with pytest.raises(ValueError, match="episode_steps must be >= 1"):
+        task.make_env(episode_steps=-3)

@@ -27,7 +27,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from mtm_runtime.spec import TrajectorySpec
+from mtm_runtime.spec import ACTIONS, TrajectorySpec
 from sim.tasks import Task, get_task
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -254,6 +254,7 @@ class WindowSampler:
         self.lengths = np.array([len(x) for x in self.packed])
         self.starts_per_episode = np.maximum(self.lengths - self.T + 1, 1)
         self.cum = np.cumsum(self.starts_per_episode)
+        self.set_labelled_share(0.0)
 
     @property
     def num_windows(self) -> int:
@@ -273,11 +274,33 @@ class WindowSampler:
             pres[T - L:] = self.avail[episode]
         return x, pres
 
+    def set_labelled_share(self, share: float) -> None:
+        """Draw at least ``share`` of every batch from action-labelled episodes (0 = uniform).
+
+        For heteromodal data (most episodes state-only), where uniform windows would show the
+        action tokens in only a few samples per batch. No effect when every episode, or none,
+        has actions.
+        """
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"labelled_share must be in [0, 1), got {share}")
+        a = self.spec.index(ACTIONS) if ACTIONS in self.spec else None
+        labelled = np.array([a is not None and av[a] > 0 for av in self.avail])
+        self.labelled_share = share if 0 < labelled.sum() < len(labelled) else 0.0
+        self.labelled_eps = np.flatnonzero(labelled)
+        self.labelled_cum = np.cumsum(self.starts_per_episode[self.labelled_eps])
+
     def sample_index(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(episode ids, start steps) of ``batch_size`` uniformly drawn windows."""
-        flat = self.rng.integers(0, self.num_windows, size=batch_size)
+        """(episode ids, start steps) of ``batch_size`` windows: uniform over all windows, except
+        the first ``round(labelled_share * batch_size)`` (uniform over labelled episodes' windows)."""
+        n_lab = int(round(self.labelled_share * batch_size))
+        flat = self.rng.integers(0, self.num_windows, size=batch_size - n_lab)
         eps = np.searchsorted(self.cum, flat, side="right")
         starts = flat - np.concatenate([[0], self.cum[:-1]])[eps]
+        if n_lab:
+            flat_l = self.rng.integers(0, int(self.labelled_cum[-1]), size=n_lab)
+            k = np.searchsorted(self.labelled_cum, flat_l, side="right")
+            starts_l = flat_l - np.concatenate([[0], self.labelled_cum[:-1]])[k]
+            eps, starts = np.concatenate([self.labelled_eps[k], eps]), np.concatenate([starts_l, starts])
         return eps, starts
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -102,6 +102,7 @@ class Args:
     until: int = 0                        # stop (with a checkpoint) once this step is reached; 0 = steps
     resume: bool = False                  # continue from the train state in --out
     labelled_only: bool = False           # drop episodes without actions (heteromodal baseline)
+    labelled_share: float = 0.0           # min share of each batch from action-labelled episodes; 0 = uniform
     rtg_scale: float = 0.0                # returns normalisation scale; 0 = max |episode return|
     seed: int = 0
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
@@ -389,6 +390,7 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
     spec = TrajectorySpec.create(args.horizon, **task.modality_widths())
     norm = fit_normaliser(spec, train_eps, args.rtg_scale)
     sampler = NormalisedSampler(train_eps, spec, norm)
+    sampler.windows.set_labelled_share(args.labelled_share)
     val = None
     if val_eps:
         vrng = np.random.default_rng([args.seed, 0x5A1])

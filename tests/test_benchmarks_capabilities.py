@@ -1,0 +1,44 @@
+"""The capability benchmark's plumbing on its seconds-long ``smoke`` config (numbers meaningless):
+every job runs, the report and JSON are written, and cached jobs are reused only for the same config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mujoco")
+
+from benchmarks import capabilities  # noqa: E402
+
+
+def _run(out: Path, *extra: str) -> dict:
+    md, js = out / "RESULTS.md", out / "results.json"
+    assert capabilities.main(["--config", "smoke", "--out", str(out), "--results", str(md), "--json", str(js),
+                              *extra]) == 0
+    report = json.loads(js.read_text())
+    report["markdown"] = md.read_text()
+    return report
+
+
+def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
+    first = _run(tmp_path)
+    assert first["missing"] == []
+    kinds = sorted((r["kind"], r["task"]) for r in first["results"])
+    assert kinds == [("hetero", "reacher"), ("main", "reacher")]
+    main = next(r for r in first["results"] if r["kind"] == "main")
+    assert set(main["rollouts"]) >= {"mtm_bc", "mtm_rcbc", "mtm_goal", "mlp_bc", "mlp_rcbc", "mlp_gcbc"}
+    assert set(main["id_fd"]) == {"mtm", "mlp_id", "mlp_fd"}
+    claims = [t[0] for t in first["targets"]]
+    assert any("heteromodal" in c for c in claims) and any("ID/FD" in c for c in claims)
+    md = first["markdown"]
+    assert "## Targets" in md and "MTM training masks auto, id, fd" in md and "| reacher | expert |" in md
+
+    job = tmp_path / "jobs" / "main_reacher_expert.json"
+    stamp = job.stat().st_mtime_ns
+    _run(tmp_path)                                  # same config: the job result is reused
+    assert job.stat().st_mtime_ns == stamp
+    again = _run(tmp_path, "--masks", "auto", "--only", "reacher:expert")  # another config: rerun
+    assert job.stat().st_mtime_ns != stamp
+    assert json.loads(job.read_text())["config_digest"] != main["config_digest"]
+    assert again["config"]["masks"] == ["auto"] and "MTM training masks auto (" in again["markdown"]
