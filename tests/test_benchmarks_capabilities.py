@@ -32,7 +32,7 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     claims = [t[0] for t in first["targets"]]
     assert any("heteromodal" in c for c in claims) and any("ID/FD" in c for c in claims)
     md = first["markdown"]
-    assert "## Targets" in md and "MTM training masks auto, id, fd" in md and "| reacher | expert |" in md
+    assert "## Targets" in md and "MTM training masks auto, id, fd, rcbc" in md and "| reacher | expert |" in md
 
     job = tmp_path / "jobs" / "main_reacher_expert.json"
     stamp = job.stat().st_mtime_ns

@@ -60,7 +60,47 @@ def test_all_starts_are_reachable() -> None:
     sampler = WindowSampler([_episode(0, 7), _episode(1, 2)], SPEC, seed=0)
     assert sampler.num_windows == 3 + 1
     eps, starts = sampler.sample_index(400)
-    assert set(zip(eps.tolist(), starts.tolist())) == {(0, 0), (0, 1), (0, 2), (1, 0)}
+    assert set(zip(eps.tolist(), starts.tolist())) == {(0, 0), (0, 1), (0, 2), (1, -3)}  # short: right-aligned
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5), horizon=st.integers(1, 6),
+       seed=st.integers(0, 2**16))
+def test_start_windows_end_at_every_step_with_the_past_absent(lengths: list[int], horizon: int, seed: int) -> None:
+    spec = TrajectorySpec.create(horizon, states=2, actions=1, returns=1)
+    episodes = [_episode(i, L) for i, L in enumerate(lengths)]
+    sampler = WindowSampler(episodes, spec, seed=seed, start_windows=True)
+    assert sampler.num_windows == sum(lengths)
+    eps, starts = sampler.sample_index(50 * sum(lengths))
+    ends = set(zip(eps.tolist(), (starts + horizon - 1).tolist()))
+    assert ends == {(e, t) for e, L in enumerate(lengths) for t in range(L)}  # one window per step
+    for e, start in zip(eps[:40].tolist(), starts[:40].tolist()):
+        x, present = sampler.window(e, start)
+        rows = present[:, 0] == 1
+        k = int(rows.sum())
+        assert rows.tolist() == [False] * (horizon - k) + [True] * k       # the past before step 0 is absent
+        assert k == min(horizon, start + horizon) and np.all(x[~rows] == 0)
+        assert x[rows, 1].tolist() == list(range(max(start, 0), start + horizon))
+    with pytest.raises(IndexError, match="no window starting at"):
+        sampler.window(0, -horizon)
+
+
+@pytest.mark.parametrize("start_windows", [False, True])
+def test_normalised_sampler_gathers_the_same_windows(start_windows: bool) -> None:
+    from mtm_runtime.normalise import Normaliser
+    from training.train import NormalisedSampler
+
+    spec = TrajectorySpec.create(4, states=2, actions=1, returns=1)
+    episodes = [_episode(i, L, actions=i != 1) for i, L in enumerate([9, 2, 5, 1])]
+    fast = NormalisedSampler(episodes, spec, Normaliser.identity(spec), start_windows=start_windows)
+    x, present = fast.sample(64, np.random.default_rng(3))
+    slow = WindowSampler(episodes, spec, seed=0, start_windows=start_windows)
+    slow.rng = np.random.default_rng(3)
+    eps, starts = slow.sample_index(64)
+    for b, (e, st0) in enumerate(zip(eps.tolist(), starts.tolist())):
+        xw, pw = slow.window(e, st0)
+        np.testing.assert_array_equal(present[b], pw)
+        np.testing.assert_allclose(x[b], xw * pw[:, np.repeat(np.arange(3), spec.widths)], atol=1e-6)
 
 
 def test_labelled_share_sets_the_fraction_of_action_labelled_windows() -> None:

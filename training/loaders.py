@@ -226,12 +226,18 @@ def split_episodes(episodes: Sequence[Episode], val_fraction: float = 0.1,
 class WindowSampler:
     """Seeded uniform sampler of windows ``x [B, T, D]`` and ``present [B, T, M]`` (float32).
 
-    Every valid window start is equally likely (an episode shorter than T counts as one window,
-    right-aligned). Modalities of the spec missing from an episode (or marked not present) are 0
-    in x and 0 in present. Windows never cross an episode boundary.
+    A window is named by (episode, start): its first step relative to the episode's start. Every
+    window is equally likely. By default windows lie inside the episode (starts 0..L-T; an episode
+    shorter than T counts as one window, right-aligned, start L-T < 0). With ``start_windows``
+    there is one window ending at every step (starts -(T-1)..L-T): the episode-start windows whose
+    missing past is absent, exactly what the runtime buffer holds after ``reset()`` (DESIGN core
+    idea 3), so a model trained on them acts well from the first step. Modalities of the spec
+    missing from an episode (or marked not present) are 0 in x and 0 in present; so are steps
+    before the episode's start. Windows never cross an episode boundary.
     """
 
-    def __init__(self, episodes: Sequence[Episode], spec: TrajectorySpec, seed: int = 0) -> None:
+    def __init__(self, episodes: Sequence[Episode], spec: TrajectorySpec, seed: int = 0,
+                 start_windows: bool = False) -> None:
         if not episodes:
             raise ValueError("WindowSampler needs at least one episode")
         self.spec, self.T = spec, spec.horizon
@@ -252,7 +258,11 @@ class WindowSampler:
             self.packed.append(x)
             self.avail.append(av)
         self.lengths = np.array([len(x) for x in self.packed])
-        self.starts_per_episode = np.maximum(self.lengths - self.T + 1, 1)
+        T, L = self.T, self.lengths
+        if start_windows:
+            self.first_start, self.starts_per_episode = np.full(len(L), -(T - 1)), L.copy()
+        else:
+            self.first_start, self.starts_per_episode = np.minimum(L - T, 0), np.maximum(L - T + 1, 1)
         self.cum = np.cumsum(self.starts_per_episode)
         self.set_labelled_share(0.0)
 
@@ -261,17 +271,16 @@ class WindowSampler:
         return int(self.cum[-1])
 
     def window(self, episode: int, start: int) -> tuple[np.ndarray, np.ndarray]:
-        """One window ``x [T, D]``, ``present [T, M]`` of ``episode`` from ``start``."""
+        """One window ``x [T, D]``, ``present [T, M]`` of ``episode`` from ``start`` (steps
+        before the episode's start, ``start < 0``, are absent)."""
         T, ep = self.T, self.packed[episode]
+        if not -(T - 1) <= start <= len(ep) - T:
+            raise IndexError(f"episode {episode} (length {len(ep)}) has no window starting at {start}")
         x = np.zeros((T, self.spec.packed_width), np.float32)
         pres = np.zeros((T, self.spec.num_modalities), np.float32)
-        L = len(ep)
-        if L >= T:
-            x[:] = ep[start:start + T]
-            pres[:] = self.avail[episode]
-        else:  # right-aligned short episode
-            x[T - L:] = ep
-            pres[T - L:] = self.avail[episode]
+        first = max(start, 0)
+        x[first - start:] = ep[first:start + T]
+        pres[first - start:] = self.avail[episode]
         return x, pres
 
     def set_labelled_share(self, share: float) -> None:
@@ -301,7 +310,7 @@ class WindowSampler:
             k = np.searchsorted(self.labelled_cum, flat_l, side="right")
             starts_l = flat_l - np.concatenate([[0], self.labelled_cum[:-1]])[k]
             eps, starts = np.concatenate([self.labelled_eps[k], eps]), np.concatenate([starts_l, starts])
-        return eps, starts
+        return eps, starts + self.first_start[eps]
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """``x [B, T, D]`` float32 and ``present [B, T, M]`` float32."""

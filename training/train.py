@@ -103,6 +103,7 @@ class Args:
     resume: bool = False                  # continue from the train state in --out
     labelled_only: bool = False           # drop episodes without actions (heteromodal baseline)
     labelled_share: float = 0.0           # min share of each batch from action-labelled episodes; 0 = uniform
+    start_windows: bool = True            # also train on episode-start windows (history < T, as after reset)
     rtg_scale: float = 0.0                # returns normalisation scale; 0 = max |episode return|
     seed: int = 0
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
@@ -205,13 +206,15 @@ class NormalisedSampler:
     """Windows drawn exactly as ``WindowSampler`` draws them (same indices for the same rng),
     gathered vectorised from one pre-normalised flat array; absent tokens are 0 in x and present.
 
-    Layout: every episode is preceded by T-1 absent rows, so a window is T consecutive rows
-    starting at ``first[e] + k`` (a short episode is right-aligned, its missing past absent,
-    as in the runtime buffer).
+    Layout: every episode is preceded by T-1 absent rows, so the window (e, start) is the T
+    consecutive rows from ``first[e] + start`` (``first[e]``: the row of the episode's first
+    step; a negative start reaches into the absent rows, as the runtime buffer after a reset).
+    ``start_windows``: see ``WindowSampler``.
     """
 
-    def __init__(self, episodes: Sequence[Episode], spec: TrajectorySpec, norm: Normaliser) -> None:
-        self.windows = WindowSampler(episodes, spec, seed=0)
+    def __init__(self, episodes: Sequence[Episode], spec: TrajectorySpec, norm: Normaliser,
+                 start_windows: bool = False) -> None:
+        self.windows = WindowSampler(episodes, spec, seed=0, start_windows=start_windows)
         self.spec, self.norm, T = spec, norm, spec.horizon
         expand = np.repeat(np.arange(spec.num_modalities), spec.widths)  # packed column -> modality
         xs, ps, first = [], [], []
@@ -222,7 +225,7 @@ class NormalisedSampler:
             ps += [np.zeros((T - 1, spec.num_modalities), np.float32), np.broadcast_to(av, (len(x), len(av)))]
             row += T - 1 + len(x)
         self.flat_x, self.flat_p = np.concatenate(xs), np.concatenate(ps).astype(np.float32)
-        self.first = np.asarray(first) + (T - 1) - np.maximum(T - self.windows.lengths, 0)
+        self.first = np.asarray(first) + (T - 1)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``x [B, T, D]`` normalised, ``present [B, T, M]``, drawn with ``rng``."""
@@ -389,7 +392,7 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
     train_eps, val_eps = split_episodes(episodes, args.val_fraction, seed=args.seed)
     spec = TrajectorySpec.create(args.horizon, **task.modality_widths())
     norm = fit_normaliser(spec, train_eps, args.rtg_scale)
-    sampler = NormalisedSampler(train_eps, spec, norm)
+    sampler = NormalisedSampler(train_eps, spec, norm, start_windows=args.start_windows)
     sampler.windows.set_labelled_share(args.labelled_share)
     val = None
     if val_eps:
