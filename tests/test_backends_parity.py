@@ -73,14 +73,21 @@ def test_ort_steady_state_allocates_no_arrays(artefacts: dict) -> None:
     first = backend.run(x, m)
     for _ in range(20):
         backend.run(x, m)
-    tracemalloc.start()
+    outs = [first] * 200
+    tracemalloc.start(32)
     snap0 = tracemalloc.take_snapshot()
-    outs = [backend.run(x, m) for _ in range(200)]
+    for i in range(200):
+        outs[i] = backend.run(x, m)
     snap1 = tracemalloc.take_snapshot()
     tracemalloc.stop()
     assert all(o is first for o in outs)  # the bound output array, every call
-    grown = sum(s.size_diff for s in snap1.compare_to(snap0, "filename") if s.size_diff > 0)
-    assert grown < 8 * 1024, f"steady-state run grew Python-tracked memory by {grown} bytes"
+    # Only memory allocated below backend.run counts: tracemalloc also sees other threads and its
+    # own snapshots, which once (a fresh clone's first run) added 12 KB unrelated to the backend.
+    through_run = [tracemalloc.Filter(True, "*ort_backend.py", all_frames=True)]
+    diff = snap1.filter_traces(through_run).compare_to(snap0.filter_traces(through_run), "traceback")
+    grown = sum(s.size_diff for s in diff if s.size_diff > 0)
+    where = "; ".join(s.traceback.format()[-1].strip() for s in diff[:3] if s.size_diff > 0)
+    assert grown < 4 * 1024, f"200 steady-state runs grew memory by {grown} bytes (in {where})"
     assert np.shares_memory(first, backend._y)
 
 
