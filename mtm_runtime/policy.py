@@ -204,8 +204,7 @@ class Policy:
         if not all_finite(a):
             a.fill(0.0)
             raise InferenceError(f"backend {self.backend.name!r} returned a non-finite action; nothing was emitted")
-        np.minimum(a, self.limits.high, out=a)  # = np.clip, without its Python wrapper's cost
-        np.maximum(a, self.limits.low, out=a)
+        self.limits.clip(a, out=a)
         buf.write(ACTIONS, a)
         self.last_act_s = time.perf_counter() - t0
         return self._action_out
