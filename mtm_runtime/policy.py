@@ -74,8 +74,6 @@ class Policy:
         self._action_out.flags.writeable = False
         self._action_norm = np.zeros(aw, np.float32)
         self._a_slice = spec.slice(ACTIONS)
-        self._state_width = spec.width(STATES)
-        self._has_returns = RETURNS in spec
         self._goal: np.ndarray | None = None
         self._target_return: float | None = None
         self._rtg = 0.0
@@ -172,7 +170,7 @@ class Policy:
     # ---- the control step -------------------------------------------------------------------
     def act(self, state: np.ndarray, reward: float | None = None) -> np.ndarray:
         t0 = time.perf_counter()
-        s = self._check("state", state, self._state_width)
+        s = self._check("state", state, self.spec.width(STATES))
         if reward is not None and not math.isfinite(float(reward)):
             raise InputError(f"reward must be finite, got {reward!r}")
         if self.mode == "goal" and self._goal is None:
@@ -187,7 +185,7 @@ class Policy:
         buf.write(STATES, s)
         if self._goal is not None:
             buf.write(GOALS, self._goal_norm, normalised=True)
-        if self._has_returns and self._target_return is not None:
+        if RETURNS in self.spec and self._target_return is not None:
             self._rtg_norm[0] = self._rtg / self.normaliser.std[RETURNS][0]
             buf.write(RETURNS, self._rtg_norm, normalised=True)
         x, avail = buf.window()
