@@ -237,7 +237,7 @@ class WindowSampler:
     """
 
     def __init__(self, episodes: Sequence[Episode], spec: TrajectorySpec, seed: int = 0,
-                 start_windows: bool = False) -> None:
+                 start_windows: bool = False, labelled_share: float = 0.0) -> None:
         if not episodes:
             raise ValueError("WindowSampler needs at least one episode")
         self.spec, self.T = spec, spec.horizon
@@ -264,7 +264,7 @@ class WindowSampler:
         else:
             self.first_start, self.starts_per_episode = np.minimum(L - T, 0), np.maximum(L - T + 1, 1)
         self.cum = np.cumsum(self.starts_per_episode)
-        self.set_labelled_share(0.0)
+        self.set_labelled_share(labelled_share)
 
     @property
     def num_windows(self) -> int:
@@ -302,15 +302,18 @@ class WindowSampler:
         """(episode ids, start steps) of ``batch_size`` windows: uniform over all windows, except
         the first ``round(labelled_share * batch_size)`` (uniform over labelled episodes' windows)."""
         n_lab = int(round(self.labelled_share * batch_size))
-        flat = self.rng.integers(0, self.num_windows, size=batch_size - n_lab)
-        eps = np.searchsorted(self.cum, flat, side="right")
-        starts = flat - np.concatenate([[0], self.cum[:-1]])[eps]
+        eps, starts = self._draw(self.cum, batch_size - n_lab)
         if n_lab:
-            flat_l = self.rng.integers(0, int(self.labelled_cum[-1]), size=n_lab)
-            k = np.searchsorted(self.labelled_cum, flat_l, side="right")
-            starts_l = flat_l - np.concatenate([[0], self.labelled_cum[:-1]])[k]
+            k, starts_l = self._draw(self.labelled_cum, n_lab)
             eps, starts = np.concatenate([self.labelled_eps[k], eps]), np.concatenate([starts_l, starts])
         return eps, starts + self.first_start[eps]
+
+    def _draw(self, cum: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` uniform windows over episodes whose window counts have cumulative sum ``cum``:
+        (index into those episodes, window offset from the episode's first window)."""
+        flat = self.rng.integers(0, int(cum[-1]), size=n)
+        k = np.searchsorted(cum, flat, side="right")
+        return k, flat - np.concatenate([[0], cum[:-1]])[k]
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """``x [B, T, D]`` float32 and ``present [B, T, M]`` float32."""

@@ -209,12 +209,13 @@ class NormalisedSampler:
     Layout: every episode is preceded by T-1 absent rows, so the window (e, start) is the T
     consecutive rows from ``first[e] + start`` (``first[e]``: the row of the episode's first
     step; a negative start reaches into the absent rows, as the runtime buffer after a reset).
-    ``start_windows``: see ``WindowSampler``.
+    ``start_windows``, ``labelled_share``: see ``WindowSampler``.
     """
 
     def __init__(self, episodes: Sequence[Episode], spec: TrajectorySpec, norm: Normaliser,
-                 start_windows: bool = False) -> None:
-        self.windows = WindowSampler(episodes, spec, seed=0, start_windows=start_windows)
+                 start_windows: bool = False, labelled_share: float = 0.0) -> None:
+        self.windows = WindowSampler(episodes, spec, seed=0, start_windows=start_windows,
+                                     labelled_share=labelled_share)
         self.spec, self.norm, T = spec, norm, spec.horizon
         expand = np.repeat(np.arange(spec.num_modalities), spec.widths)  # packed column -> modality
         xs, ps, first = [], [], []
@@ -392,8 +393,8 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
     train_eps, val_eps = split_episodes(episodes, args.val_fraction, seed=args.seed)
     spec = TrajectorySpec.create(args.horizon, **task.modality_widths())
     norm = fit_normaliser(spec, train_eps, args.rtg_scale)
-    sampler = NormalisedSampler(train_eps, spec, norm, start_windows=args.start_windows)
-    sampler.windows.set_labelled_share(args.labelled_share)
+    sampler = NormalisedSampler(train_eps, spec, norm, start_windows=args.start_windows,
+                                labelled_share=args.labelled_share)
     val = None
     if val_eps:
         vrng = np.random.default_rng([args.seed, 0x5A1])
