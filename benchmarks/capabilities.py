@@ -15,8 +15,7 @@ evaluate every policy through ``training/evaluate.py`` (the ``Policy`` path) ove
 evaluation seeds; ID/FD errors on the validation windows (formula in training/evaluate.py).
 
 Heteromodal job (per task, expert tier): a dataset whose episodes keep their actions with
-probability ``hetero_fraction[task]`` (others are state-only; 1% on Reacher, whose 5% = 20 episodes
-already let MLP-BC score 97): MLP-BC on the labelled episodes, MTM on
+probability ``hetero_fraction[task]`` (others are state-only; ``HETERO_FRACTION``): MLP-BC on the labelled episodes, MTM on
 the labelled episodes, MTM on everything (actions hidden where missing; half of each batch drawn
 from the labelled episodes, ``hetero_labelled_share``, so that a fixed step budget still shows it
 actions); all evaluated in BC.
@@ -48,22 +47,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 #: (same 6000 steps) measured: Reacher expert ID error 0.386 (mix: 0.054), goal success 60%
 #: (mix: 100%); InvertedDoublePendulum medium-replay RCBC 45.7 (mix: 100.0), BC 62.6 (mix: 86.8).
 MTM_MASKS: tuple[str, ...] = ("auto", "id", "fd", "rcbc")
+#: Heteromodal datasets: the chance an episode keeps its actions (Reacher 1%: at 5% = 20 episodes
+#: MLP-BC already scores 97).
+HETERO_FRACTION = {"reacher": 0.01, "inverted_double_pendulum": 0.05, "hopper": 0.05}
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "cpu": {"tasks": ("reacher", "inverted_double_pendulum", "hopper"), "tiers": ("expert", "medium-replay"),
             "episodes": {"reacher": 400, "inverted_double_pendulum": 24, "hopper": 24},
             "replay_episodes": {"reacher": 400, "inverted_double_pendulum": 400, "hopper": 200},
             "hetero_episodes": {"reacher": 400, "inverted_double_pendulum": 40, "hopper": 40},
-            "hetero_labelled_share": 0.5,
-            "hetero_fraction": {"reacher": 0.01, "inverted_double_pendulum": 0.05, "hopper": 0.05}, "preset": "embedded", "steps": 6000, "batch_size": 128,
+            "hetero_labelled_share": 0.5, "hetero_fraction": HETERO_FRACTION,
+            "preset": "embedded", "steps": 6000, "batch_size": 128,
             "masks": MTM_MASKS, "eval_episodes": 5, "seeds": (0, 1, 2), "workers": 2},
     "full": {"tasks": ("reacher", "inverted_double_pendulum", "hopper"),
              "tiers": ("expert", "medium", "medium-replay", "medium-expert"),
              "episodes": {"reacher": 2000, "inverted_double_pendulum": 100, "hopper": 100},
              "replay_episodes": {"reacher": 2000, "inverted_double_pendulum": 2000, "hopper": 1000},
              "hetero_episodes": {"reacher": 2000, "inverted_double_pendulum": 200, "hopper": 200},
-             "hetero_labelled_share": 0.5,
-             "hetero_fraction": {"reacher": 0.01, "inverted_double_pendulum": 0.05, "hopper": 0.05}, "preset": "paper", "steps": 20000, "batch_size": 1024,
+             "hetero_labelled_share": 0.5, "hetero_fraction": HETERO_FRACTION,
+             "preset": "paper", "steps": 20000, "batch_size": 1024,
              "masks": MTM_MASKS, "eval_episodes": 20, "seeds": (0, 1, 2, 3, 4), "workers": 4},
     # seconds-long plumbing check (tests); numbers are meaningless
     "smoke": {"tasks": ("reacher",), "tiers": ("expert",), "episodes": {"reacher": 20},
@@ -92,12 +94,18 @@ def dataset(out: Path, task: str, tier: str, episodes: int, fraction: float = 1.
     return path
 
 
+def adds_goal(masks: tuple[str, ...]) -> bool:
+    """Whether goal tasks also train on ``goal`` masks: yes, unless already listed or the run is
+    the AUTO_MASK-only ablation."""
+    return "goal" not in masks and masks != ("auto",)
+
+
 def mtm_masks(cfg: dict[str, Any], task_name: str) -> tuple[str, ...]:
-    """The config's MTM training masks, plus ``goal`` on a task with a goal modality."""
+    """The config's MTM training masks, plus ``goal`` on a task with a goal modality (``adds_goal``)."""
     from sim.tasks import get_task
 
     kinds = tuple(cfg["masks"])
-    return kinds + ("goal",) if get_task(task_name).has_goal and "goal" not in kinds and kinds != ("auto",) else kinds
+    return kinds + ("goal",) if adds_goal(kinds) and get_task(task_name).has_goal else kinds
 
 
 def train_mtm(cfg: dict[str, Any], data: Path, out: Path, task_name: str, labelled_only: bool = False,
@@ -337,7 +345,7 @@ def write_report(report: dict[str, Any], path_md: Path) -> None:
          f"Config: preset `{report['config']['preset']}`, {report['config']['steps']} gradient steps at batch "
          f"{report['config']['batch_size']} for every model (MTM and MLPs), one training run per model (seed 0); "
          f"MTM training masks {', '.join(report['config']['masks'])} (one drawn per sample"
-         + ("" if tuple(report["config"]["masks"]) == ("auto",) else "; plus goal on goal tasks")
+         + ("; plus goal on goal tasks" if adds_goal(tuple(report["config"]["masks"])) else "")
          + "; see MTM_MASKS in the script for why not AUTO_MASK alone); "
          f"evaluation: {len(report['config']['seeds'])} seeds x {report['config']['eval_episodes']} episodes; "
          "scores are D4RL-normalised (100 = scripted expert, 0 = uniform random), mean ± std over evaluation seeds. "
