@@ -88,27 +88,36 @@ def pick_backend(model: Path, wanted: str) -> tuple[str, str]:
     return "torch", "asked for torch (1 thread)"
 
 
-def _cpu(pids: dict[str, int]) -> dict[str, float | None]:
-    """name -> CPU seconds (user + system) used so far by that process."""
+def _cpu(pids: dict[str, int]) -> dict[str, tuple[float, int] | None]:
+    """name -> (CPU seconds (user + system), context switches (voluntary + involuntary)) so far."""
     import psutil
 
-    out: dict[str, float | None] = {}
+    out: dict[str, tuple[float, int] | None] = {}
     for name, pid in pids.items():
         try:
-            t = psutil.Process(pid).cpu_times()
-            out[name] = t.user + t.system
+            proc = psutil.Process(pid)
+            t, c = proc.cpu_times(), proc.num_ctx_switches()
+            out[name] = (t.user + t.system, c.voluntary + c.involuntary)
         except psutil.Error:
             out[name] = None
     return out
 
 
-def _cpu_in_window(samples: list[tuple[float, dict[str, float | None]]], window: list[float]) -> dict[str, Any]:
-    """CPU cores used by each sampled process between the wall times ``window`` (nearest samples inside)."""
+def _cpu_in_window(samples: list[tuple[float, dict[str, Any]]], window: list[float],
+                   ticks_per_s: float) -> dict[str, Any]:
+    """CPU cores used by each sampled process between the wall times ``window`` (nearest samples
+    inside), and its context switches per control tick (every thread of the process; a wake-up
+    per tick shows as about 1: far less noisy on a shared VM than CPU time)."""
     inside = [s for s in samples if window[0] <= s[0] <= window[1]]
     if len(inside) < 2:
         return {}
     (t0, c0), (t1, c1) = inside[0], inside[-1]
-    return {n: round((c1[n] - c0[n]) / (t1 - t0), 3) for n in c0 if c0.get(n) is not None and c1.get(n) is not None}
+    both = [n for n in c0 if c0.get(n) is not None and c1.get(n) is not None]
+    out: dict[str, Any] = {n: round((c1[n][0] - c0[n][0]) / (t1 - t0), 3) for n in both}
+    if ticks_per_s > 0:
+        out["context_switches_per_tick"] = {n: round((c1[n][1] - c0[n][1]) / (t1 - t0) / ticks_per_s, 2)
+                                            for n in both}
+    return out
 
 
 def _run(nodes: list, log_dir: Path, env: dict[str, str], overrides: dict[str, str], result_file: Path,
@@ -118,7 +127,7 @@ def _run(nodes: list, log_dir: Path, env: dict[str, str], overrides: dict[str, s
     from mtm_runtime.node_processes import NodeFailure, NodeProcesses
 
     procs = NodeProcesses(nodes, log_dir, env=env, module_override=overrides)
-    samples: list[tuple[float, dict[str, float | None]]] = []
+    samples: list[tuple[float, dict[str, Any]]] = []
     diag: dict[str, str] = {}
     t0 = time.monotonic()
     try:
@@ -141,10 +150,11 @@ def _run(nodes: list, log_dir: Path, env: dict[str, str], overrides: dict[str, s
     if not result_file.exists():
         raise NodeFailure(f"{finisher} wrote no results ({result_file}); logs in {log_dir}")
     res = json.loads(result_file.read_text())
-    cpu = _cpu_in_window(samples, res.get("wall_window", [0, 0]))
+    cpu = _cpu_in_window(samples, res.get("wall_window", [0, 0]), float(res.get("tick_rate_hz") or 0.0))
+    switches = cpu.pop("context_switches_per_tick", {})
     cpu.pop(finisher, None)
     cpu[finisher] = res.get("process_cpu_cores")
-    extra: dict[str, Any] = {"cpu_cores_used": cpu}
+    extra: dict[str, Any] = {"cpu_cores_used": cpu, "context_switches_per_tick": switches}
     if diag:
         extra["policy_node_diagnostics"] = {k: v for k, v in diag.items() if not k.startswith("_")}
     return res, extra

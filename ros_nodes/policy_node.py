@@ -9,7 +9,9 @@ Lifecycle
   ``joint_names``, build limits and the fault action, warm up. Failure -> FAILURE (stays
   unconfigured); the reason is logged and published in /diagnostics.
 * activate: arm the stale-input watchdog and start the loop (``trigger: state`` steps on every
-  valid state; ``trigger: timer`` steps at ``control_rate_hz`` on the newest state).
+  valid state; ``trigger: timer`` steps at ``control_rate_hz`` on the newest state). In
+  ``trigger: state`` the control-rate timer (stale check, deferred states) is cancelled while
+  fresh states keep coming and restarted by a 20 Hz watch timer before the input can go stale.
 * ``autostart: true`` runs configure + activate at start-up; ``~/change_state`` stays usable.
 
 Each step: validated state -> ``policy.act(state, reward)`` -> limits -> rate limit -> publish.
@@ -80,6 +82,9 @@ INPUT_TYPES = ("float64_multiarray", "joint_state")
 #: effect at the next configure and may only change while unconfigured.
 DYNAMIC_PARAMS = ("mask_mode", "target_return", "goal")
 
+#: ``trigger: state``: how often a coarse timer checks whether the idle control-rate timer must
+#: restart (see ``PolicyNode._on_tick``); 20 wake-ups/s instead of one per control period.
+WATCH_PERIOD_S = 0.05
 COMMAND_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -196,7 +201,8 @@ class PolicyNode(LifecycleNode):
     def _reset_entities(self) -> None:
         self._subs: list[Any] = []
         self._cmd_pub: Any = None
-        self._timer: Any = None
+        self._timer: Any = None        # control-rate timer (cancelled while idle in trigger: state)
+        self._watch_timer: Any = None  # trigger: state only, WATCH_PERIOD_S: wakes the control timer
         self._newest: tuple[np.ndarray, int, float] | None = None
         self._reward_acc: float | None = None
         self._episode_steps = 0
@@ -360,6 +366,9 @@ class PolicyNode(LifecycleNode):
         self.watchdog = StaleWatchdog(float(self.p("stale_timeout")))
         self.period_s = 1.0 / float(self.p("control_rate_hz"))
         self._min_step_s = self.period_s / float(self.p("max_input_rate_factor"))
+        # trigger: state: the control timer may idle only while the input stays fresh for longer
+        # than this (one watch period to notice, two control periods of margin)
+        self._idle_guard_s = WATCH_PERIOD_S + 2 * self.period_s
         self._max_age_ns = int(float(self.p("max_state_age")) * 1e9)
         self._max_future_ns = int(float(self.p("max_future_s")) * 1e9)
         self.state_width, self.action_width = sw, aw
@@ -393,22 +402,27 @@ class PolicyNode(LifecycleNode):
         self._faults_seen.pop("stale_input", None)
         self.watchdog.arm()
         self._timer = self.create_timer(self.period_s, self._on_tick)
+        if self._trigger == "state":
+            self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._on_watch)
         settle_heap()  # the model is loaded: keep full GC passes out of the loop (see executors)
         self.lifecycle_state = "active"
         self.get_logger().info(f"active: trigger={self.p('trigger')} rate={1.0 / self.period_s:g} Hz")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self._timer is not None:
-            self.destroy_timer(self._timer)
-            self._timer = None
+        self._destroy_loop_timers()
         self.watchdog.disarm()
         self.lifecycle_state = "inactive"
         return TransitionCallbackReturn.SUCCESS
 
+    def _destroy_loop_timers(self) -> None:
+        for t in (self._timer, self._watch_timer):
+            if t is not None:
+                self.destroy_timer(t)
+        self._timer = self._watch_timer = None
+
     def _teardown(self) -> None:
-        if self._timer is not None:
-            self.destroy_timer(self._timer)
+        self._destroy_loop_timers()
         for s in self._subs:
             self.destroy_subscription(s)
         if self._cmd_pub is not None:
@@ -486,6 +500,7 @@ class PolicyNode(LifecycleNode):
             self._newest = (state, stamp_ns, t_in)  # flood: deferred to the next tick
             self._last_stamp_ns = stamp_ns
             self.watchdog.feed(t_in)
+            self._wake_control_timer()
             return
         self._last_stamp_ns = stamp_ns
         gap = self.watchdog.feed(t_in)
@@ -530,7 +545,13 @@ class PolicyNode(LifecycleNode):
 
     # ---- the loop --------------------------------------------------------------------------
     def _on_tick(self) -> None:
-        """Every control period: watchdog, and in ``trigger: timer`` the step on the newest state."""
+        """Every control period: watchdog, and in ``trigger: timer`` the step on the newest state.
+
+        In ``trigger: state`` the states drive the loop, so this timer is cancelled while it has
+        nothing to do (no deferred state, input fresh for longer than ``_idle_guard_s``): one wake-up
+        and one callback less per period. ``_on_watch`` restarts it in time for the stale check,
+        so the stale bound (``stale_timeout`` + 1 period) is the same as with a timer that never stops.
+        """
         if self.watchdog.stale():
             self.stats.stale_ticks += 1
             self._publish_fault(f"stale input: no valid state for {self.watchdog.age():.3f} s "
@@ -541,6 +562,17 @@ class PolicyNode(LifecycleNode):
             state, stamp_ns, t_in = self._newest
             self._newest = None
             self._step(state, stamp_ns, t_in)
+        elif self._trigger == "state" and self.watchdog.age() + self._idle_guard_s < self.watchdog.timeout_s:
+            self._timer.cancel()
+
+    def _on_watch(self) -> None:
+        """``trigger: state``, every WATCH_PERIOD_S: restart the control timer before the input can go stale."""
+        if self.watchdog.age() + self._idle_guard_s >= self.watchdog.timeout_s:
+            self._wake_control_timer()
+
+    def _wake_control_timer(self) -> None:
+        if self._timer is not None and self._timer.is_canceled():
+            self._timer.reset()  # next tick one period from now
 
     def _step(self, state: np.ndarray, stamp_ns: int, t_in: float) -> None:
         reward = self._reward_acc if self._episode_steps else None  # no reward precedes an episode's first act

@@ -137,11 +137,19 @@ def test_stale_input_fault_then_recovery(graph: Graph) -> None:
             time.sleep(0.02)
 
     stream(10)
+    # trigger: state with fresh input: the control-rate timer idles (no wake-up per period) ...
+    assert node._timer.is_canceled()
     resets_before = policy.resets
     graph.clear()
+    t_last_state = time.monotonic()
     time.sleep(0.8)  # silence: stale after 0.2 s, gap 0.8 s > stale_reset_s
     faults = graph.command_values()
     assert len(faults) >= 10 and all(np.allclose(c, [0.0, -0.25]) for c in faults)
+    # ... and is back in time: the first fault action within stale_timeout + 1 period (+ 50 ms
+    # for scheduling on a loaded test machine; the idle timer's own margin is 2 periods)
+    first_fault_s = graph.commands[0][0] - t_last_state
+    assert first_fault_s <= 0.2 + 1 / 50.0 + 0.05, f"first fault action {first_fault_s:.3f} s after the last state"
+    assert not node._timer.is_canceled()
     assert node.stats.stale_ticks >= 10 and "stale input" in node.stats.last_fault_reason
     graph.clear()
     stream(5)
