@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -341,6 +341,24 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]
     return out
 
 
+def do_nothing_line(tasks: Sequence[str]) -> str:
+    """The normalised score of the zero action (``sim/reference_returns.json``, same reference seeds)."""
+    from sim.tasks import REFERENCE_RETURNS_PATH, get_task
+
+    table = json.loads(REFERENCE_RETURNS_PATH.read_text())
+    parts = []
+    for name in tasks:
+        ref = table.get(name, {})
+        if "zero" in ref:
+            succ = f" (success {ref['zero_success_rate']:.0%})" if "zero_success_rate" in ref else ""
+            parts.append(f"{name} {get_task(name).normalised_score(ref['zero']):.1f}{succ}")
+    if not parts:
+        return ""
+    return ("Do-nothing floor (zero action on the reference seeds, normalised): " + ", ".join(parts)
+            + ". The random policy's Reacher return is mostly control cost, so there a score near 100 "
+              "says little; the success rate is the informative number.")
+
+
 def write_report(report: dict[str, Any], path_md: Path) -> None:
     res = report["results"]
     L = ["# Capability benchmark results", "",
@@ -372,6 +390,7 @@ def write_report(report: dict[str, Any], path_md: Path) -> None:
     L += ["", "Reacher success (fingertip within 2 cm at the end) in BC mode: " + ", ".join(
         f"{r['tier']} MTM {fmt_succ(r['rollouts']['mtm_bc'])} / MLP {fmt_succ(r['rollouts']['mlp_bc'])}"
         for r in res if r["kind"] == "main" and r["task"] == "reacher"), "",
+          do_nothing_line(report["config"]["tasks"]), "",
           "## Inverse and forward dynamics (held-out, normalised error; lower is better)", "",
           "error = mean ||pred - y||² / mean ||y - y_prev||² in normalised units (see training/evaluate.py).", "",
           "| task | tier | MTM ID | MLP-ID | MTM FD | MLP-FD |", "| --- | --- | --- | --- | --- | --- |"]

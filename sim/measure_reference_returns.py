@@ -3,7 +3,10 @@
     python -m sim.measure_reference_returns [--episodes 20] [--tasks reacher hopper ...]
 
 random = uniform-random actions (action space seeded per episode); expert = the noise-free
-scripted expert of ``sim/experts.py``. Episode ``i`` resets with seed ``SEED_BASE + i``. Run once;
+scripted expert of ``sim/experts.py``; zero = the do-nothing floor (zero action clipped into the
+action space), stored for context only: the normalised score stays 0 = random, 100 = expert.
+On Reacher the floor scores ~90, because the random policy's return is mostly its control cost,
+so there a score near 100 says little and the success rate is the informative number. Episode ``i`` resets with seed ``SEED_BASE + i``. Run once;
 the numbers are then read (never recomputed) by ``sim.tasks``.
 """
 from __future__ import annotations
@@ -23,7 +26,13 @@ def rollout(task: Task, policy: str, seed: int) -> tuple[float, bool | None, int
     """One episode; returns (return, success or None, length)."""
     env = task.make_env(seed=seed)
     obs, _ = env.reset(seed=seed)
-    act = task.make_expert(env) if policy == "expert" else (lambda _o: env.action_space.sample())
+    if policy == "expert":
+        act = task.make_expert(env)
+    elif policy == "zero":
+        still = np.clip(np.zeros(env.action_space.shape), env.action_space.low, env.action_space.high).astype(np.float32)
+        act = lambda _o: still  # noqa: E731
+    else:
+        act = lambda _o: env.action_space.sample()  # noqa: E731
     total, steps, info = 0.0, 0, {}
     while True:
         obs, r, terminated, truncated, info = env.step(act(obs))
@@ -37,7 +46,7 @@ def rollout(task: Task, policy: str, seed: int) -> tuple[float, bool | None, int
 
 def measure(task: Task, episodes: int) -> dict:
     out: dict = {"episodes": episodes, "seeds": [SEED_BASE, SEED_BASE + episodes - 1]}
-    for policy in ("random", "expert"):
+    for policy in ("random", "expert", "zero"):
         runs = [rollout(task, policy, SEED_BASE + i) for i in range(episodes)]
         rets = np.array([r[0] for r in runs])
         out[policy] = round(float(rets.mean()), 4)

@@ -139,7 +139,7 @@ def _task(name: str, env_id: str, episode_steps: int, obs_dim: int, action_dim: 
     refs = _load_reference_returns().get(name, {})
     return Task(name=name, env_id=env_id, episode_steps=episode_steps, rtg_horizon=episode_steps,
                 has_goal=goal_slice is not None,
-                reference_returns={k: float(refs[k]) if k in refs else math.nan for k in ("random", "expert")},
+                reference_returns={k: float(refs[k]) if k in refs else math.nan for k in ("random", "expert", "zero")},
                 joint_names=joint_names, obs_dim=obs_dim, action_dim=action_dim, goal_slice=goal_slice)
 
 

@@ -56,6 +56,10 @@ def test_reference_returns_are_frozen_in_json() -> None:
         assert task.reference_returns["expert"] > task.reference_returns["random"]
         assert math.isclose(task.normalised_score(table[name]["random"]), 0.0, abs_tol=1e-9)
         assert math.isclose(task.normalised_score(table[name]["expert"]), 100.0)
+        assert task.reference_returns["zero"] == table[name]["zero"]  # do-nothing floor, context only
+    # Reacher's random return is mostly control cost: doing nothing already scores ~90 there
+    assert TASKS["reacher"].normalised_score(table["reacher"]["zero"]) > 80.0
+    assert table["reacher"]["zero_success_rate"] == 0.0
 
 
 def test_success_is_none_where_undefined() -> None:
