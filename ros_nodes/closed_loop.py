@@ -150,7 +150,8 @@ class LoopMonitor(Node):
         if len(v) >= 4:
             with self.lock:
                 self.episodes.append({"episode": int(v[0]), "return": v[1], "normalised_score": v[2],
-                                      "steps": int(v[3]), "received_s": time.monotonic()})
+                                      "steps": int(v[3]), "success": v[4] if len(v) >= 5 else math.nan,
+                                      "received_s": time.monotonic()})
 
 
 @dataclass
@@ -171,6 +172,11 @@ class LoopResult:
             return math.nan
         dt = self.episodes[-1]["received_s"] - self.episodes[0]["received_s"]
         return sum(e["steps"] for e in self.episodes[1:]) / dt if dt > 0 else math.nan
+
+    def success_rate(self) -> float:
+        """Share of episodes that met the task's success criterion (NaN if the task has none)."""
+        s = [e["success"] for e in self.episodes if math.isfinite(e.get("success", math.nan))]
+        return float(sum(s) / len(s)) if s else math.nan
 
     def mean_score(self) -> float:
         s = [e["normalised_score"] for e in self.episodes if math.isfinite(e["normalised_score"])]
@@ -230,8 +236,9 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
                 new = monitor.episodes[shown:]
             if progress:
                 for e in new:
+                    reached = "" if not math.isfinite(e["success"]) else (", success" if e["success"] else ", missed")
                     print(f"  episode {e['episode']}: return {e['return']:.3f}, normalised score "
-                          f"{e['normalised_score']:.1f} ({e['steps']} steps)", flush=True)
+                          f"{e['normalised_score']:.1f} ({e['steps']} steps{reached})", flush=True)
             shown += len(new)
             if err:
                 raise NodeFailure(f"node mtm_policy: {err}; last lines of its log:\n" + procs.tail("mtm_policy"))

@@ -4,7 +4,8 @@ Publishes ``observation`` (Float64MultiArray: the task's ``states`` part), ``joi
 (positions/velocities of ``task.joint_names``), ``reward`` (Float64, reliable), ``goal``
 (Float64MultiArray, reliable transient-local, once per episode for goal tasks), ``/clock``
 (sim time: ``steps * env.dt``), ``episode_stats`` (Float64MultiArray labelled
-``episode, return, normalised_score, steps``) and /diagnostics; subscribes ``commands``.
+``episode, return, normalised_score, steps, success`` (success 1/0, NaN for tasks without a
+criterion)) and /diagnostics; subscribes ``commands``.
 
 Modes
 * ``realtime``: a wall-clock timer at ``control_rate_hz`` applies the newest command (zeros
@@ -214,13 +215,15 @@ class SimBridge(Node):
             score = float(self.task.normalised_score(self.episode_return))
         except (RuntimeError, KeyError):
             score = math.nan
+        ok = self.task.success(self.env)  # None for tasks without a success criterion
+        success = math.nan if ok is None else float(ok)
         row = {"episode": self.episode, "seed": self.seed + self.episode, "return": self.episode_return,
-               "normalised_score": score, "steps": self.steps}
+               "normalised_score": score, "steps": self.steps, "success": success}
         self.results.append(row)
         self.get_logger().info(f"episode {self.episode}: return {self.episode_return:.3f} "
                                f"normalised score {score:.1f} in {self.steps} steps")
-        self.stats_pub.publish(conv.array_to_multiarray([self.episode, self.episode_return, score, self.steps],
-                                                        "episode,return,normalised_score,steps"))
+        self.stats_pub.publish(conv.array_to_multiarray([self.episode, self.episode_return, score, self.steps, success],
+                                                        "episode,return,normalised_score,steps,success"))
         path = str(self.p("results_path"))
         if path:
             Path(path).write_text(json.dumps({"task": self.task.name, "mode": self.mode, "lockstep_resends": self.resends,

@@ -29,6 +29,7 @@ def test_demo_closed_loop_step(ros_env, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "achieved rate" in r.stdout and "p99" in r.stdout and "normalised score" in r.stdout
     assert "episode 0: return" in r.stdout
+    assert "success rate" in r.stdout  # Reacher: the informative number next to the normalised score
     assert (tmp_path / "demo" / "closed_loop.mcap").stat().st_size > 1000
 
 

@@ -56,6 +56,7 @@ def test_lockstep_reproduces_in_process_rollout(ros_env) -> None:
         g.wait_for(lambda: bridge.finished, timeout=60.0, what="two lockstep episodes")
         ros_returns = [r["return"] for r in bridge.results]
         assert [r["steps"] for r in bridge.results] == [task.episode_steps] * episodes
+        assert all(r["success"] in (0.0, 1.0) for r in bridge.results)  # Reacher has a success criterion
         assert node.stats.faults == 0 and node.stats.ticks == task.episode_steps * episodes
     reference = in_process_returns(ScriptedPolicy(task.state_dim, task.action_dim, gain=0.8), "reacher", seed, episodes)
     assert ros_returns == pytest.approx(reference, abs=1e-9), (ros_returns, reference)

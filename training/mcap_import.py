@@ -6,7 +6,7 @@ So logs from a robot (or the sim bridge) train the next model. Reads with ``mcap
 * ``/observation`` (Float64MultiArray: the task's ``states`` part) — one per control step;
 * ``/commands`` (Float64MultiArray or JointState ``effort``/``position``/``velocity``);
 * ``/reward`` (Float64) — the reward of step t, published just before observation t+1;
-* ``/episode_stats`` (Float64MultiArray ``episode, return, normalised_score, steps``) — published
+* ``/episode_stats`` (Float64MultiArray ``episode, return, normalised_score, steps[, success]``) — published
   when an episode ends: the episode boundaries;
 * ``/goal`` (goal tasks; latched, published at each episode start);
 * ``/joint_states`` (optional): the stamps that identify a step, for exact command pairing.

@@ -65,7 +65,7 @@ def run(out: Path, episodes: int = 4, record: bool = False, model: str = "", bac
             return math.nan
     summary = {"model": path, "model_origin": origin, "backend": d.get("backend", backend),
                "executor": d.get("executor", "?"), "episodes": res.episodes,
-               "mean_normalised_score": res.mean_score(), "rate_hz": num("rate_hz"),
+               "mean_normalised_score": res.mean_score(), "success_rate": res.success_rate(), "rate_hz": num("rate_hz"),
                "step_rate_hz": res.step_rate_hz(),
                "e2e_ms": {k: num(f"e2e_{k}_ms") for k in ("p50", "p99", "max")},
                "act_ms": {k: num(f"act_{k}_ms") for k in ("p50", "p99", "max")},
@@ -79,6 +79,9 @@ def run(out: Path, episodes: int = 4, record: bool = False, model: str = "", bac
           f"max {e2e['max']:.3f} ms; act(): p50 {act['p50']:.3f} ms, p99 {act['p99']:.3f} ms", flush=True)
     print(f"  normalised score {summary['mean_normalised_score']:.1f} (mean of {len(res.episodes)} episodes; "
           f"0 = random, 100 = scripted expert); faults {summary['faults']}", flush=True)
+    if math.isfinite(summary["success_rate"]):  # Reacher: doing nothing already scores ~90, so show this too
+        print(f"  success rate {summary['success_rate']:.0%} (fingertip within 2 cm of the target at the "
+              f"episode's end; doing nothing: 0%)", flush=True)
     if record:
         print(f"  recorded {sum(res.recorded.values())} messages to {res.record_path} "
               f"(mtm import-mcap {res.record_path} --task reacher -o data.hdf5)", flush=True)
