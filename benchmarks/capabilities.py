@@ -334,8 +334,8 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]
         for k in ("id", "fd"):
             m, b = f["mtm"][f"{k}_error"], f[f"mlp_{k}"][f"{k}_error"]
             within.append(m <= 1.1 * b)
-            ev.append(f"{task}/{tier} {k.upper()} {m:.3g} vs {b:.3g} ({m / b:.1f}x)" if b > 0
-                      else f"{task}/{tier} {k.upper()} {m:.3g} vs {b:.3g}")
+            ratio = f" ({m / b:.1f}x)" if b > 0 else ""
+            ev.append(f"{task}/{tier} {k.upper()} {m:.3g} vs {b:.3g}{ratio}")
     out.append(("ID/FD errors within 10% of the MLPs (MTM <= 1.1 x MLP)", all(within) if within else None,
                 f"{sum(within)}/{len(within)} hold: " + "; ".join(ev)))
     return out
@@ -343,9 +343,9 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]
 
 def do_nothing_line(tasks: Sequence[str]) -> str:
     """The normalised score of the zero action (``sim/reference_returns.json``, same reference seeds)."""
-    from sim.tasks import REFERENCE_RETURNS_PATH, get_task
+    from sim.tasks import get_task, load_reference_returns
 
-    table = json.loads(REFERENCE_RETURNS_PATH.read_text())
+    table = load_reference_returns()
     parts = []
     for name in tasks:
         ref = table.get(name, {})

@@ -173,14 +173,16 @@ class LoopResult:
         dt = self.episodes[-1]["received_s"] - self.episodes[0]["received_s"]
         return sum(e["steps"] for e in self.episodes[1:]) / dt if dt > 0 else math.nan
 
-    def success_rate(self) -> float:
-        """Share of episodes that met the task's success criterion (NaN if the task has none)."""
-        s = [e["success"] for e in self.episodes if math.isfinite(e.get("success", math.nan))]
+    def _finite_mean(self, key: str) -> float:
+        s = [e[key] for e in self.episodes if math.isfinite(e[key])]
         return float(sum(s) / len(s)) if s else math.nan
 
+    def success_rate(self) -> float:
+        """Share of episodes that met the task's success criterion (NaN if the task has none)."""
+        return self._finite_mean("success")
+
     def mean_score(self) -> float:
-        s = [e["normalised_score"] for e in self.episodes if math.isfinite(e["normalised_score"])]
-        return float(sum(s) / len(s)) if s else math.nan
+        return self._finite_mean("normalised_score")
 
 
 def write_params(path: Path, policy: dict[str, Any], bridge: dict[str, Any]) -> Path:

@@ -562,12 +562,16 @@ class PolicyNode(LifecycleNode):
             state, stamp_ns, t_in = self._newest
             self._newest = None
             self._step(state, stamp_ns, t_in)
-        elif self._trigger == "state" and self.watchdog.age() + self._idle_guard_s < self.watchdog.timeout_s:
+        elif self._trigger == "state" and not self._stale_soon():
             self._timer.cancel()
+
+    def _stale_soon(self) -> bool:
+        """The input could go stale before the watch timer's next look (``_idle_guard_s``)."""
+        return self.watchdog.age() + self._idle_guard_s >= self.watchdog.timeout_s
 
     def _on_watch(self) -> None:
         """``trigger: state``, every WATCH_PERIOD_S: restart the control timer before the input can go stale."""
-        if self.watchdog.age() + self._idle_guard_s >= self.watchdog.timeout_s:
+        if self._stale_soon():
             self._wake_control_timer()
 
     def _wake_control_timer(self) -> None:

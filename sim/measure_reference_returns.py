@@ -3,11 +3,12 @@
     python -m sim.measure_reference_returns [--episodes 20] [--tasks reacher hopper ...]
 
 random = uniform-random actions (action space seeded per episode); expert = the noise-free
-scripted expert of ``sim/experts.py``; zero = the do-nothing floor (zero action clipped into the
-action space), stored for context only: the normalised score stays 0 = random, 100 = expert.
-On Reacher the floor scores ~90, because the random policy's return is mostly its control cost,
-so there a score near 100 says little and the success rate is the informative number. Episode ``i`` resets with seed ``SEED_BASE + i``. Run once;
-the numbers are then read (never recomputed) by ``sim.tasks``.
+scripted expert of ``sim/experts.py``; zero = the do-nothing floor (zeros clipped into the action
+space, the ``zeros`` fault action), stored for context only: the normalised score stays
+0 = random, 100 = expert. On Reacher the floor scores ~90, because the random policy's return is
+mostly its control cost, so there a score near 100 says little and the success rate is the
+informative number. Episode ``i`` resets with seed ``SEED_BASE + i``. Run once; the numbers are
+then read (never recomputed) by ``sim.tasks``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import json
 
 import numpy as np
 
+from mtm_runtime.safety import ActionLimits, FaultAction
 from sim.tasks import REFERENCE_RETURNS_PATH, TASKS, Task
 
 SEED_BASE = 10_000
@@ -29,7 +31,7 @@ def rollout(task: Task, policy: str, seed: int) -> tuple[float, bool | None, int
     if policy == "expert":
         act = task.make_expert(env)
     elif policy == "zero":
-        still = np.clip(np.zeros(env.action_space.shape), env.action_space.low, env.action_space.high).astype(np.float32)
+        still = FaultAction("zeros", ActionLimits(env.action_space.low, env.action_space.high)).action()
         act = lambda _o: still  # noqa: E731
     else:
         act = lambda _o: env.action_space.sample()  # noqa: E731

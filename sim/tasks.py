@@ -27,14 +27,16 @@ import numpy as np
 from sim import experts
 from sim.randomisation import Randomisation, RandomisationWrapper
 
-__all__ = ["Task", "TASKS", "get_task", "Randomisation", "RandomisationWrapper", "REFERENCE_RETURNS_PATH"]
+__all__ = ["Task", "TASKS", "get_task", "Randomisation", "RandomisationWrapper", "REFERENCE_RETURNS_PATH",
+           "load_reference_returns"]
 
 REFERENCE_RETURNS_PATH = Path(__file__).with_name("reference_returns.json")
 #: Reacher success: fingertip within this distance of the target at episode end (m).
 REACHER_SUCCESS_RADIUS = 0.02
 
 
-def _load_reference_returns() -> dict[str, dict]:
+def load_reference_returns() -> dict[str, dict]:
+    """The whole frozen table (task -> random/expert/zero returns, lengths, success rates); {} if absent."""
     if not REFERENCE_RETURNS_PATH.exists():
         return {}
     return json.loads(REFERENCE_RETURNS_PATH.read_text())
@@ -136,7 +138,7 @@ def actuated_joint_names(env: gymnasium.Env) -> tuple[str, ...]:
 
 def _task(name: str, env_id: str, episode_steps: int, obs_dim: int, action_dim: int,
           joint_names: tuple[str, ...], goal_slice: tuple[int, int] | None = None) -> Task:
-    refs = _load_reference_returns().get(name, {})
+    refs = load_reference_returns().get(name, {})
     return Task(name=name, env_id=env_id, episode_steps=episode_steps, rtg_horizon=episode_steps,
                 has_goal=goal_slice is not None,
                 reference_returns={k: float(refs[k]) if k in refs else math.nan for k in ("random", "expert", "zero")},
