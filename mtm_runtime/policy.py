@@ -36,7 +36,7 @@ from mtm_runtime.backends import Backend, BackendError, backend_class, source_ki
 from mtm_runtime.buffer import TrajectoryBuffer
 from mtm_runtime.checkpoint import Checkpoint, load_checkpoint, parse_metadata
 from mtm_runtime.normalise import Normaliser
-from mtm_runtime.safety import ActionLimits, all_finite
+from mtm_runtime.safety import ActionLimits, UnsafeCommandError, all_finite
 from mtm_runtime.spec import ACTIONS, GOALS, RETURNS, STATES, TrajectorySpec
 
 #: Modes ``act`` can run. ``id``/``fd`` are offered as helpers (infer_actions, predict_next_state).
@@ -199,10 +199,11 @@ class Policy:
         np.copyto(self._action_norm, y[0, -1, self._a_slice])
         np.multiply(self._action_norm, self.normaliser.std[ACTIONS], out=a)
         np.add(a, self.normaliser.mean[ACTIONS], out=a)
-        if not all_finite(a):
+        try:
+            self.limits.clip(a, out=a)  # checks finiteness once (it raises before writing)
+        except UnsafeCommandError:
             a.fill(0.0)
-            raise InferenceError(f"backend {self.backend.name!r} returned a non-finite action; nothing was emitted")
-        self.limits.clip(a, out=a)
+            raise InferenceError(f"backend {self.backend.name!r} returned a non-finite action; nothing was emitted") from None
         buf.write(ACTIONS, a)
         self.last_act_s = time.perf_counter() - t0
         return self._action_out
