@@ -10,9 +10,10 @@ to the expert: it behaves like a controller designed on the nominal model.
 * InvertedDoublePendulum-v5: discrete LQR on a finite-difference linearisation of one control
   step (``frame_skip`` physics steps) around the upright equilibrium; Riccati equation solved by
   fixed-point iteration (no scipy needed).
-* Hopper-v5: a hand-tuned balance controller (PD on joint angles with torso-pitch feedback that
-  keeps the torso upright and the foot under the centre of mass). It stands and drifts forward
-  slowly; it does NOT hop. Its reference return is in ``sim/reference_returns.json``.
+* Hopper-v5: a linear policy on whitened observations found by Augmented Random Search
+  (``sim/search_linear_expert.py``; parameters in ``sim/hopper_expert.json``). It hops. (A
+  hand-tuned PD balance controller used until 2026-11-25 only stood: return ~1020, alive bonus
+  only, which made Hopper's scores measure survival rather than locomotion.)
 * Pusher-v5: a two-phase DLS Jacobian controller (move the tip behind the object, then push it
   to the goal). Stretch goal, NOT functional yet: it scores below the random policy (about -165
   vs -146 over 4 seeds), so no reference returns are frozen for pusher.
@@ -20,6 +21,8 @@ to the expert: it behaves like a controller designed on the nominal model.
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Callable
 
 import mujoco
@@ -165,37 +168,38 @@ class IDPExpert:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hopper
+# Hopper (and any task with a stored linear policy)
 # ---------------------------------------------------------------------------------------------
-class HopperExpert:
-    """Hand-tuned balance controller for Hopper-v5 (stands, does not hop).
+class LinearExpert:
+    """A linear policy on whitened observations, ``a = clip(M (o - mu) / sigma, low, high)``.
 
-    Observation (11): z (m), torso pitch, thigh, leg, foot angles (rad), then 6 velocities.
-    Joint targets are shifted with the torso pitch and pitch rate so the torso stays upright
-    (healthy range +-0.2 rad). Gains from a small grid search over 3 seeds; a lean bias gives
-    a little forward drift. Return ~1000-1020 (alive bonus only): an honest *standing* baseline,
-    far below a learned hopping policy (~3000+).
-    Action (3): normalised torques in [-1, 1] (gear 200).
+    The parameters are data, not code: a JSON file written by ``sim/search_linear_expert.py``
+    (Augmented Random Search), with the command that made it in ``provenance``. Hopper-v5's
+    expert is one: it hops forward (return ~3300 over 1000 steps; reference numbers in
+    ``sim/reference_returns.json``), where no hand-written controller got past standing.
     """
 
-    def __init__(self, model: mujoco.MjModel, kp: float = 5.0, kd: float = 0.5,
-                 k_pitch: float = -1.0, k_pitch_rate: float = 0.0, lean: float = -0.15) -> None:
-        self.kp, self.kd, self.k_pitch, self.k_pitch_rate, self.lean = kp, kd, k_pitch, k_pitch_rate, lean
+    def __init__(self, path: str | Path, low: np.ndarray, high: np.ndarray) -> None:
+        doc = json.loads(Path(path).read_text())
+        self.M = np.asarray(doc["M"], dtype=np.float64)          # [act_dim, obs_dim]
+        self.mu = np.asarray(doc["mu"], dtype=np.float64)        # [obs_dim]
+        self.sigma = np.asarray(doc["sigma"], dtype=np.float64)  # [obs_dim], > 0
+        if self.M.shape != (len(low), len(self.mu)) or self.sigma.shape != self.mu.shape or np.any(self.sigma <= 0):
+            raise ValueError(f"{path}: linear expert has M {self.M.shape}, mu {self.mu.shape}, sigma {self.sigma.shape}; "
+                             f"expected M [{len(low)}, obs_dim] and positive sigma [obs_dim]")
+        self.low, self.high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+        self.provenance = doc.get("provenance", {})
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs, dtype=np.float64)
-        pitch, joints = obs[1], obs[2:5]
-        pitch_rate, jvel = obs[7], obs[8:11]
-        # hip (thigh joint) carries the torso: rotating the hip opposite to the pitch error
-        # rights the torso; knee straight; ankle keeps the foot flat under the body.
-        p = pitch - self.lean
-        target = np.array([
-            self.k_pitch * p + self.k_pitch_rate * pitch_rate,
-            0.0,
-            -(joints[0] + joints[1]) - 0.0,
-        ])
-        tau = self.kp * (target - joints) - self.kd * jvel
-        return np.clip(tau, -1.0, 1.0).astype(np.float32)
+        o = np.asarray(obs, dtype=np.float64)
+        return np.clip(self.M @ ((o - self.mu) / self.sigma), self.low, self.high).astype(np.float32)
+
+
+HOPPER_EXPERT_PATH = Path(__file__).with_name("hopper_expert.json")
+
+
+def _linear_expert(env, path: Path) -> LinearExpert:
+    return LinearExpert(path, env.action_space.low, env.action_space.high)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +251,7 @@ class PusherExpert:
 EXPERTS: dict[str, Callable[..., Expert]] = {
     "Reacher-v5": lambda env: ReacherExpert(_unwrapped_model(env)),
     "InvertedDoublePendulum-v5": lambda env: IDPExpert(_unwrapped_model(env), frame_skip=env.unwrapped.frame_skip),
-    "Hopper-v5": lambda env: HopperExpert(_unwrapped_model(env)),
+    "Hopper-v5": lambda env: _linear_expert(env, HOPPER_EXPERT_PATH),
     "Pusher-v5": lambda env: PusherExpert(_unwrapped_model(env)),
 }
 
