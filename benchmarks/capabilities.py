@@ -84,13 +84,15 @@ def episodes_for(cfg: dict[str, Any], task: str, tier: str) -> int:
     return cfg["replay_episodes"][task] if tier in ("medium-replay", "random") else cfg["episodes"][task]
 
 
-def dataset(out: Path, task: str, tier: str, episodes: int, fraction: float = 1.0) -> Path:
-    """Collect (or reuse) ``out/data/<task>_<tier>[_fF].hdf5``."""
+def dataset(out: Path, cfg: dict[str, Any], task: str, tier: str, episodes: int, fraction: float = 1.0) -> Path:
+    """Collect (or reuse) ``out/data/<config digest>/<task>_<tier>[_fF]_<episodes>.hdf5``: reused only
+    by jobs of the same config and commit, so a changed expert or tier definition never trains
+    on the data of an old one."""
     from sim.tasks import get_task
     from training.datasets import collect, write_hdf5
 
     tag = "" if fraction >= 1.0 else f"_f{fraction:g}"
-    path = out / "data" / f"{task}_{tier}{tag}_{episodes}.hdf5"
+    path = out / "data" / config_digest(cfg) / f"{task}_{tier}{tag}_{episodes}.hdf5"
     if not path.exists():
         data = collect(task, tier, episodes, seed=0, action_fraction=fraction)
         write_hdf5(path.with_suffix(".tmp"), data, get_task(task), tier, 0, fraction)
@@ -178,7 +180,7 @@ def main_job(task_name: str, tier: str, cfg: dict[str, Any], out: Path) -> dict[
     from training.train import PRESET_LR
 
     task = get_task(task_name)
-    data = dataset(out, task_name, tier, episodes_for(cfg, task_name, tier))
+    data = dataset(out, cfg, task_name, tier, episodes_for(cfg, task_name, tier))
     run_dir = out / "runs" / f"{task_name}_{tier}"
     mtm = train_mtm(cfg, data, run_dir / "mtm", task_name)
     ckpt = load_checkpoint(run_dir / "mtm")
@@ -227,7 +229,7 @@ def hetero_job(task_name: str, tier: str, cfg: dict[str, Any], out: Path) -> dic
 
     task = get_task(task_name)
     frac = cfg["hetero_fraction"][task_name]
-    data = dataset(out, task_name, tier, cfg["hetero_episodes"][task_name], frac)
+    data = dataset(out, cfg, task_name, tier, cfg["hetero_episodes"][task_name], frac)
     run_dir = out / "runs" / f"hetero_{task_name}_{tier}"
     mtm_lab = train_mtm(cfg, data, run_dir / "mtm_labelled", task_name, labelled_only=True)
     mtm_all = train_mtm(cfg, data, run_dir / "mtm_all", task_name, labelled_share=cfg["hetero_labelled_share"])
