@@ -68,6 +68,10 @@ def evaluate(task_name: str, M: np.ndarray, mu: np.ndarray, sigma: np.ndarray, s
 def search(task_name: str, iterations: int, directions: int = 8, top: int = 4, step: float = 0.02,
            noise: float = 0.03, shift: float = 1.0, seed: int = 0, workers: int = 2,
            log=print) -> dict:
+    """Run ARS; returns the JSON document of the best policy seen (by its 4-episode evaluation,
+    every 10 iterations and at the end)."""
+    if iterations < 1 or not 1 <= top <= directions:
+        raise ValueError(f"need iterations >= 1 and 1 <= top <= directions; got {iterations}, {top}, {directions}")
     task = get_task(task_name)
     env = task.make_env()
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]

@@ -75,3 +75,23 @@ def test_linear_expert_refuses_a_file_of_the_wrong_shape(tmp_path) -> None:
     path.write_text(json.dumps({"M": [[0.0] * 11] * 2, "mu": [0.0] * 11, "sigma": [1.0] * 11}))
     with pytest.raises(ValueError, match="expected M"):
         LinearExpert(path, np.full(3, -1.0), np.full(3, 1.0))
+
+
+def test_linear_expert_search_is_deterministic_and_loadable(tmp_path) -> None:
+    """Three ARS iterations on real Hopper: same seed -> same policy, for 1 or 2 workers, and
+    the written JSON loads as a LinearExpert that acts within the action space."""
+    import json
+
+    from sim.experts import LinearExpert
+    from sim.search_linear_expert import search
+
+    a = search("hopper", iterations=3, directions=2, top=1, seed=5, workers=1, log=lambda _s: None)
+    b = search("hopper", iterations=3, directions=2, top=1, seed=5, workers=2, log=lambda _s: None)
+    assert np.array_equal(np.asarray(a["M"]), np.asarray(b["M"]))
+    assert np.any(np.asarray(a["M"]) != 0.0)
+    path = tmp_path / "hopper_linear.json"
+    path.write_text(json.dumps(a))
+    env = get_task("hopper").make_env()
+    obs, _ = env.reset(seed=0)
+    act = LinearExpert(path, env.action_space.low, env.action_space.high)(obs)
+    assert act.shape == (3,) and np.all(np.abs(act) <= 1.0)

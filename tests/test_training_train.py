@@ -39,6 +39,7 @@ def test_checkpoint_loads_with_provenance_and_optimizer_state(reacher_data, tmp_
     assert len(prov["dataset"]["sha256"]) == 64 and prov["dataset"]["path"].endswith("reacher_expert.hdf5")
     assert prov["config"]["preset"] == "embedded" and "created" in prov and "git_commit" in prov
     assert prov["config"]["lr"] == 1e-3                               # 0 resolves to the preset's default
+    assert ckpt.config.dropout == 0.0                                   # dropout -1 = the preset's
     assert ckpt.spec.names == ("states", "actions", "returns", "goals") and ckpt.spec.horizon == 4
     assert ckpt.normaliser.mean[RETURNS][0] == 0.0                      # returns are scale-only
     assert weights_digest(ckpt.build_model()) == res["weights_sha256"]
@@ -70,11 +71,13 @@ def test_config_file_and_flags(reacher_data, tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "mtm_runtime.cli", "train", "--data", str(reacher_data),
                            "--config", str(cfg), "--steps", "3", "--out", str(out), "--no-progress",
-                           "--no-plot", "--val-windows", "32", "--threads", "1"],
+                           "--no-plot", "--val-windows", "32", "--threads", "1", "--dropout", "0.2"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    prov = load_checkpoint(out).provenance
+    ckpt = load_checkpoint(out)
+    prov = ckpt.provenance
     assert prov["steps"] == 3                                        # the flag beats the file
+    assert ckpt.config.dropout == 0.2 and ckpt.config.d_model == 64   # --dropout overrides only the preset's dropout
     assert prov["config"]["batch_size"] == 16 and prov["config"]["masks"] == ["bc", "id"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"stepz": 3}))

@@ -84,6 +84,7 @@ class Args:
     task: str = ""                        # task name; default: from the dataset's metadata
     out: str = "runs/mtm"                 # output / checkpoint directory
     preset: str = "embedded"              # model size: embedded | paper
+    dropout: float = -1.0                 # model dropout; < 0 = the preset's (embedded 0, paper 0.1)
     horizon: int = 4                      # window length T
     steps: int = 5000                     # total optimiser steps
     batch_size: int = 256                 # global batch (split evenly over ranks)
@@ -168,6 +169,8 @@ def resolve_args(ns: argparse.Namespace) -> Args:
         raise SystemExit("train: --data is required (in a flag or the config file)")
     if args.preset not in PRESETS:
         raise SystemExit(f"train: unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    if not args.dropout < 1.0:
+        raise SystemExit(f"train: --dropout must be < 1 (or < 0 for the preset's), got {args.dropout}")
     for k in args.masks:
         if k not in M.TRAINING_MASKS:
             raise SystemExit(f"train: unknown mask kind {k!r}; choose from {', '.join(M.TRAINING_MASKS)}")
@@ -407,7 +410,10 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
 
     # 4. model, optimiser, schedule
     torch.manual_seed(args.seed)
-    mtm = build_model(spec, args.preset).to(device)
+    model_cfg = PRESETS[args.preset]
+    if args.dropout >= 0:
+        model_cfg = dataclasses.replace(model_cfg, dropout=args.dropout)
+    mtm = build_model(spec, model_cfg).to(device)
     net: nn.Module = TrainForward(mtm)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if use_cuda else None)
