@@ -123,7 +123,7 @@ def train_mtm(cfg: dict[str, Any], data: Path, out: Path, task_name: str, labell
               labelled_share: float = 0.0) -> dict[str, Any]:
     from training.train import Args, run
 
-    args = Args(data=str(data), out=str(out), preset=cfg["preset"], dropout=cfg.get("dropout", -1.0), steps=cfg["steps"], batch_size=cfg["batch_size"],
+    args = Args(data=str(data), out=str(out), preset=cfg["preset"], steps=cfg["steps"], batch_size=cfg["batch_size"],
                 masks=mtm_masks(cfg, task_name),
                 val_every=0, ckpt_every=0, progress=False, plot=True, labelled_only=labelled_only,
                 labelled_share=labelled_share,

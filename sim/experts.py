@@ -174,21 +174,27 @@ class LinearExpert:
     """A linear policy on whitened observations, ``a = clip(M (o - mu) / sigma, low, high)``.
 
     The parameters are data, not code: a JSON file written by ``sim/search_linear_expert.py``
-    (Augmented Random Search), with the command that made it in ``provenance``. Hopper-v5's
-    expert is one: it hops forward (return ~3300 over 1000 steps; reference numbers in
-    ``sim/reference_returns.json``), where no hand-written controller got past standing.
+    (Augmented Random Search, which also acts through this class while it searches), with the
+    command that made it in ``provenance``. Hopper-v5's expert is one: it hops forward (return
+    3649 over 1000 steps; reference numbers in ``sim/reference_returns.json``), where no
+    hand-written controller got past standing.
     """
 
-    def __init__(self, path: str | Path, low: np.ndarray, high: np.ndarray) -> None:
-        doc = json.loads(Path(path).read_text())
-        self.M = np.asarray(doc["M"], dtype=np.float64)          # [act_dim, obs_dim]
-        self.mu = np.asarray(doc["mu"], dtype=np.float64)        # [obs_dim]
-        self.sigma = np.asarray(doc["sigma"], dtype=np.float64)  # [obs_dim], > 0
+    def __init__(self, M: np.ndarray, mu: np.ndarray, sigma: np.ndarray, low: np.ndarray, high: np.ndarray,
+                 where: str = "linear expert") -> None:
+        self.M = np.asarray(M, dtype=np.float64)          # [act_dim, obs_dim]
+        self.mu = np.asarray(mu, dtype=np.float64)        # [obs_dim]
+        self.sigma = np.asarray(sigma, dtype=np.float64)  # [obs_dim], > 0
         if self.M.shape != (len(low), len(self.mu)) or self.sigma.shape != self.mu.shape or np.any(self.sigma <= 0):
-            raise ValueError(f"{path}: linear expert has M {self.M.shape}, mu {self.mu.shape}, sigma {self.sigma.shape}; "
+            raise ValueError(f"{where}: linear expert has M {self.M.shape}, mu {self.mu.shape}, sigma {self.sigma.shape}; "
                              f"expected M [{len(low)}, obs_dim] and positive sigma [obs_dim]")
         self.low, self.high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
-        self.provenance = doc.get("provenance", {})
+
+    @classmethod
+    def load(cls, path: str | Path, low: np.ndarray, high: np.ndarray) -> "LinearExpert":
+        """From the JSON document ``{"M", "mu", "sigma", ...}`` at ``path``."""
+        doc = json.loads(Path(path).read_text())
+        return cls(doc["M"], doc["mu"], doc["sigma"], low, high, where=str(path))
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         o = np.asarray(obs, dtype=np.float64)
@@ -196,10 +202,6 @@ class LinearExpert:
 
 
 HOPPER_EXPERT_PATH = Path(__file__).with_name("hopper_expert.json")
-
-
-def _linear_expert(env, path: Path) -> LinearExpert:
-    return LinearExpert(path, env.action_space.low, env.action_space.high)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +253,7 @@ class PusherExpert:
 EXPERTS: dict[str, Callable[..., Expert]] = {
     "Reacher-v5": lambda env: ReacherExpert(_unwrapped_model(env)),
     "InvertedDoublePendulum-v5": lambda env: IDPExpert(_unwrapped_model(env), frame_skip=env.unwrapped.frame_skip),
-    "Hopper-v5": lambda env: _linear_expert(env, HOPPER_EXPERT_PATH),
+    "Hopper-v5": lambda env: LinearExpert.load(HOPPER_EXPERT_PATH, env.action_space.low, env.action_space.high),
     "Pusher-v5": lambda env: PusherExpert(_unwrapped_model(env)),
 }
 

@@ -5,7 +5,7 @@
 No hand-written controller makes Hopper hop, and there is no GPU here for SAC. ARS (the paper's
 "V2-t" variant) finds a *linear* policy on whitened observations with nothing but rollouts:
 
-    a = clip(M (o - mu) / sigma, -1, 1)                     M: [act_dim, obs_dim], starts at 0
+    a = clip(M (o - mu) / sigma, low, high)                 M: [act_dim, obs_dim], starts at 0
 
 Each iteration draws ``directions`` Gaussian perturbations delta_k, rolls out ``M +- noise delta_k``
 (one episode each), keeps the ``top`` directions by max(r+, r-) and steps
@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sim.experts import LinearExpert
 from sim.tasks import get_task
 
-_ENV = {}
+_ENV: dict[str, object] = {}
 
 
 def _rollout(job: tuple) -> tuple[float, int, np.ndarray, np.ndarray]:
@@ -43,26 +44,23 @@ def _rollout(job: tuple) -> tuple[float, int, np.ndarray, np.ndarray]:
     if task_name not in _ENV:
         _ENV[task_name] = get_task(task_name).make_env()
     env = _ENV[task_name]
+    policy = LinearExpert(M, mu, sigma, env.action_space.low, env.action_space.high)
     obs, _ = env.reset(seed=int(seed))
     total, steps = 0.0, 0
     s1, s2 = np.zeros_like(mu), np.zeros_like(mu)
     while True:
         s1 += obs
         s2 += obs * obs
-        a = np.clip(M @ ((obs - mu) / sigma), -1.0, 1.0)
-        obs, r, terminated, truncated, _ = env.step(a.astype(np.float32))
+        obs, r, terminated, truncated, _ = env.step(policy(obs))
         total += float(r) - shift
         steps += 1
         if terminated or truncated:
             return total, steps, s1, s2
 
 
-def evaluate(task_name: str, M: np.ndarray, mu: np.ndarray, sigma: np.ndarray, seeds: list[int],
-             pool=None) -> np.ndarray:
-    """Unshifted returns of the linear policy on the given reset seeds."""
-    jobs = [(task_name, M, mu, sigma, s, 0.0) for s in seeds]
-    res = pool.map(_rollout, jobs) if pool is not None else [_rollout(j) for j in jobs]
-    return np.array([r[0] for r in res])
+def evaluate(task_name: str, M: np.ndarray, mu: np.ndarray, sigma: np.ndarray, seeds: list[int], pool) -> np.ndarray:
+    """Unshifted returns of the linear policy on the given reset seeds (rollouts in ``pool``)."""
+    return np.array([r[0] for r in pool.map(_rollout, [(task_name, M, mu, sigma, s, 0.0) for s in seeds])])
 
 
 def search(task_name: str, iterations: int, directions: int = 8, top: int = 4, step: float = 0.02,
@@ -73,9 +71,7 @@ def search(task_name: str, iterations: int, directions: int = 8, top: int = 4, s
     if iterations < 1 or not 1 <= top <= directions:
         raise ValueError(f"need iterations >= 1 and 1 <= top <= directions; got {iterations}, {top}, {directions}")
     task = get_task(task_name)
-    env = task.make_env()
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    env.close()
+    obs_dim, act_dim = task.obs_dim, task.action_dim
     rng = np.random.default_rng(seed)
     M = np.zeros((act_dim, obs_dim))
     n, mean, m2 = 0, np.zeros(obs_dim), np.zeros(obs_dim)      # running statistics (Chan et al.)

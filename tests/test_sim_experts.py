@@ -74,7 +74,7 @@ def test_linear_expert_refuses_a_file_of_the_wrong_shape(tmp_path) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"M": [[0.0] * 11] * 2, "mu": [0.0] * 11, "sigma": [1.0] * 11}))
     with pytest.raises(ValueError, match="expected M"):
-        LinearExpert(path, np.full(3, -1.0), np.full(3, 1.0))
+        LinearExpert.load(path, np.full(3, -1.0), np.full(3, 1.0))
 
 
 def test_linear_expert_search_is_deterministic_and_loadable(tmp_path) -> None:
@@ -93,5 +93,5 @@ def test_linear_expert_search_is_deterministic_and_loadable(tmp_path) -> None:
     path.write_text(json.dumps(a))
     env = get_task("hopper").make_env()
     obs, _ = env.reset(seed=0)
-    act = LinearExpert(path, env.action_space.low, env.action_space.high)(obs)
+    act = LinearExpert.load(path, env.action_space.low, env.action_space.high)(obs)
     assert act.shape == (3,) and np.all(np.abs(act) <= 1.0)
