@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 pytest.importorskip("mujoco")
@@ -21,11 +23,22 @@ def _run(out: Path, *extra: str) -> dict:
     return report
 
 
+def md_het(markdown: str) -> str:
+    return markdown.split("## Heteromodal")[1].split("## Training throughput")[0]
+
+
 def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     first = _run(tmp_path)
     assert first["missing"] == []
     kinds = sorted((r["kind"], r["task"]) for r in first["results"])
-    assert kinds == [("hetero", "reacher"), ("main", "reacher")]
+    assert kinds == [("hetero", "reacher"), ("hetero", "reacher"), ("main", "reacher")]
+    het = first["hetero_summary"]["reacher"]                      # two draws of the labelled episodes
+    assert het["draws"] == [0, 1] and len(het["gap_per_draw"]) == 2 and min(het["labelled_train_episodes"]) >= 1
+    files = [json.loads((tmp_path / "jobs" / f"hetero_reacher_expert_d{d}.json").read_text())["dataset"] for d in (0, 1)]
+    with h5py.File(files[0]) as a, h5py.File(files[1]) as b:  # same rollouts, other episodes labelled
+        assert np.array_equal(a["observations"][()], b["observations"][()])
+        assert not np.array_equal(a["infos/action_present"][()], b["infos/action_present"][()])
+    assert "| reacher | " in md_het(first["markdown"])
     main = next(r for r in first["results"] if r["kind"] == "main")
     assert set(main["rollouts"]) >= {"mtm_bc", "mtm_rcbc", "mtm_goal", "mlp_bc", "mlp_rcbc", "mlp_gcbc"}
     assert set(main["id_fd"]) == {"mtm", "mlp_id", "mlp_fd"}

@@ -66,6 +66,19 @@ def test_same_result_for_any_worker_count() -> None:
     assert not np.array_equal(one["observations"], other["observations"])
 
 
+def test_label_seed_redraws_the_labelled_episodes_of_the_same_rollouts(tmp_path: Path) -> None:
+    draws = [collect(REACHER, "expert", 10, seed=3, action_fraction=0.2, label_seed=s) for s in (0, 1, 2)]
+    labelled = [tuple(np.unique(d["infos/episode_id"][d["infos/action_present"]]).tolist()) for d in draws]
+    assert all(len(lab) == 2 for lab in labelled) and len(set(labelled)) > 1   # 2 of 10 each, not the same 2
+    for d in draws[1:]:
+        np.testing.assert_array_equal(d["observations"], draws[0]["observations"])   # same rollouts
+    default = collect(REACHER, "expert", 10, seed=3, action_fraction=0.2)
+    np.testing.assert_array_equal(default["infos/action_present"],
+                                  collect(REACHER, "expert", 10, seed=3, action_fraction=0.2, label_seed=3)["infos/action_present"])
+    path = write_hdf5(tmp_path / "d1.hdf5", draws[1], REACHER, "expert", 3, 0.2, label_seed=1)
+    assert read_metadata(path)["label_seed"] == 1
+
+
 def test_tiers_are_ordered_by_score() -> None:
     scores = {tier: np.mean([REACHER.normalised_score(r) for r in episode_returns(collect(REACHER, tier, 8, seed=0))])
               for tier in ("random", "medium", "expert")}

@@ -139,3 +139,16 @@ def test_split_is_seeded_disjoint_and_complete() -> None:
     assert sorted(ids(train) + ids(val)) == list(range(10))
     with pytest.raises(ValueError):
         WindowSampler([], SPEC)
+
+
+def test_labelled_only_split_keeps_the_labelled_episodes_of_the_whole_files_split() -> None:
+    # the heteromodal comparison: the labelled-only models must train on exactly the labelled
+    # episodes that the model trained on the whole file sees (not re-split the labelled subset,
+    # which held one of two labelled episodes out for validation)
+    episodes = [_episode(i, 3, actions=i in (2, 5, 7)) for i in range(40)]
+    ids = lambda eps: [int(e["states"][0, 0]) for e in eps]  # noqa: E731
+    train_all, val_all = split_episodes(episodes, 0.1, seed=0)
+    train_lab, val_lab = split_episodes(episodes, 0.1, seed=0, labelled_only=True)
+    assert ids(train_lab) == [i for i in ids(train_all) if i in (2, 5, 7)]
+    assert ids(val_lab) == [i for i in ids(val_all) if i in (2, 5, 7)]
+    assert all(e.present["actions"] for e in train_lab + val_lab) and len(train_lab) + len(val_lab) == 3

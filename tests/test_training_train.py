@@ -86,6 +86,17 @@ def test_config_file_and_flags(reacher_data, tmp_path):
     assert proc.returncode != 0 and "stepz" in proc.stderr
 
 
+def test_labelled_only_with_no_labelled_training_episode_says_so(tmp_path):
+    task = get_task("reacher")
+    # 10 episodes, 1 labelled; find a split seed that holds the labelled one out for validation
+    data = write_hdf5(tmp_path / "het.hdf5", collect(task, "expert", 10, seed=3, action_fraction=0.1), task, "expert", 3, 0.1)
+    from training.loaders import load_episodes, split_episodes
+    eps = load_episodes(data, task)
+    seed = next(s for s in range(100) if not split_episodes(eps, 0.1, seed=s, labelled_only=True)[0])
+    with pytest.raises(ValueError, match="labelled-only left no training episode"):
+        run(small(data, tmp_path / "out", labelled_only=True, seed=seed))
+
+
 def test_short_training_improves_bc_over_untrained(tmp_path):
     """A few hundred steps on 6 expert InvertedDoublePendulum episodes balance the pendulum far
     longer than an untrained model. (Reacher's normalised score cannot show this: holding still

@@ -27,14 +27,15 @@ infos/action_present        [N] bool               per-episode flag, repeated ov
                                                    False = actions of this episode removed
                                                    (heteromodal data; they are NaN in actions)
 infos/episode_id            [N] int32              episode index 0..E-1
-metadata (group attrs)      task, env_id, seed, tier, episodes, action_fraction,
+metadata (group attrs)      task, env_id, seed, tier, episodes, action_fraction, label_seed,
                             reference_returns (JSON), modality_widths (JSON),
                             generator_version, created (UTC ISO 8601)
 ==========================  =====================  ===========================================
 
 Determinism: episode ``i`` depends only on ``(task, tier, seed, i, episodes)`` (its reset seed
 and noise generator come from ``SeedSequence([seed, i])``); which episodes keep their actions
-comes from ``SeedSequence([seed, 0xAC7])``. The result is the same for any number of workers.
+comes from ``SeedSequence([label_seed, 0xAC7])`` (``label_seed`` defaults to ``seed``). The
+result is the same for any number of workers.
 Loaders and the window sampler live in ``training/loaders.py``.
 """
 from __future__ import annotations
@@ -150,8 +151,12 @@ def action_present_mask(seed: int, episodes: int, action_fraction: float) -> np.
 
 
 def collect(task: Task | str, tier: str, episodes: int, seed: int = 0, workers: int = 1,
-            action_fraction: float = 1.0, progress: bool = False) -> dict[str, np.ndarray]:
-    """Collect ``episodes`` episodes; returns the concatenated D4RL arrays (plus ``infos/...``)."""
+            action_fraction: float = 1.0, progress: bool = False,
+            label_seed: int | None = None) -> dict[str, np.ndarray]:
+    """Collect ``episodes`` episodes; returns the concatenated D4RL arrays (plus ``infos/...``).
+
+    ``label_seed`` (default ``seed``) picks which episodes keep their actions: the same rollouts
+    with another draw of the labelled episodes."""
     task = get_task(task) if isinstance(task, str) else task
     if tier not in TIERS:
         raise ValueError(f"unknown tier {tier!r}; choose from {', '.join(TIERS)}")
@@ -174,7 +179,7 @@ def collect(task: Task | str, tier: str, episodes: int, seed: int = 0, workers: 
                 bar is not None and bar.update(1)
     if bar is not None:
         bar.close()
-    present = action_present_mask(seed, episodes, action_fraction)
+    present = action_present_mask(seed if label_seed is None else label_seed, episodes, action_fraction)
     for ep, keep in zip(results, present):
         if not keep:
             ep["actions"][:] = np.nan
@@ -187,7 +192,7 @@ def collect(task: Task | str, tier: str, episodes: int, seed: int = 0, workers: 
 
 
 def write_hdf5(path: str | Path, data: dict[str, np.ndarray], task: Task, tier: str, seed: int,
-               action_fraction: float = 1.0) -> Path:
+               action_fraction: float = 1.0, label_seed: int | None = None) -> Path:
     """Write ``data`` (from :func:`collect`) with its ``metadata`` group."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +203,7 @@ def write_hdf5(path: str | Path, data: dict[str, np.ndarray], task: Task, tier: 
         meta.attrs.update({
             "task": task.name, "env_id": task.env_id, "seed": int(seed), "tier": tier,
             "episodes": int(data["infos/episode_id"].max() + 1), "action_fraction": float(action_fraction),
+            "label_seed": int(seed if label_seed is None else label_seed),
             "reference_returns": json.dumps(task.reference_returns),
             "modality_widths": json.dumps(task.modality_widths()),
             "generator_version": GENERATOR_VERSION,

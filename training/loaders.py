@@ -211,8 +211,13 @@ def load_episodes(path: str | Path, task: Task | str | None = None) -> list[Epis
 
 # ---- splitting and windows ----------------------------------------------------------------
 def split_episodes(episodes: Sequence[Episode], val_fraction: float = 0.1,
-                   seed: int = 0) -> tuple[list[Episode], list[Episode]]:
-    """Shuffle episodes with ``seed`` and hold out ``round(val_fraction * E)`` (>= 1 if E > 1)."""
+                   seed: int = 0, labelled_only: bool = False) -> tuple[list[Episode], list[Episode]]:
+    """Shuffle episodes with ``seed`` and hold out ``round(val_fraction * E)`` (>= 1 if E > 1).
+
+    ``labelled_only`` keeps only the action-labelled episodes of each side, after splitting the
+    whole file: a labelled-only run then trains on exactly the labelled episodes that a run on the
+    whole (heteromodal) file trains on, which a fair heteromodal comparison needs.
+    """
     n = len(episodes)
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(val_fraction * n))
@@ -220,6 +225,8 @@ def split_episodes(episodes: Sequence[Episode], val_fraction: float = 0.1,
         n_val = min(max(n_val, 1), n - 1)
     val = [episodes[i] for i in sorted(order[:n_val])]
     train = [episodes[i] for i in sorted(order[n_val:])]
+    if labelled_only:
+        train, val = ([ep for ep in side if ep.present.get(ACTIONS, True)] for side in (train, val))
     return train, val
 
 

@@ -102,7 +102,7 @@ class Args:
     ckpt_every: int = 1000                # checkpoint period (steps); always at the end
     until: int = 0                        # stop (with a checkpoint) once this step is reached; 0 = steps
     resume: bool = False                  # continue from the train state in --out
-    labelled_only: bool = False           # drop episodes without actions (heteromodal baseline)
+    labelled_only: bool = False           # train on the labelled episodes of the usual split only (heteromodal baseline)
     labelled_share: float = 0.0           # min share of each batch from action-labelled episodes; 0 = uniform
     start_windows: bool = True            # also train on episode-start windows (history < T, as after reset)
     rtg_scale: float = 0.0                # returns normalisation scale; 0 = max |episode return|
@@ -391,9 +391,10 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
         episodes = load_episodes(args.data, task)
     else:
         task = get_task(args.task)
-    if args.labelled_only:
-        episodes = [ep for ep in episodes if ep.present.get(ACTIONS, True)]
-    train_eps, val_eps = split_episodes(episodes, args.val_fraction, seed=args.seed)
+    train_eps, val_eps = split_episodes(episodes, args.val_fraction, seed=args.seed, labelled_only=args.labelled_only)
+    if not train_eps:
+        raise ValueError(f"{args.data}: --labelled-only left no training episode (no action-labelled episode in "
+                         f"the training split of {len(episodes)} episodes; val_fraction {args.val_fraction}, seed {args.seed})")
     spec = TrajectorySpec.create(args.horizon, **task.modality_widths())
     norm = fit_normaliser(spec, train_eps, args.rtg_scale)
     sampler = NormalisedSampler(train_eps, spec, norm, start_windows=args.start_windows,

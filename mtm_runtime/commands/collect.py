@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--action-fraction", type=float, default=1.0,
                         help="fraction of episodes that keep their actions (others: NaN + infos/action_present=False)")
+    parser.add_argument("--label-seed", type=int, default=None,
+                        help="seed of the draw of labelled episodes (default --seed): same rollouts, other labels")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (same result for any count)")
     parser.add_argument("-o", "--output", required=True, help="output .hdf5 path")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -37,8 +39,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     data = collect(task, args.tier, args.episodes, seed=args.seed, workers=args.workers,
-                   action_fraction=args.action_fraction, progress=not args.quiet)
-    path = write_hdf5(args.output, data, task, args.tier, args.seed, args.action_fraction)
+                   action_fraction=args.action_fraction, progress=not args.quiet, label_seed=args.label_seed)
+    path = write_hdf5(args.output, data, task, args.tier, args.seed, args.action_fraction, args.label_seed)
     dt = time.perf_counter() - t0
     returns = episode_returns(data)
     try:
