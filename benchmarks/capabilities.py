@@ -2,7 +2,7 @@
 ID and FD, plus the heteromodal experiment. Writes benchmarks/RESULTS.md and a JSON (never edit
 RESULTS.md by hand: rerun this script).
 
-    python benchmarks/capabilities.py --config cpu            # 2 CPU cores, well under an hour
+    python benchmarks/capabilities.py --config cpu            # 2 CPU cores: 55 min (29 min before the 3 heteromodal draws)
     python benchmarks/capabilities.py --config full           # a GPU machine
     python benchmarks/capabilities.py --config cpu --only reacher:expert,hetero:reacher
 
