@@ -15,8 +15,12 @@ to the expert: it behaves like a controller designed on the nominal model.
   hand-tuned PD balance controller used until 2026-11-25 only stood: return ~1020, alive bonus
   only, which made Hopper's scores measure survival rather than locomotion.)
 * Pusher-v5: a two-phase DLS Jacobian controller (move the tip behind the object, then push it
-  to the goal). Stretch goal, NOT functional yet: it scores below the random policy (about -165
-  vs -146 over 4 seeds), so no reference returns are frozen for pusher.
+  to the goal). Stretch goal, NOT functional yet: it scores below the random policy (-215.1 vs
+  -150.5, doing nothing -54.8, 20 seeds, 2026-11-25; control cost is -185 of it) and moves the
+  object only 5-6 cm towards the goal, so no reference returns are frozen for pusher. (A probe
+  with operational-space control and a posture term in the null space cut the cost but pushed no
+  better: the pushing surface is the wrist's U-shaped finger capsules, whose orientation the
+  controller would have to manage; not done.)
 """
 from __future__ import annotations
 
