@@ -468,7 +468,17 @@ def write_report(report: dict[str, Any], path_md: Path) -> None:
           f"{report['load_average_at_end'][0]:.1f} when measured: the machine is shared).", "", "## Targets", "", "| target | holds | evidence |", "| --- | --- | --- |"]
     for claim, ok, ev in report["targets"]:
         L.append(f"| {claim} | {'yes' if ok else ('no' if ok is False else 'not measured')} | {ev} |")
-    path_md.write_text("\n".join(L) + "\n")
+    path_md.write_text("\n".join(L) + "\n" + foreign_sections(path_md))
+
+
+def foreign_sections(path_md: Path) -> str:
+    """The sections other scripts keep in the same file between ``<!-- NAME:begin -->`` and
+    ``<!-- NAME:end -->`` markers (``benchmarks/representations.py``), to be carried over verbatim."""
+    import re
+
+    text = path_md.read_text() if path_md.exists() else ""
+    found = re.finditer(r"<!-- (\w+):begin -->.*?<!-- \1:end -->", text, flags=re.DOTALL)
+    return "".join("\n" + m.group(0) + "\n" for m in found)
 
 
 def main(argv: list[str] | None = None) -> int:

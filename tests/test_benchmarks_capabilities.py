@@ -49,8 +49,11 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
 
     job = tmp_path / "jobs" / "main_reacher_expert.json"
     stamp = job.stat().st_mtime_ns
-    _run(tmp_path)                                  # same config: the job result is reused
+    other = "<!-- representations:begin -->\n## Another script's section\n<!-- representations:end -->"
+    (tmp_path / "RESULTS.md").write_text(md + "\n" + other + "\n")
+    second = _run(tmp_path)                         # same config: the job result is reused
     assert job.stat().st_mtime_ns == stamp
+    assert second["markdown"].count(other) == 1      # another script's marked section is kept, once
     again = _run(tmp_path, "--masks", "auto", "--only", "reacher:expert")  # another config: rerun
     assert job.stat().st_mtime_ns != stamp
     assert json.loads(job.read_text())["config_digest"] != main["config_digest"]
