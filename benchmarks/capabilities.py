@@ -159,6 +159,11 @@ def config_digest(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
+def job_name(kind: str, task_name: str, tier: str, draw: int) -> str:
+    """``main_<task>_<tier>`` or ``hetero_<task>_<tier>_d<draw>``: the job's result file (and a hetero job's run directory)."""
+    return f"{kind}_{task_name}_{tier}" + (f"_d{draw}" if kind == "hetero" else "")
+
+
 def job_main(job: tuple[str, str, str, int, dict[str, Any], str]) -> dict[str, Any]:
     """One benchmark job (runs in a worker process, one torch thread); ``draw`` only for hetero."""
     import torch
@@ -166,7 +171,7 @@ def job_main(job: tuple[str, str, str, int, dict[str, Any], str]) -> dict[str, A
     torch.set_num_threads(1)
     kind, task_name, tier, draw, cfg, out_s = job
     out = Path(out_s)
-    result_file = out / "jobs" / (f"{kind}_{task_name}_{tier}" + (f"_d{draw}" if kind == "hetero" else "") + ".json")
+    result_file = out / "jobs" / f"{job_name(kind, task_name, tier, draw)}.json"
     digest = config_digest(cfg)
     if result_file.exists():
         cached = json.loads(result_file.read_text())
@@ -242,12 +247,12 @@ def hetero_job(task_name: str, tier: str, draw: int, cfg: dict[str, Any], out: P
     task = get_task(task_name)
     frac = cfg["hetero_fraction"][task_name]
     data = dataset(out, cfg, task_name, tier, cfg["hetero_episodes"][task_name], frac, draw)
-    run_dir = out / "runs" / f"hetero_{task_name}_{tier}_d{draw}"
+    run_dir = out / "runs" / job_name("hetero", task_name, tier, draw)
     mtm_lab = train_mtm(cfg, data, run_dir / "mtm_labelled", task_name, labelled_only=True)
     mtm_all = train_mtm(cfg, data, run_dir / "mtm_all", task_name, labelled_share=cfg["hetero_labelled_share"])
     ckpt = load_checkpoint(run_dir / "mtm_labelled")
     all_eps = load_episodes(data, task)
-    episodes = [ep for ep in all_eps if ep.present.get("actions", True)]
+    episodes = [ep for ep in all_eps if ep.labelled]
     # every model of this job trains on the same labelled episodes: those of the training split
     train_eps, _ = split_episodes(all_eps, 0.1, seed=0, labelled_only=True)
     train_baseline("bc", task, train_eps, ckpt.normaliser, cfg["steps"], cfg["batch_size"], PRESET_LR[cfg["preset"]],

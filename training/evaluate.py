@@ -167,7 +167,7 @@ def validation_windows(episodes: Sequence[Any], spec: Any, norm: Any, n: int = 4
     from training.train import NormalisedSampler
 
     T = spec.horizon
-    eps = [ep for ep in episodes if ep.length >= T and ep.present.get("actions", True)]
+    eps = [ep for ep in episodes if ep.length >= T and ep.labelled]
     if not eps:
         raise ValueError("no validation episode with actions and at least T steps")
     return NormalisedSampler(eps, spec, norm).sample(n, np.random.default_rng([seed, 0xE7A1]))

@@ -49,6 +49,11 @@ class Episode(dict):
     def length(self) -> int:
         return len(self["states"])
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the episode has its actions (False: state-only, as in heteromodal data)."""
+        return bool(self.present.get(ACTIONS, True))
+
 
 def returns_to_go(rewards: np.ndarray) -> np.ndarray:
     """``rtg_t = sum_{k >= t} r_k`` (float64 accumulation, float32 [L, 1] out)."""
@@ -226,7 +231,7 @@ def split_episodes(episodes: Sequence[Episode], val_fraction: float = 0.1,
     val = [episodes[i] for i in sorted(order[:n_val])]
     train = [episodes[i] for i in sorted(order[n_val:])]
     if labelled_only:
-        train, val = ([ep for ep in side if ep.present.get(ACTIONS, True)] for side in (train, val))
+        train, val = ([ep for ep in side if ep.labelled] for side in (train, val))
     return train, val
 
 

@@ -119,7 +119,7 @@ def build_transitions(episodes: Sequence[Episode], task: Task, relabel: Relabel)
     obs, acts, idx, nxt, dones = [], [], [], [], []
     n = 0
     for ep in episodes:
-        if not ep.present.get("actions", True):
+        if not ep.labelled:
             continue
         o = task.join_observation(ep["states"], ep.get("goals"))
         L = len(o)
@@ -268,7 +268,7 @@ def make_source(cfg: Config, task: Task, episodes: Sequence[Episode], tr: Transi
     if not cfg.checkpoint:
         raise ValueError(f"representation {cfg.representation!r} needs --checkpoint (an MTM checkpoint)")
     ckpt = load_checkpoint(cfg.checkpoint)
-    eps = [ep for ep in episodes if ep.present.get("actions", True)]  # same order as build_transitions
+    eps = [ep for ep in episodes if ep.labelled]  # same order as build_transitions
     x, m = episode_windows(eps, ckpt.spec, ckpt.normaliser, cfg.feature_kind)
     if len(x) != len(tr.observations):
         raise RuntimeError("windows and transitions disagree on the number of steps")

@@ -405,7 +405,7 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
         vx, vp = NormalisedSampler(val_eps, spec, norm).sample(args.val_windows, vrng)
         vm = M.apply_availability(M.sample_training_masks(spec, len(vx), vrng, ("auto",)), vp, vrng)
         val = (vx, vp, vm)
-    n_labelled = sum(ep.present.get(ACTIONS, True) for ep in train_eps)
+    n_labelled = sum(ep.labelled for ep in train_eps)
     log(f"[train] {task.name}: {len(train_eps)} train episodes ({n_labelled} with actions), {len(val_eps)} val; "
         f"spec {spec.describe()}; world {world} on {device}")
 
