@@ -58,3 +58,9 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     assert job.stat().st_mtime_ns != stamp
     assert json.loads(job.read_text())["config_digest"] != main["config_digest"]
     assert again["config"]["masks"] == ["auto"] and "MTM training masks auto (" in again["markdown"]
+
+
+def test_schedule_puts_the_two_model_heteromodal_jobs_first_and_keeps_order_within_a_kind() -> None:
+    jobs = [("main", "reacher", "expert", 0), ("main", "hopper", "expert", 0), ("hetero", "reacher", "expert", 0),
+            ("main", "reacher", "medium-replay", 0), ("hetero", "hopper", "expert", 1)]
+    assert capabilities.schedule(jobs) == [jobs[2], jobs[4], jobs[0], jobs[1], jobs[3]]
