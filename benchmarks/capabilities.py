@@ -459,9 +459,9 @@ def write_report(report: dict[str, Any], path_md: Path) -> None:
           f"{', '.join(str(d) for d in report['config'].get('hetero_draws', (0,)))}). Scores: mean ± std over the "
           "draws of each draw's mean over evaluation seeds; the per-draw scores follow in brackets. Labelled "
           "episodes: in the training split, per draw (all three models train on exactly these) / in the file / "
-          "all episodes. The heteromodal MTM also trains on the state-only rest.", "",
-          "| task | labelled episodes | MLP-BC (labelled) | MTM (labelled) | MTM heteromodal (all) | gap het. - MLP per draw |",
-          "| --- | --- | --- | --- | --- | --- |"]
+          "all episodes. The heteromodal MTM also trains on the state-only rest.", ""]
+    L += ["| task | labelled episodes | MLP-BC (labelled) | MTM (labelled) | MTM heteromodal (all) | gap het. - MLP per draw |",
+          "| --- | --- | --- | --- | --- | --- |"] if het else ["Not run in this invocation."]
 
     def per_draw(m: dict[str, Any]) -> str:
         return f"{m['mean']:.1f} ± {m['std']:.1f} ({', '.join(f'{v:.1f}' for v in m['per_draw'])})"
