@@ -2,7 +2,7 @@
 ID and FD, plus the heteromodal experiment. Writes benchmarks/RESULTS.md and a JSON (never edit
 RESULTS.md by hand: rerun this script).
 
-    python benchmarks/capabilities.py --config cpu            # 2 CPU cores: ~55 min (see ``schedule``)
+    python benchmarks/capabilities.py --config cpu            # 2 CPU cores: 53 min (104 min of jobs, see ``schedule``)
     python benchmarks/capabilities.py --config full           # a GPU machine
     python benchmarks/capabilities.py --config cpu --only reacher:expert,hetero:reacher
 
@@ -167,8 +167,9 @@ def job_name(kind: str, task_name: str, tier: str, draw: int) -> str:
 def schedule(jobs: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str, int]]:
     """Longest jobs first, so that the pool's last jobs are short and both workers finish together:
     a heteromodal job trains two MTMs (~490 s on the cpu config), a main job one (~290 s). The
-    cpu config's 15 jobs took 55.2 min with the heteromodal jobs last, where 102 min of jobs on
-    2 workers cannot take under 51. Results do not depend on the order (every job is seeded)."""
+    cpu config's 15 jobs took 55.2 min with the heteromodal jobs last and 53.2 min in this order
+    (104 min of jobs on 2 workers: 52 at best). Results do not depend on the order: the rerun in
+    this order reproduced every score and error bit for bit."""
     return sorted(jobs, key=lambda j: j[0] != "hetero")  # stable: keeps the tier-major / draw order
 
 
