@@ -165,6 +165,17 @@ class LoopResult:
     recorded: dict[str, int] = field(default_factory=dict)
     record_path: str = ""
     log_dir: str = ""
+    #: the policy's last /diagnostics received before the bridge finished its episodes (empty if
+    #: the run ended otherwise): counters after it include the stale-input watchdog reacting to the
+    #: bridge having stopped, which is the watchdog working, not a fault of the run
+    policy_diagnostics_at_bridge_end: dict[str, str] = field(default_factory=dict)
+
+    def faults_after_bridge_end(self) -> int:
+        """Faults the policy counted after the bridge's last /diagnostics snapshot (0 if unknown)."""
+        try:
+            return int(self.policy_diagnostics["faults"]) - int(self.policy_diagnostics_at_bridge_end["faults"])
+        except (KeyError, ValueError):
+            return 0
 
     def step_rate_hz(self) -> float:
         """Env steps per second at the bridge between the first and the last episode end (NaN if < 2)."""
@@ -227,6 +238,7 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
     thread.start()
     procs = NodeProcesses(nodes, log_dir)
     t0 = time.monotonic()
+    at_bridge_end: dict[str, str] = {}
     try:
         procs.start()
         shown = 0
@@ -247,6 +259,8 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
             exited = procs.exited()
             bridge_name = nodes[-1].name if len(nodes) > 1 else ""
             if bridge_name in exited and exited[bridge_name] == 0 and episodes:
+                with monitor.lock:
+                    at_bridge_end = dict(monitor.policy_diag)
                 break  # the bridge finished its episodes
             procs.check()
             if duration_s and now >= duration_s:
@@ -287,7 +301,7 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
     if bad:
         raise NodeFailure(f"nodes exited with errors while stopping: {bad} (logs in {log_dir})")
     return LoopResult(wall, list(monitor.episodes), dict(monitor.policy_diag), dict(monitor.bridge_diag),
-                      dict(sink.counts) if sink else {}, str(record or ""), str(log_dir))
+                      dict(sink.counts) if sink else {}, str(record or ""), str(log_dir), at_bridge_end)
 
 
 # ---- mtm record ------------------------------------------------------------------------------

@@ -57,3 +57,11 @@ def test_closed_loop_benchmark_quick_json_schema(ros_env, tmp_path: Path) -> Non
     assert pol["achieved_rate_hz"] > 0 and pol["replies"] > 0
     assert {"latency_p50_added_ms", "latency_p99_ratio"} <= set(s["policy_over_echo"])
     assert set(s["targets"]) == {"achieved_rate_hz", "miss_fraction", "latency_p99_ms"}
+
+
+def test_faults_after_the_bridge_finished_are_told_apart_from_faults_during_the_run() -> None:
+    from ros_nodes.closed_loop import LoopResult
+
+    res = LoopResult(1.0, [], {"faults": "3", "stale_ticks": "2"}, {}, policy_diagnostics_at_bridge_end={"faults": "1"})
+    assert res.faults_after_bridge_end() == 2                  # 1 during the episodes, 2 after the bridge stopped
+    assert LoopResult(1.0, [], {"faults": "3"}, {}).faults_after_bridge_end() == 0   # no snapshot: claim nothing

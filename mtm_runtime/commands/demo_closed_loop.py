@@ -69,7 +69,10 @@ def run(out: Path, episodes: int = 4, record: bool = False, model: str = "", bac
                "step_rate_hz": res.step_rate_hz(),
                "e2e_ms": {k: num(f"e2e_{k}_ms") for k in ("p50", "p99", "max")},
                "act_ms": {k: num(f"act_{k}_ms") for k in ("p50", "p99", "max")},
-               "faults": d.get("faults", "?"), "overruns": d.get("overruns", "?"), "wall_s": round(res.wall_s, 1),
+               "faults": d.get("faults", "?"), "overruns": d.get("overruns", "?"),
+               "stale_ticks": d.get("stale_ticks", "?"), "last_fault_reason": d.get("last_fault_reason", ""),
+               "faults_after_bridge_end": res.faults_after_bridge_end(),
+               "wall_s": round(res.wall_s, 1),
                "recording": res.record_path, "recorded_messages": res.recorded, "logs": res.log_dir}
     e2e, act = summary["e2e_ms"], summary["act_ms"]
     print(f"  achieved rate {summary['step_rate_hz']:.1f} Hz (env steps/s between episode ends, resets "
@@ -78,7 +81,12 @@ def run(out: Path, episodes: int = 4, record: bool = False, model: str = "", bac
     print(f"  latency state arrival -> command published: p50 {e2e['p50']:.3f} ms, p99 {e2e['p99']:.3f} ms, "
           f"max {e2e['max']:.3f} ms; act(): p50 {act['p50']:.3f} ms, p99 {act['p99']:.3f} ms", flush=True)
     print(f"  normalised score {summary['mean_normalised_score']:.1f} (mean of {len(res.episodes)} episodes; "
-          f"0 = random, 100 = scripted expert); faults {summary['faults']}", flush=True)
+          f"0 = random, 100 = scripted expert); faults {summary['faults']}"
+          + (f" (overruns {summary['overruns']}, stale ticks {summary['stale_ticks']}; last: "
+             f"{summary['last_fault_reason']})" if summary["faults"] not in ("0", "?") else ""), flush=True)
+    if summary["faults_after_bridge_end"]:
+        print(f"  of these, {summary['faults_after_bridge_end']} came after the bridge finished its episodes: the "
+              f"stale-input watchdog answering the silence with the safe action, as it should", flush=True)
     if math.isfinite(summary["success_rate"]):  # Reacher: doing nothing already scores ~90, so show this too
         print(f"  success rate {summary['success_rate']:.0%} (fingertip within 2 cm of the target at the "
               f"episode's end; doing nothing: 0%)", flush=True)
