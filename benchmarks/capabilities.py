@@ -134,7 +134,7 @@ def train_mtm(cfg: dict[str, Any], data: Path, out: Path, task_name: str, labell
                 masks=mtm_masks(cfg, task_name),
                 val_every=0, ckpt_every=0, progress=False, plot=True, labelled_only=labelled_only,
                 labelled_share=labelled_share,
-                threads=1 if cfg["workers"] > 1 else 0, warmup_steps=min(200, cfg["steps"] // 10))
+                threads=0, warmup_steps=min(200, cfg["steps"] // 10))  # threads: job_main's choice stands
     t0 = time.perf_counter()
     res = run(args)
     res["train_s"] = time.perf_counter() - t0
