@@ -51,6 +51,21 @@ class InferenceError(RuntimeError):
     """The backend produced something that must not reach an actuator (NaN/Inf)."""
 
 
+def backend_for_checkpoint(ckpt: Checkpoint, backend: str = "torch", batch_size: int = 1,
+                           **backend_options: Any) -> Backend:
+    """A ``backend`` of static batch ``batch_size`` running ``ckpt``: torch kinds take the
+    network, ONNX Runtime an in-memory export; a TensorRT engine must be built beforehand."""
+    kind = source_kind(backend)
+    if kind == "torch":
+        return backend_class(backend)(ckpt.build_model(), batch_size=batch_size, **backend_options)
+    if kind == "onnx":
+        from mtm_runtime.onnx_export import export_onnx
+
+        return backend_class(backend)(export_onnx(ckpt, batch_size=batch_size), ckpt.spec,
+                                      batch_size=batch_size, **backend_options)
+    raise BackendError(f"backend {backend!r} needs a built engine: run export/to_trt.py first")
+
+
 class Policy:
     def __init__(self, spec: TrajectorySpec, normaliser: Normaliser, backend: Backend,
                  limits: ActionLimits | None = None, mode: str = "bc",
@@ -118,15 +133,7 @@ class Policy:
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, backend: str = "torch", mode: str = "bc",
                         limits: ActionLimits | None = None, **backend_options: Any) -> "Policy":
-        kind = source_kind(backend)
-        if kind == "torch":
-            be = backend_class(backend)(ckpt.build_model(), **backend_options)
-        elif kind == "onnx":
-            from mtm_runtime.onnx_export import export_onnx
-
-            be = backend_class(backend)(export_onnx(ckpt), ckpt.spec, **backend_options)
-        else:
-            raise BackendError(f"backend {backend!r} needs a built engine: run export/to_trt.py first")
+        be = backend_for_checkpoint(ckpt, backend, **backend_options)
         return cls(ckpt.spec, ckpt.normaliser, be, limits or ckpt.action_limits, mode, ckpt.metadata())
 
     @property
@@ -169,7 +176,22 @@ class Policy:
 
     # ---- the control step -------------------------------------------------------------------
     def act(self, state: np.ndarray, reward: float | None = None) -> np.ndarray:
+        """One control step (module docstring): ``begin_step`` -> backend -> ``finish_step``."""
         t0 = time.perf_counter()
+        x, mask = self.begin_step(state, reward)
+        tb = time.perf_counter()
+        y = self.backend.run(x, mask)
+        self.last_backend_s = time.perf_counter() - tb
+        a = self.finish_step(y[0, -1])
+        self.last_act_s = time.perf_counter() - t0
+        return a
+
+    # The two halves of ``act`` are public so that ``PolicyBatch`` can step many policies through
+    # one batched backend call with exactly this code; a caller must pair every ``begin_step``
+    # with one ``finish_step`` (the buffer's newest step is waiting for its action).
+    def begin_step(self, state: np.ndarray, reward: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Steps 1-3: validate, push the new step, build the mask. Returns ``(x [1, T, D],
+        mask [1, T, M])``: arrays reused by the next call. ``InputError`` leaves everything as it was."""
         s = self._check("state", state, self.spec.width(STATES))
         if reward is not None and not math.isfinite(float(reward)):
             raise InputError(f"reward must be finite, got {reward!r}")
@@ -190,13 +212,14 @@ class Policy:
             buf.write(RETURNS, self._rtg_norm, normalised=True)
         x, avail = buf.window()
         np.minimum(self._mode_masks[self.mode], avail, out=self._mask)
+        return x, self._mask
 
-        tb = time.perf_counter()
-        y = self.backend.run(x, self._mask)
-        self.last_backend_s = time.perf_counter() - tb
-
+    def finish_step(self, y_newest: np.ndarray) -> np.ndarray:
+        """Steps 4-5: ``y_newest [D]`` is the backend's prediction at ``t = T-1`` (normalised);
+        returns the clipped raw action (reused read-only array) after writing it to the history.
+        ``InferenceError`` if it is not finite: the output array is zeroed, the history gets no action."""
         a = self._action
-        np.copyto(self._action_norm, y[0, -1, self._a_slice])
+        np.copyto(self._action_norm, y_newest[self._a_slice])
         np.multiply(self._action_norm, self.normaliser.std[ACTIONS], out=a)
         np.add(a, self.normaliser.mean[ACTIONS], out=a)
         try:
@@ -204,8 +227,7 @@ class Policy:
         except UnsafeCommandError:
             a.fill(0.0)
             raise InferenceError(f"backend {self.backend.name!r} returned a non-finite action; nothing was emitted") from None
-        buf.write(ACTIONS, a)
-        self.last_act_s = time.perf_counter() - t0
+        self.buffer.write(ACTIONS, a)
         return self._action_out
 
     # ---- ID / FD helpers (one window through the same backend) --------------------------------

@@ -4,10 +4,13 @@
     mtm eval models/reacher_embedded --mode rcbc --sweep
     mtm eval runs/reacher --mode bc --data reacher_expert.hdf5      # + ID/FD errors on the val split
 
-Rollouts: every episode runs ``agent.act(state, reward)`` step by step, exactly as the ROS policy
-node does (``Policy`` with a selectable backend). Baselines (``training/baselines.py``) expose the
-same agent interface, so they go through this same code. Episodes are spread over worker
-processes (spawned; one torch thread each); results do not depend on the worker count.
+Rollouts, vectorised over episodes: each worker process (spawned; one torch thread) runs up to
+``--batch`` simulators in lockstep through a ``PolicyBatch``: every member is a ``Policy`` (the
+per-step code the ROS policy node runs, selectable backend) and each step is one batched forward
+pass; a member whose episode ends takes the next waiting episode. Baselines
+(``training/baselines.py``) expose the same agent interface and run one episode at a time
+(``SerialBatch``; ``load_agent_batch`` says why), as do .onnx/.engine files. Each episode has its
+own reset seed, so results do not depend on the worker count or the batch size (tested).
 
 Seeds: seed ``s`` runs episodes with reset seeds ``10_000 * (s + 1) + i`` (i = 0..N-1); the score
 of a seed is the mean D4RL-normalised score of its episodes,
@@ -44,6 +47,8 @@ import numpy as np
 from sim.tasks import Task, get_task
 
 SWEEP_SCORES = (25.0, 50.0, 75.0, 100.0, 110.0)
+#: episodes a worker steps together (one batched forward pass per step)
+DEFAULT_BATCH = 16
 
 
 # ---- agents ----------------------------------------------------------------------------------------
@@ -59,6 +64,34 @@ def load_agent(path: str | Path, backend: str = "torch") -> Any:
     return Policy.load(p, backend=backend, **({"threads": 1} if backend == "torch" else {}))
 
 
+class SerialBatch:
+    """``PolicyBatch``'s interface over agents without a batched path (baselines, .onnx and
+    .engine files, exported at batch 1): each member's own ``act``, one after the other."""
+
+    def __init__(self, members: Sequence[Any]) -> None:
+        self.members = list(members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def act(self, rows: Sequence[int], states: np.ndarray, rewards: Sequence[float | None]) -> np.ndarray:
+        return np.stack([self.members[i].act(states[k], rewards[k]) for k, i in enumerate(rows)])
+
+
+def load_agent_batch(path: str | Path, size: int, backend: str = "torch") -> Any:
+    """Agents that step together: a ``PolicyBatch`` of ``size`` (one batched forward pass per
+    step) for an MTM checkpoint directory on the torch or onnxruntime backend; otherwise a
+    ``SerialBatch`` of one agent. Baselines stay serial on purpose: an MLP's batch-1 forward
+    (a matrix-vector product) rounds differently from its batched one, so batching would make
+    their scores depend on the batch size; they are cheap (~0.1 ms a step) anyway."""
+    p = Path(path)
+    if (p / "mtm.json").exists() and backend in ("torch", "onnxruntime"):
+        from mtm_runtime.policy_batch import PolicyBatch
+
+        return PolicyBatch.load(p, size, backend, **({"threads": 1} if backend == "torch" else {}))
+    return SerialBatch([load_agent(p, backend)])
+
+
 def target_for_score(task: Task, score: float) -> float:
     """Raw return whose normalised score is ``score``."""
     lo, hi = task.reference_returns["random"], task.reference_returns["expert"]
@@ -69,9 +102,9 @@ def reset_seed(seed: int, episode: int) -> int:
     return 10_000 * (seed + 1) + episode
 
 
-# ---- one episode ------------------------------------------------------------------------------------
-def run_episode(agent: Any, task: Task, env: Any, mode: str, seed: int, target_return: float | None) -> dict[str, Any]:
-    """One rollout; returns ``{"return", "score", "success", "length"}`` (success None off Reacher)."""
+# ---- episodes, vectorised ----------------------------------------------------------------------------
+def start_episode(agent: Any, task: Task, env: Any, mode: str, seed: int, target_return: float | None) -> np.ndarray:
+    """Reset ``env`` with ``seed`` and ``agent`` for a new episode in ``mode``; returns the first state."""
     obs, _ = env.reset(seed=seed)
     parts = task.split_observation(obs)
     if mode == "goal":
@@ -80,33 +113,60 @@ def run_episode(agent: Any, task: Task, env: Any, mode: str, seed: int, target_r
         agent.set_target_return(float(target_return))
     agent.set_mode(mode)
     agent.reset()
-    total, reward, steps = 0.0, None, 0
-    while True:
-        action = np.array(agent.act(parts["states"], reward), dtype=np.float32)
-        obs, r, terminated, truncated, _ = env.step(action)
-        total += float(r)
-        reward = float(r)
-        steps += 1
-        if terminated or truncated:
-            break
-        parts = task.split_observation(obs)
-    return {"return": total, "score": task.normalised_score(total), "success": task.success(env), "length": steps}
+    return parts["states"]
+
+
+def run_episodes(batch: Any, task: Task, mode: str, pairs: Sequence[tuple[int, int]],
+                 target_return: float | None) -> list[dict[str, Any]]:
+    """Rollouts of the ``(seed, episode)`` pairs, ``len(batch)`` at a time: one simulator per
+    member, all stepping together (one batched ``act`` per step); a member whose episode ends
+    starts the next waiting pair. Each result: ``{"seed", "episode", "return", "score",
+    "success", "length"}`` (success None off Reacher), in the order the episodes ended."""
+    waiting = list(pairs)[::-1]
+    envs = [task.make_env() for _ in range(min(len(batch), len(waiting)))]
+    live: dict[int, dict[str, Any]] = {}   # member -> its episode's running totals
+    results: list[dict[str, Any]] = []
+
+    def start(i: int) -> None:
+        seed, episode = waiting.pop()
+        state = start_episode(batch.members[i], task, envs[i], mode, reset_seed(seed, episode), target_return)
+        live[i] = {"seed": seed, "episode": episode, "state": state, "reward": None, "return": 0.0, "length": 0}
+
+    try:
+        for i in range(len(envs)):
+            start(i)
+        while live:
+            rows = sorted(live)
+            actions = batch.act(rows, np.stack([live[i]["state"] for i in rows]), [live[i]["reward"] for i in rows])
+            for k, i in enumerate(rows):
+                ep = live[i]
+                obs, r, terminated, truncated, _ = envs[i].step(np.array(actions[k], dtype=np.float32))
+                ep["return"] += float(r)
+                ep["reward"] = float(r)
+                ep["length"] += 1
+                if not (terminated or truncated):
+                    ep["state"] = task.split_observation(obs)["states"]
+                    continue
+                results.append({"seed": ep["seed"], "episode": ep["episode"], "return": ep["return"],
+                                "score": task.normalised_score(ep["return"]), "success": task.success(envs[i]),
+                                "length": ep["length"]})
+                del live[i]
+                if waiting:
+                    start(i)
+    finally:
+        for env in envs:
+            env.close()
+    return results
 
 
 def _episodes_job(job: tuple) -> list[dict[str, Any]]:
-    """Worker: (agent path, backend, task, mode, target, [(seed, episode), ...]) -> results."""
+    """Worker: (agent path, backend, task, mode, target, batch, [(seed, episode), ...]) -> results."""
     import torch
 
     torch.set_num_threads(1)
-    path, backend, task_name, mode, target, pairs = job
-    task = get_task(task_name)
-    agent = load_agent(path, backend)
-    env = task.make_env()
-    try:
-        return [{"seed": s, "episode": i, **run_episode(agent, task, env, mode, reset_seed(s, i), target)}
-                for s, i in pairs]
-    finally:
-        env.close()
+    path, backend, task_name, mode, target, batch_size, pairs = job
+    batch = load_agent_batch(path, max(1, min(batch_size, len(pairs))), backend)
+    return run_episodes(batch, get_task(task_name), mode, pairs, target)
 
 
 def _summarise(results: list[dict[str, Any]], seeds: Sequence[int], task: Task, mode: str,
@@ -117,6 +177,7 @@ def _summarise(results: list[dict[str, Any]], seeds: Sequence[int], task: Task, 
     return {"task": task.name, "mode": mode, "target_return": target, "episodes_per_seed": len(results) // max(len(seeds), 1),
             "seeds": list(seeds), "score_per_seed": per_seed, "score_mean": float(np.mean(per_seed)),
             "score_std": float(np.std(per_seed)), "return_mean": float(np.mean([r["return"] for r in results])),
+            "steps_total": int(sum(r["length"] for r in results)),
             "success_per_seed": per_seed_succ or None,
             "success_mean": float(np.mean(per_seed_succ)) if succ else None,
             "success_std": float(np.std(per_seed_succ)) if succ else None}
@@ -124,16 +185,16 @@ def _summarise(results: list[dict[str, Any]], seeds: Sequence[int], task: Task, 
 
 def evaluate_agent_path(path: str | Path, task: Task | str, mode: str, episodes: int = 10,
                         seeds: Sequence[int] = (0, 1, 2), target_return: float | None = None,
-                        workers: int = 2, backend: str = "torch") -> dict[str, Any]:
+                        workers: int = 2, backend: str = "torch", batch: int = DEFAULT_BATCH) -> dict[str, Any]:
     """Rollouts of the agent stored at ``path`` over ``seeds`` x ``episodes`` in ``workers``
-    processes; returns the summary (see ``_summarise``)."""
+    processes, each stepping up to ``batch`` episodes together; returns the summary (see ``_summarise``)."""
     task = get_task(task) if isinstance(task, str) else task
     if mode == "rcbc" and target_return is None:
         target_return = task.reference_returns["expert"]
     pairs = [(s, i) for s in seeds for i in range(episodes)]
     workers = max(1, min(workers, len(pairs)))
     chunks = [pairs[k::workers] for k in range(workers)]
-    jobs = [(str(path), backend, task.name, mode, target_return, c) for c in chunks if c]
+    jobs = [(str(path), backend, task.name, mode, target_return, batch, c) for c in chunks if c]
     if workers == 1:
         results = _episodes_job(jobs[0])
     else:
@@ -148,16 +209,14 @@ def evaluate_checkpoint_object(mtm: Any, norm: Any, limits: Any, task: Task, mod
                                workers: int = 1) -> dict[str, Any]:
     """In-process rollouts of an in-memory MTM (periodic evaluation during training)."""
     from mtm_runtime.backends.torch_backend import TorchBackend
-    from mtm_runtime.policy import Policy
+    from mtm_runtime.policy_batch import PolicyBatch
 
     model = copy.deepcopy(mtm).to("cpu").float().eval()
-    agent = Policy(model.spec, norm, TorchBackend(model), limits, mode="bc")
+    pairs = [(s, i) for s in seeds for i in range(episodes)]
+    batch = PolicyBatch(model.spec, norm, TorchBackend(model, batch_size=max(1, min(DEFAULT_BATCH, len(pairs)))), limits)
     if mode == "rcbc" and target_return is None:
         target_return = task.reference_returns["expert"]
-    env = task.make_env()
-    results = [{"seed": s, "episode": i, **run_episode(agent, task, env, mode, reset_seed(s, i), target_return)}
-               for s in seeds for i in range(episodes)]
-    env.close()
+    results = sorted(run_episodes(batch, task, mode, pairs, target_return), key=lambda r: (r["seed"], r["episode"]))
     return _summarise(results, seeds, task, mode, target_return)
 
 
@@ -227,6 +286,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", action="store_true", help="rcbc: sweep targets at normalised scores 25..110")
     p.add_argument("--backend", default="torch", help="torch | onnxruntime | torch-cudagraph | tensorrt")
     p.add_argument("--workers", type=int, default=2, help="rollout worker processes")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                   help="episodes each worker steps together (one batched forward pass per step; 1 = one at a time)")
     p.add_argument("--data", default="", help="dataset the model was trained on: adds ID/FD errors on its val split")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
 
@@ -252,7 +313,8 @@ def main(args: argparse.Namespace) -> int:
         targets = [target_for_score(task, s) for s in SWEEP_SCORES]
     report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "task": task.name, "results": []}
     for target in (targets if args.episodes > 0 else []):
-        res = evaluate_agent_path(args.checkpoint, task, args.mode, args.episodes, seeds, target, args.workers, args.backend)
+        res = evaluate_agent_path(args.checkpoint, task, args.mode, args.episodes, seeds, target, args.workers, args.backend,
+                                  args.batch)
         report["results"].append(res)
         line = f"{task.name} {args.mode}"
         if res["target_return"] is not None:
