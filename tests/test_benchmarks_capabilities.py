@@ -42,6 +42,8 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     main = next(r for r in first["results"] if r["kind"] == "main")
     assert set(main["rollouts"]) >= {"mtm_bc", "mtm_rcbc", "mtm_goal", "mlp_bc", "mlp_rcbc", "mlp_gcbc"}
     assert set(main["id_fd"]) == {"mtm", "mlp_id", "mlp_fd"}
+    seen = main["id_fd"]["mtm"]["visible_state_error"]
+    assert seen > 0 and f"| {seen:.3g} |" in first["markdown"]   # the MTM's visible-state column
     claims = [t[0] for t in first["targets"]]
     assert any("heteromodal" in c for c in claims) and any("ID/FD" in c for c in claims)
     md = first["markdown"]

@@ -65,8 +65,10 @@ def test_id_fd_error_formula():
     errs = id_fd_errors(previous, spec, x)
     assert errs["fd_error"] == pytest.approx(1.0, rel=1e-6)
     assert errs["id_error"] == pytest.approx(2.0 / 3.0, rel=1e-6)  # 2 of 3 scored actions repeat, one exact
+    den = ((x[:, 3, s] - x[:, 2, s]) ** 2).mean()
+    assert errs["visible_state_error"] == pytest.approx((x[:, 2, s] ** 2).mean() / den, rel=1e-5)  # s_{T-2} left at 0
     exact = id_fd_errors(lambda xb, mb: xb.copy(), spec, x)
-    assert exact["id_error"] == 0.0 and exact["fd_error"] == 0.0
+    assert exact["id_error"] == 0.0 and exact["fd_error"] == 0.0 and exact["visible_state_error"] == 0.0
 
 
 def test_baselines_train_save_and_evaluate(tmp_path):
@@ -92,4 +94,4 @@ def test_baselines_train_save_and_evaluate(tmp_path):
     errs = baseline_id_fd(tmp_path / "id", data)
     assert errs["id_error"] > 0 and math.isnan(errs["fd_error"])
     errs = baseline_id_fd(tmp_path / "fd", data)
-    assert errs["fd_error"] > 0 and math.isnan(errs["id_error"])
+    assert errs["fd_error"] > 0 and math.isnan(errs["id_error"]) and math.isnan(errs["visible_state_error"])

@@ -30,6 +30,10 @@ where y is the target (a_t for ID, s_{T-1} for FD) in normalised units (z-scored
 with the training normaliser), ||.||^2 is the mean over its dimensions, i runs over the scored
 targets, and y^prev is the same quantity one step earlier (a_{t-1}, s_{T-2}) in the same episode.
 So 1.0 means "as good as repeating the previous value"; smaller is better.
+visible_state_error: under the FD mask, how far the model's output at the *visible* s_{T-2} is
+from its input, in the FD error's units: the precision with which the model reproduces a state
+it sees, a floor under what it can do on FD by copying s_{T-2} and adding a change (MTM only:
+an MLP does not reproduce its inputs; NaN for the baselines).
 """
 from __future__ import annotations
 
@@ -253,6 +257,8 @@ def id_fd_errors(predict: Callable[[np.ndarray, np.ndarray], np.ndarray], spec: 
     den = ((x[:, T - 1, s_sl] - x[:, T - 2, s_sl]) ** 2).mean(-1)
     out["fd_mse"] = float(num.mean())
     out["fd_error"] = float(num.mean() / max(den.mean(), 1e-12))
+    seen = ((pred[:, T - 2, s_sl] - x[:, T - 2, s_sl]) ** 2).mean(-1)
+    out["visible_state_error"] = float(seen.mean() / max(den.mean(), 1e-12))
     return out
 
 
