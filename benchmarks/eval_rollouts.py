@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import emit_json, machine  # noqa: E402
-from training.evaluate import _task_of, evaluate_agent_path  # noqa: E402
+from training.evaluate import task_of, evaluate_agent_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
-    task = a.task or _task_of(a.checkpoint)
+    task = a.task or task_of(a.checkpoint)
     walls: dict[int, list[float]] = {1: [], a.batch: []}
     scores: dict[int, list[float]] = {}
     steps = 0

@@ -301,7 +301,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="", help="also write the results to this JSON file")
 
 
-def _task_of(path: str) -> str:
+def task_of(path: str) -> str:
+    """The task a checkpoint or baseline directory was trained on ("" if it names none)."""
     p = Path(path)
     for name in ("mtm.json", "baseline.json"):
         if (p / name).exists():
@@ -311,7 +312,7 @@ def _task_of(path: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    task_name = args.task or _task_of(args.checkpoint)
+    task_name = args.task or task_of(args.checkpoint)
     if not task_name:
         print("mtm eval: --task is required (the checkpoint names none)", file=sys.stderr)
         return 2
