@@ -2,7 +2,7 @@
 ID and FD, plus the heteromodal experiment. Writes benchmarks/RESULTS.md and a JSON (never edit
 RESULTS.md by hand: rerun this script).
 
-    python benchmarks/capabilities.py --config cpu            # 2 CPU cores: 53 min (104 min of jobs, see ``schedule``)
+    python benchmarks/capabilities.py --config cpu            # 2 CPU cores: 52 min (101 min of jobs, see ``schedule``)
     python benchmarks/capabilities.py --config full           # a GPU machine
     python benchmarks/capabilities.py --config cpu --only reacher:expert,hetero:reacher
 
@@ -448,17 +448,15 @@ def write_report(report: dict[str, Any], path_md: Path) -> None:
           "## Inverse and forward dynamics (held-out, normalised error; lower is better)", "",
           "error = mean ||pred - y||² / mean ||y - y_prev||² in normalised units (see training/evaluate.py). "
           "MTM visible s: under the FD mask, the error of the MTM's output at the state it is shown (s_{T-2}), "
-          "in FD units: how precisely it reproduces a state it sees (— where the run predates this column).", "",
+          "in FD units: how precisely it reproduces a state it sees.", "",
           "| task | tier | MTM ID | MLP-ID | MTM FD | MLP-FD | MTM visible s |",
           "| --- | --- | --- | --- | --- | --- | --- |"]
     # 3 significant digits: IDP errors are ~1e-4, which a fixed 3 decimals would print as 0.000
     for r in res:
         if r["kind"] == "main":
             f = r["id_fd"]
-            seen = f["mtm"].get("visible_state_error")
             L.append(f"| {r['task']} | {r['tier']} | {f['mtm']['id_error']:.3g} | {f['mlp_id']['id_error']:.3g} | "
-                     f"{f['mtm']['fd_error']:.3g} | {f['mlp_fd']['fd_error']:.3g} | "
-                     f"{'—' if seen is None else format(seen, '.3g')} |")
+                     f"{f['mtm']['fd_error']:.3g} | {f['mlp_fd']['fd_error']:.3g} | {f['mtm']['visible_state_error']:.3g} |")
     het = hetero_summary(res)
     L += ["", "## Heteromodal (expert tier, a few action-labelled episodes + state-only rest; BC score)", "",
           "Each draw labels other episodes of the same rollouts (label seeds "

@@ -56,18 +56,6 @@ DEFAULT_BATCH = 16
 
 
 # ---- agents ----------------------------------------------------------------------------------------
-def load_agent(path: str | Path, backend: str = "torch") -> Any:
-    """An MTM checkpoint (``mtm.json``), an .onnx/.engine file, or a baseline (``baseline.json``)."""
-    p = Path(path)
-    if (p / "baseline.json").exists():
-        from training.baselines import load_baseline_agent
-
-        return load_baseline_agent(p)
-    from mtm_runtime.policy import Policy
-
-    return Policy.load(p, backend=backend, **({"threads": 1} if backend == "torch" else {}))
-
-
 class SerialBatch:
     """``PolicyBatch``'s interface over agents without a batched path (baselines, .onnx and
     .engine files, exported at batch 1): each member's own ``act``, one after the other."""
@@ -83,20 +71,25 @@ class SerialBatch:
 
 
 def load_agent_batch(path: str | Path, size: int, backend: str = "torch") -> Any:
-    """Agents that step together: a ``PolicyBatch`` of ``size`` (one batched forward pass per
-    step) for an MTM checkpoint directory on a torch or ONNX Runtime backend; otherwise a
-    ``SerialBatch`` of one agent. Baselines stay serial on purpose: an MLP's batch-1 forward
-    (a matrix-vector product) rounds differently from its batched one, so batching would make
-    their scores depend on the batch size; they are cheap anyway (Hopper: 3.5 s for 15 episodes
-    of 1000 steps, simulator included)."""
-    from mtm_runtime.backends import source_kind
-
+    """Agents that step together, from an MTM checkpoint directory (``mtm.json``), an .onnx or
+    .engine file, or a baseline (``baseline.json``): a ``PolicyBatch`` of ``size`` (one batched
+    forward pass per step) for a checkpoint directory; otherwise a ``SerialBatch`` of one agent.
+    Baselines stay serial on purpose: an MLP's batch-1 forward (a matrix-vector product) rounds
+    differently from its batched one, so batching would make their scores depend on the batch
+    size; they are cheap anyway (Hopper: 3.5 s for 15 episodes of 1000 steps, simulator
+    included). Torch threads are the caller's (a rollout worker sets one)."""
     p = Path(path)
-    if (p / "mtm.json").exists() and source_kind(backend) in ("torch", "onnx"):
+    if (p / "baseline.json").exists():
+        from training.baselines import load_baseline_agent
+
+        return SerialBatch([load_baseline_agent(p)])
+    if (p / "mtm.json").exists():
         from mtm_runtime.policy_batch import PolicyBatch
 
-        return PolicyBatch.load(p, size, backend, **({"threads": 1} if backend == "torch" else {}))
-    return SerialBatch([load_agent(p, backend)])
+        return PolicyBatch.load(p, size, backend)
+    from mtm_runtime.policy import Policy
+
+    return SerialBatch([Policy.load(p, backend=backend)])
 
 
 def target_for_score(task: Task, score: float) -> float:
@@ -212,8 +205,7 @@ def evaluate_agent_path(path: str | Path, task: Task | str, mode: str, episodes:
 
 
 def evaluate_checkpoint_object(mtm: Any, norm: Any, limits: Any, task: Task, mode: str, episodes: int = 10,
-                               seeds: Sequence[int] = (0,), target_return: float | None = None,
-                               workers: int = 1) -> dict[str, Any]:
+                               seeds: Sequence[int] = (0,), target_return: float | None = None) -> dict[str, Any]:
     """In-process rollouts of an in-memory MTM (periodic evaluation during training)."""
     from mtm_runtime.backends.torch_backend import TorchBackend
     from mtm_runtime.policy_batch import PolicyBatch

@@ -502,7 +502,7 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
 
             for mode in args.eval_modes:
                 res = evaluate_checkpoint_object(mtm, norm, limits, task, mode, episodes=args.eval_episodes,
-                                                 seeds=(10_000,), workers=1)
+                                                 seeds=(10_000,))
                 row[f"eval_{mode}_score"] = res["score_mean"]
                 if res.get("success_mean") is not None:
                     row[f"eval_{mode}_success"] = res["success_mean"]
