@@ -7,7 +7,8 @@ Shapes: T = 4, states 11 / actions 3 / returns 1 (a Hopper-sized spec), presets 
 reference so noise hits all alike: the reference forward, our torch eager forward (packed and
 static encoder), and the full runtime step ``Policy.act`` on ONNX Runtime (fp32 and opt-in int8). Throughput: forward + backward +
 AdamW step at batch 256; ours with per-sample AUTO_MASKs (packed encoder), the reference with one
-random mask per batch (its design). JSON to stdout (and --json).
+random mask per batch (its design). ``--device cuda``: throughput only, at batch 256 and 1024 with
+bf16 autocast. JSON to stdout (and --json).
 """
 from __future__ import annotations
 
@@ -71,31 +72,38 @@ def latency(preset: str, rounds: int, per_round: int) -> dict:
     return out
 
 
-def throughput(preset: str, steps: int, batch: int = 256) -> dict:
+def throughput(preset: str, steps: int, batch: int = 256, device: str = "cpu") -> dict:
+    """Training steps per second (median over ``steps``): masks drawn on the host each step (as
+    ``mtm train`` does), bf16 autocast on CUDA (as ``mtm train``), a device sync ends each step."""
     torch.manual_seed(0)
     cfg = PRESETS[preset]
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((batch, 4, SPEC.packed_width)).astype(np.float32))
+    x = torch.from_numpy(rng.standard_normal((batch, 4, SPEC.packed_width)).astype(np.float32)).to(device)
+    cuda = device.startswith("cuda")
     res = {}
     for name in ("reference", "ours"):
-        model = (ReferenceMAE if name == "reference" else build_model)(SPEC, cfg).train()
+        model = (ReferenceMAE if name == "reference" else build_model)(SPEC, cfg).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         times = []
         for i in range(steps + 2):
             t0 = time.perf_counter()
             if name == "reference":
                 m = torch.from_numpy(M.random_mask(SPEC, rng, float(rng.choice([0.15, 0.35, 0.55, 0.75, 0.85, 0.95]))))
-                y = model(x, m)
             else:
                 m = torch.from_numpy(M.sample_training_masks(SPEC, batch, rng))
-                y = model.forward_train(x, m)
-            loss = (y - x).pow(2).mean()
+            m = m.to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                y = model(x, m) if name == "reference" else model.forward_train(x, m)
+                loss = (y.float() - x).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if cuda:
+                torch.cuda.synchronize()
             if i >= 2:
                 times.append(time.perf_counter() - t0)
-        res[name] = {"samples_per_s_median": round(batch / float(np.median(times)), 1), "steps": steps}
+        res[name] = {"samples_per_s_median": round(batch / float(np.median(times)), 1),
+                     "step_ms_p90": round(1e3 * float(np.percentile(times, 90)), 2), "steps": steps}
     res["ratio_ours_vs_reference"] = round(res["ours"]["samples_per_s_median"] / res["reference"]["samples_per_s_median"], 2)
     return res
 
@@ -104,11 +112,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer samples (smoke run)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--device", default="cpu", help="cuda: training throughput only, bf16 autocast, batch 256 "
+                    "and 1024 (batch-1 GPU latency is benchmarks/gpu_latency.py)")
     args = ap.parse_args()
     rounds, per_round, steps = (3, 20, 3) if args.quick else (10, 100, 12)
-    result = {"benchmark": "model_forward", "machine": machine(), "spec": SPEC.describe(),
-              "latency_batch1_bc": {p: latency(p, rounds, per_round) for p in ("paper", "embedded")},
-              "train_throughput_batch256": {p: throughput(p, steps) for p in ("paper", "embedded")}}
+    result = {"benchmark": "model_forward", "machine": machine(), "spec": SPEC.describe()}
+    if args.device.startswith("cuda"):
+        result["device"] = torch.cuda.get_device_name(torch.device(args.device))
+        for batch in (256, 1024):
+            result[f"train_throughput_batch{batch}"] = {p: throughput(p, 10 * steps, batch, args.device)
+                                                        for p in ("paper", "embedded")}
+    else:
+        result["latency_batch1_bc"] = {p: latency(p, rounds, per_round) for p in ("paper", "embedded")}
+        result["train_throughput_batch256"] = {p: throughput(p, steps) for p in ("paper", "embedded")}
     emit_json(result, args.json)
     return 0
 

@@ -41,6 +41,14 @@ class TrainConfig:
     seed: int = 0
 
 
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` = ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; ``cuda`` = ``cuda:<local_rank>``
+    (one GPU per torchrun process); ``cpu`` or ``cuda:N`` as given."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup to ``cfg.lr`` then cosine decay to 10% of it at ``cfg.steps``."""
     if step < cfg.warmup_steps:

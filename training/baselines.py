@@ -42,7 +42,7 @@ from mtm_runtime.fileio import sha256_bytes, sha256_file
 from mtm_runtime.normalise import Normaliser
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import ACTIONS, GOALS, RETURNS, STATES, TrajectorySpec
-from mtm_runtime.trainer import TrainConfig, lr_at
+from mtm_runtime.trainer import TrainConfig, lr_at, resolve_device
 from sim.tasks import Task, get_task
 
 #: kind -> (inputs as (modality, time offset), output (modality, offset), evaluation mode or None)
@@ -82,8 +82,9 @@ def needed(kind: str) -> set[str]:
 def train_baseline(kind: str, task: Task, train_eps: Sequence[Any], norm: Normaliser, steps: int,
                    batch_size: int, lr: float, out: str | Path, weight_decay: float = 0.01,
                    warmup_steps: int = 200, grad_clip: float = 1.0, seed: int = 0,
-                   provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train one MLP baseline on ``train_eps`` (normalised with ``norm``); writes ``out``."""
+                   provenance: dict[str, Any] | None = None, device: str = "auto") -> dict[str, Any]:
+    """Train one MLP baseline on ``train_eps`` (normalised with ``norm``) on ``device`` (``auto``:
+    CUDA when available, as ``mtm train``); writes ``out`` (weights saved from the CPU)."""
     from training.train import NormalisedSampler, step_rng
 
     spec2 = TrajectorySpec.create(2, **{n: norm.spec.width(n) for n in norm.spec.names})
@@ -96,14 +97,15 @@ def train_baseline(kind: str, task: Task, train_eps: Sequence[Any], norm: Normal
     sampler = NormalisedSampler(eps, spec2, norm2)
     torch.manual_seed(seed)
     n_in, n_out = kind_widths(kind, spec2)
-    net = mlp(n_in, n_out)
+    dev = resolve_device(device)
+    net = mlp(n_in, n_out).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = TrainConfig(steps=steps, lr=lr, warmup_steps=warmup_steps)
     t0 = time.perf_counter()
     loss = torch.zeros(())
     for step in range(steps):
         x, _ = sampler.sample(batch_size, step_rng(seed, 0, step))
-        inp, tgt = (torch.from_numpy(a) for a in gather(kind, spec2, x))
+        inp, tgt = (torch.from_numpy(a).to(dev) for a in gather(kind, spec2, x))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, sched)
         loss = (net(inp) - tgt).pow(2).mean()
@@ -111,6 +113,7 @@ def train_baseline(kind: str, task: Task, train_eps: Sequence[Any], norm: Normal
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
         opt.step()
+    net = net.cpu()
     elapsed = time.perf_counter() - t0
     env = task.make_env()
     limits = ActionLimits(env.action_space.low, env.action_space.high)

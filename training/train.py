@@ -65,7 +65,7 @@ from mtm_runtime.model import MTM, PRESETS, build_model, count_parameters
 from mtm_runtime.normalise import Normaliser
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import ACTIONS, RETURNS, TrajectorySpec
-from mtm_runtime.trainer import TrainConfig, lr_at
+from mtm_runtime.trainer import TrainConfig, lr_at, resolve_device
 from sim.tasks import Task, get_task
 from training.loaders import Episode, WindowSampler, load_episodes, read_metadata, split_episodes
 
@@ -364,9 +364,8 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
     # 2. distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR ...)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local_rank}" if use_cuda and args.device in ("auto", "cuda") else
-                          (args.device if use_cuda else "cpu"))
+    device = resolve_device(args.device, local_rank)
+    use_cuda = device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(device)
     if args.threads > 0:
