@@ -40,7 +40,7 @@ class ReferenceMAE(nn.Module):
             h = blk(h)
         h = self.enc_to_dec(self.enc_norm(h))
         full = (self.mask_token.expand(T, M, d).reshape(1, T * M, d)).repeat(B, 1, 1)
-        full[:, keep] = h
+        full[:, keep] = h.to(full.dtype)  # bf16 under autocast
         full = full + self.dec_pos.reshape(1, T * M, d)
         for blk in self.decoder:
             full = blk(full)

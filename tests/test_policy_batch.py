@@ -54,10 +54,8 @@ def test_batch_matches_separate_policies_and_idle_members_are_untouched(checkpoi
         rewards = [None if t == 0 else float(rng.normal()) for _ in rows]
         got = batch.act(rows, states, rewards).copy()
         want = np.stack([lone[i].act(states[k], rewards[k]) for k, i in enumerate(rows)])
-        if backend == "torch":
-            np.testing.assert_array_equal(got, want)  # same code, same arithmetic
-        else:
-            np.testing.assert_allclose(got, want, atol=1e-5)
+        # a batch of rows may take another GEMM kernel than one row (seen with 16 threads): ~1e-9 apart
+        np.testing.assert_allclose(got, want, atol=1e-6 if backend == "torch" else 1e-5, rtol=0)
         assert np.all(np.abs(got) <= 0.5)  # the members' limits hold
         for i in range(4):
             assert batch.members[i].buffer.steps == lone[i].buffer.steps
