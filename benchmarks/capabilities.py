@@ -197,14 +197,9 @@ def job_main(job: tuple[str, str, str, int, dict[str, Any], str]) -> dict[str, A
 
 
 def main_job(task_name: str, tier: str, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
-    import torch
-
     from mtm_runtime.checkpoint import load_checkpoint
     from sim.tasks import get_task
-    from training.baselines import baseline_errors, load_baseline, train_baseline
-    from training.evaluate import id_fd_errors, validation_windows
     from training.loaders import load_episodes, split_episodes
-    from training.train import PRESET_LR
 
     task = get_task(task_name)
     data = dataset(out, cfg, task_name, tier, episodes_for(cfg, task_name, tier))
@@ -214,12 +209,7 @@ def main_job(task_name: str, tier: str, cfg: dict[str, Any], out: Path) -> dict[
     episodes = load_episodes(data, task)
     train_eps, val_eps = split_episodes(episodes, 0.1, seed=0)
     kinds = ["bc", "rcbc", "id", "fd"] + (["gcbc"] if task.has_goal else [])
-    base_train = {}
-    for k in kinds:
-        base_train[k] = train_baseline(k, task, train_eps, ckpt.normaliser, cfg["steps"], cfg["batch_size"],
-                                       PRESET_LR[cfg["preset"]], run_dir / f"mlp_{k}",
-                                       warmup_steps=min(200, cfg["steps"] // 10),
-                                       provenance={"val_fraction": 0.1, "seed": 0, "horizon": ckpt.spec.horizon})
+    base_train = train_baselines(kinds, task, train_eps, ckpt, cfg, run_dir)
     res: dict[str, Any] = {"dataset": str(data), "train_episodes": len(train_eps), "val_episodes": len(val_eps),
                            "mtm_samples_per_s": mtm.get("samples_per_s"), "mtm_train_s": mtm.get("train_s"),
                            "baseline_samples_per_s": {k: v["samples_per_s"] for k, v in base_train.items()},
@@ -233,6 +223,33 @@ def main_job(task_name: str, tier: str, cfg: dict[str, Any], out: Path) -> dict[
     if task.has_goal:
         R["mtm_goal"] = eval_policy(run_dir / "mtm", task_name, "goal", cfg)
         R["mlp_gcbc"] = eval_policy(run_dir / "mlp_gcbc", task_name, "goal", cfg)
+    res["id_fd"] = id_fd_table(run_dir, val_eps)
+    return res
+
+
+def train_baselines(kinds: Sequence[str], task: Any, train_eps: Sequence[Any], ckpt: Any, cfg: dict[str, Any],
+                    run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The MLP baselines ``kinds`` on the MTM's training episodes, normaliser, step budget and batch
+    size, written to ``run_dir/mlp_<kind>``."""
+    from training.baselines import train_baseline
+    from training.train import PRESET_LR
+
+    return {k: train_baseline(k, task, train_eps, ckpt.normaliser, cfg["steps"], cfg["batch_size"],
+                              PRESET_LR[cfg["preset"]], run_dir / f"mlp_{k}", warmup_steps=min(200, cfg["steps"] // 10),
+                              provenance={"val_fraction": 0.1, "seed": 0, "horizon": ckpt.spec.horizon})
+            for k in kinds}
+
+
+def id_fd_table(run_dir: Path, val_eps: Sequence[Any]) -> dict[str, dict[str, float]]:
+    """ID/FD errors on the validation windows of ``run_dir/mtm`` (``mtm``) and of the MLPs in
+    ``run_dir/mlp_id`` and ``run_dir/mlp_fd`` (formula in training/evaluate.py)."""
+    import torch
+
+    from mtm_runtime.checkpoint import load_checkpoint
+    from training.baselines import baseline_errors, load_baseline
+    from training.evaluate import id_fd_errors, validation_windows
+
+    ckpt = load_checkpoint(run_dir / "mtm")
     x, _ = validation_windows(val_eps, ckpt.spec, ckpt.normaliser)
     model = ckpt.build_model()
 
@@ -240,11 +257,11 @@ def main_job(task_name: str, tier: str, cfg: dict[str, Any], out: Path) -> dict[
         with torch.no_grad():
             return model(torch.from_numpy(xb), torch.from_numpy(mb)).numpy()
 
-    res["id_fd"]["mtm"] = id_fd_errors(predict, ckpt.spec, x)
+    table = {"mtm": id_fd_errors(predict, ckpt.spec, x)}
     for k in ("id", "fd"):
         _meta, _spec, _norm, net = load_baseline(run_dir / f"mlp_{k}")
-        res["id_fd"][f"mlp_{k}"] = baseline_errors(k, net, ckpt.spec, x)
-    return res
+        table[f"mlp_{k}"] = baseline_errors(k, net, ckpt.spec, x)
+    return table
 
 
 def hetero_job(task_name: str, tier: str, draw: int, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
