@@ -56,3 +56,16 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: in
                 fn()
                 out[k].append(time.perf_counter() - t)
     return out
+
+
+def replace_section(path: Path, begin: str, end: str, body: Sequence[str]) -> None:
+    """Write ``body`` (lines, markers excluded) between the ``begin`` and ``end`` markers of the
+    markdown file ``path``, replacing what was there or appending; the rest of the file is kept."""
+    block = "\n".join([begin, *body, end])
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        text = pre + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)

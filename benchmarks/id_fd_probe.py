@@ -7,7 +7,9 @@ larger model and budget (the ``full`` config's ``paper`` preset at batch 1024) f
 Each job is the ID/FD part of ``capabilities.main_job``, unchanged: the same dataset, MTM training
 (masks, schedule), MLP training and error formula; one process per job, all at once (one GPU is
 shared: the models are small and each step is mostly host work). Prints one JSON object (machine,
-config, per-job errors and the MTM / MLP ratio) and writes it to ``--json``.
+config, per-job errors and the MTM / MLP ratio), writes it to ``--json`` and, with ``--results``,
+a section of benchmarks/RESULTS.md. ``--render JSON`` writes that section from a saved result
+(the committed one: ``benchmarks/results/gpu_h100/id_fd_probe_full_steps8000.json``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import capabilities as C  # noqa: E402
-from benchmarks.common import emit_json, machine  # noqa: E402
+from benchmarks.common import emit_json, machine, replace_section  # noqa: E402
+
+BEGIN, END = "<!-- id_fd_probe:begin -->", "<!-- id_fd_probe:end -->"
+#: ID/FD target of the issue: the MTM's error within 10 % of the specialised MLP's, or lower
+WITHIN = 1.1
 
 
 def probe_job(job: tuple[str, str, dict[str, Any], str]) -> dict[str, Any]:
@@ -51,23 +57,73 @@ def probe_job(job: tuple[str, str, dict[str, Any], str]) -> dict[str, Any]:
             "wall_s": time.perf_counter() - t0}
 
 
+def command(result: dict[str, Any]) -> str:
+    """The invocation that produced ``result``."""
+    only = ",".join(f"{r['task']}:{r['tier']}" for r in result["results"])
+    return f"python benchmarks/id_fd_probe.py --config {result['config_name']} --steps {result['steps']} --only {only}"
+
+
+def section(result: dict[str, Any], throughput: dict[str, Any] | None = None) -> list[str]:
+    """RESULTS.md lines for ``result`` (and the GPU training throughput of ``model_forward.py --device cuda``)."""
+    m = result["machine"]
+    rows = result["results"]
+    held = sum(r["ratio_mtm_vs_mlp"][k] <= WITHIN for r in rows for k in ("id", "fd"))
+    L = ["## ID/FD at the paper's scale (GPU probe)", "",
+         f"`{command(result)}` on {m.get('cuda') or m.get('cpu', '?')} ({result['wall_s'] / 60:.1f} min, "
+         f"{len(rows)} jobs sharing it): `{result['preset']}` preset, {result['steps']} gradient steps at batch "
+         f"{result['batch_size']} for the MTM and both MLPs (the tables above: `embedded`, 6000 x 128), MTM masks "
+         f"{', '.join(result['masks'])}. Datasets, MLPs and error formula as above; no rollouts. Generated from "
+         "its JSON by the same script (`--render`).", "",
+         "| task | tier | train episodes | MTM ID | MLP-ID | MTM / MLP | MTM FD | MLP-FD | MTM / MLP |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        t, q = r["id_fd"], r["ratio_mtm_vs_mlp"]
+        L.append(f"| {r['task']} | {r['tier']} | {r['train_episodes']} | {t['mtm']['id_error']:.3g} | "
+                 f"{t['mlp_id']['id_error']:.3g} | {q['id']:.2f} | {t['mtm']['fd_error']:.3g} | "
+                 f"{t['mlp_fd']['fd_error']:.3g} | {q['fd']:.2f} |")
+    L += ["", f"MTM within {100 * (WITHIN - 1):.0f} % of the MLP or better: {held} of {2 * len(rows)}."]
+    if throughput:
+        b = throughput["train_throughput_batch1024"]["paper"]
+        L += ["", f"Training throughput on {throughput.get('device', '?')} (`python benchmarks/model_forward.py "
+              f"--device cuda`, bf16 autocast, forward + backward + AdamW at batch 1024, paper preset): ours "
+              f"{b['ours']['samples_per_s_median']:.0f} samples/s, the reference design "
+              f"{b['reference']['samples_per_s_median']:.0f} samples/s (ratio {b['ratio_ours_vs_reference']:.2f}); "
+              f"`mtm train` end to end in this probe (sampler included, {len(rows)} runs sharing the GPU): "
+              f"{min(r['mtm_samples_per_s'] for r in rows):.0f}-{max(r['mtm_samples_per_s'] for r in rows):.0f} "
+              "samples/s each."]
+    return L
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="full", choices=tuple(C.CONFIGS))
     p.add_argument("--steps", type=int, default=0, help="gradient steps of every model (default from the config)")
-    p.add_argument("--only", required=True, help="comma list of task:tier")
+    p.add_argument("--only", default="", help="comma list of task:tier")
     p.add_argument("--out", default="/tmp/mtm_id_fd_probe", help="work directory (datasets, runs)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--results", type=Path, default=None, help="markdown file to write the section into "
+                   "(benchmarks/RESULTS.md)")
+    p.add_argument("--render", type=Path, default=None, help="a saved result: write its section, run nothing")
+    p.add_argument("--throughput", type=Path, default=None, help="JSON of model_forward.py --device cuda to cite")
     a = p.parse_args(argv)
+    tp = json.loads(a.throughput.read_text()) if a.throughput else None
+    if a.render:
+        replace_section(a.results or C.REPO / "benchmarks" / "RESULTS.md", BEGIN, END,
+                        section(json.loads(a.render.read_text()), tp))
+        return 0
+    if not a.only:
+        p.error("--only is required unless --render is given")
     cfg = dict(C.CONFIGS[a.config], **({"steps": a.steps} if a.steps else {}))
     jobs = [(*s.strip().split(":"), cfg, a.out) for s in a.only.split(",") if s.strip()]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(len(jobs)) as pool:
         results = pool.map(probe_job, jobs, chunksize=1)
-    emit_json({"benchmark": "id_fd_probe", "machine": machine(), "config_name": a.config,
-               "preset": cfg["preset"], "steps": cfg["steps"], "batch_size": cfg["batch_size"],
-               "masks": list(C.mtm_masks(cfg, "hopper")), "wall_s": time.perf_counter() - t0,
-               "results": results}, a.json)
+    result = {"benchmark": "id_fd_probe", "machine": machine(), "config_name": a.config,
+              "preset": cfg["preset"], "steps": cfg["steps"], "batch_size": cfg["batch_size"],
+              "masks": list(C.mtm_masks(cfg, "hopper")), "wall_s": time.perf_counter() - t0, "results": results}
+    emit_json(result, a.json)
+    if a.results:
+        replace_section(a.results, BEGIN, END, section(result, tp))
     return 0
 
 

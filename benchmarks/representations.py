@@ -208,6 +208,8 @@ def write_markdown(result: dict[str, Any], path: Path | None = None,
                    extra: Sequence[tuple[str, dict[str, Any]]] = ()) -> None:
     """Replace (or append) the section between BEGIN and END; the rest of the file is kept.
     ``extra``: (relative dir, result) of further runs whose tables follow the main one."""
+    from benchmarks.common import replace_section
+
     path = path or RESULTS_MD
     c = result["config"]
     rows = table(result)
@@ -216,7 +218,7 @@ def write_markdown(result: dict[str, Any], path: Path | None = None,
         rows += ["", f"Longer run, {ex['config_name']} config (`{ex['command']}`, {ex['wall_min']:.0f} min): TD3+BC "
                  f"{ec['steps']} steps, evaluation every {ec['eval_every']} steps, {ex['seeds']} seeds, same datasets "
                  f"and MTMs. Overall: {ex.get('overall', '?')} Curves and data in `{rel}/`.", "", *table(ex)]
-    body = [BEGIN, "## Representations (MTM features for offline TD3+BC)", "",
+    body = ["## Representations (MTM features for offline TD3+BC)", "",
             f"`{result['command']}` ({result['config_name']} config, {result['wall_min']:.0f} min on "
             f"{result['machine'].get('cpu', '?')}, torch threads 1). Datasets: scripted-expert `medium` tier "
             f"({', '.join(f'{k} {v} episodes' for k, v in c['episodes'].items())}); MTM: `embedded` preset "
@@ -231,17 +233,8 @@ def write_markdown(result: dict[str, Any], path: Path | None = None,
             "Verdict (\"features reach raw-state performance in a fraction of the steps\"):", "",
             *[f"- {line}" for line in result["verdict"]], "", f"- Overall: {result['overall']}", "",
             *([NOTE.read_text().strip(), ""] if NOTE.exists() else []),
-            "Curves: `benchmarks/results/representations.png`, data: `benchmarks/results/representations.json`.",
-            END]
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        pre, rest = text.split(BEGIN, 1)
-        post = rest.split(END, 1)[1]
-        text = pre + "\n".join(body) + post
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(body) + "\n"
-    path.write_text(text)
-
+            "Curves: `benchmarks/results/representations.png`, data: `benchmarks/results/representations.json`."]
+    replace_section(path, BEGIN, END, body)
 
 
 def main(argv: list[str] | None = None) -> int:
