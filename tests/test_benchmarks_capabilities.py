@@ -70,3 +70,25 @@ def test_schedule_puts_the_two_model_heteromodal_jobs_first_and_keeps_order_with
     jobs = [("main", "reacher", "expert", 0), ("main", "hopper", "expert", 0), ("hetero", "reacher", "expert", 0),
             ("main", "reacher", "medium-replay", 0), ("hetero", "hopper", "expert", 1)]
     assert capabilities.schedule(jobs) == [jobs[2], jobs[4], jobs[0], jobs[1], jobs[3]]
+
+
+def test_id_fd_probe_runs_the_id_fd_part_and_renders_its_section_in_place(tmp_path: Path) -> None:
+    from benchmarks import id_fd_probe
+
+    md, js = tmp_path / "RESULTS.md", tmp_path / "probe.json"
+    md.write_text("# Results\n\nabove\n\n<!-- other:begin -->\nkept\n<!-- other:end -->\n")
+    assert id_fd_probe.main(["--config", "smoke", "--only", "reacher:expert", "--out", str(tmp_path / "w"),
+                             "--json", str(js), "--results", str(md)]) == 0
+    result = json.loads(js.read_text())
+    (job,) = result["results"]
+    t = job["id_fd"]
+    assert job["ratio_mtm_vs_mlp"]["id"] == pytest.approx(t["mtm"]["id_error"] / t["mlp_id"]["id_error"])
+    errors = (t["mtm"]["id_error"], t["mtm"]["fd_error"], t["mlp_id"]["id_error"], t["mlp_fd"]["fd_error"])
+    assert all(np.isfinite(e) and e > 0 for e in errors)
+    text = md.read_text()
+    assert text.startswith("# Results\n\nabove") and "<!-- other:begin -->\nkept\n<!-- other:end -->" in text
+    section = text.split(id_fd_probe.BEGIN)[1].split(id_fd_probe.END)[0]
+    assert "| reacher | expert |" in section and "of 2." in section and "--only reacher:expert" in section
+    # --render rewrites the same section from the saved JSON, in place, once
+    assert id_fd_probe.main(["--render", str(js), "--results", str(md)]) == 0
+    assert md.read_text() == text and md.read_text().count(id_fd_probe.BEGIN) == 1
