@@ -65,13 +65,14 @@ def command(result: dict[str, Any]) -> str:
 
 def section(result: dict[str, Any], throughput: dict[str, Any] | None = None) -> list[str]:
     """RESULTS.md lines for ``result`` (and the GPU training throughput of ``model_forward.py --device cuda``)."""
-    m = result["machine"]
+    m, cpu = result["machine"], C.CONFIGS["cpu"]
     rows = result["results"]
     held = sum(r["ratio_mtm_vs_mlp"][k] <= WITHIN for r in rows for k in ("id", "fd"))
     L = ["## ID/FD at the paper's scale (GPU probe)", "",
          f"`{command(result)}` on {m.get('cuda') or m.get('cpu', '?')} ({result['wall_s'] / 60:.1f} min, "
          f"{len(rows)} jobs sharing it): `{result['preset']}` preset, {result['steps']} gradient steps at batch "
-         f"{result['batch_size']} for the MTM and both MLPs (the tables above: `embedded`, 6000 x 128), MTM masks "
+         f"{result['batch_size']} for the MTM and both MLPs (the cpu config: `{cpu['preset']}`, {cpu['steps']} x "
+         f"{cpu['batch_size']}), MTM masks "
          f"{', '.join(result['masks'])}. Datasets, MLPs and error formula as above; no rollouts. Generated from "
          "its JSON by the same script (`--render`).", "",
          "| task | tier | train episodes | MTM ID | MLP-ID | MTM / MLP | MTM FD | MLP-FD | MTM / MLP |",
