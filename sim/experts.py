@@ -15,9 +15,11 @@ to the expert: it behaves like a controller designed on the nominal model.
   hand-tuned PD balance controller used until 2026-11-25 only stood: return ~1020, alive bonus
   only, which made Hopper's scores measure survival rather than locomotion.)
 * Pusher-v5: a two-phase DLS Jacobian controller (move the tip behind the object, then push it
-  to the goal). Stretch goal, NOT functional yet: it scores below the random policy (-215.1 vs
-  -150.5, doing nothing -54.8, 20 seeds, 2026-11-25; control cost is -185 of it) and moves the
-  object only 5-6 cm towards the goal, so no reference returns are frozen for pusher. (A probe
+  to the goal). Stretch goal, NOT functional yet: with its first gains it scored below the random
+  policy (-215.1 vs -150.5, doing nothing -54.8, 20 seeds, 2026-11-25; control cost -185 of it);
+  with low gains (``PusherExpert``'s defaults since then) it returns about -42, above both, but
+  still moves the object only 4-5 cm towards the goal, so no reference returns are frozen for
+  pusher. (A probe
   with operational-space control and a posture term in the null space cut the cost but pushed no
   better: the pushing surface is the wrist's U-shaped finger capsules, whose orientation the
   controller would have to manage; not done.)
@@ -216,10 +218,15 @@ class PusherExpert:
 
     Observation (23): 7 joint angles, 7 joint velocities, tip xyz, object xyz, goal xyz (m).
     Action (7): joint torques in [-2, 2].
+
+    Not functional yet (module docstring): on seeds 10000-10009 it reaches the object after about
+    70 of the 100 steps and moves it from 0.21 m to about 0.17 m of the goal, return -42 (random
+    -149, do nothing -55). Pusher-v5 charges 0.1 |a|^2 per step, so the gains are low: the first
+    ones (kp 6, kv 0.5, v_max 0.8, behind 0.09) saturated the torques and returned -213.
     """
 
-    def __init__(self, model: mujoco.MjModel, kp: float = 6.0, kv: float = 0.5, lam: float = 0.05,
-                 behind: float = 0.09, v_max: float = 0.8) -> None:
+    def __init__(self, model: mujoco.MjModel, kp: float = 3.0, kv: float = 0.1, lam: float = 0.05,
+                 behind: float = 0.06, v_max: float = 1.5) -> None:
         self.model = copy.deepcopy(model)
         self.data = mujoco.MjData(self.model)
         self.tip = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
