@@ -127,13 +127,13 @@ def mtm_masks(cfg: dict[str, Any], task_name: str) -> tuple[str, ...]:
 
 
 def train_mtm(cfg: dict[str, Any], data: Path, out: Path, task_name: str, labelled_only: bool = False,
-              labelled_share: float = 0.0) -> dict[str, Any]:
+              labelled_share: float = 0.0, self_label_at: int = 0) -> dict[str, Any]:
     from training.train import Args, run
 
     args = Args(data=str(data), out=str(out), preset=cfg["preset"], steps=cfg["steps"], batch_size=cfg["batch_size"],
                 masks=mtm_masks(cfg, task_name),
                 val_every=0, ckpt_every=0, progress=False, plot=True, labelled_only=labelled_only,
-                labelled_share=labelled_share,
+                labelled_share=labelled_share, self_label_at=self_label_at,
                 threads=0, warmup_steps=min(200, cfg["steps"] // 10))  # threads: job_main's choice stands
     t0 = time.perf_counter()
     res = run(args)
@@ -276,7 +276,8 @@ def hetero_job(task_name: str, tier: str, draw: int, cfg: dict[str, Any], out: P
     data = dataset(out, cfg, task_name, tier, cfg["hetero_episodes"][task_name], frac, draw)
     run_dir = out / "runs" / job_name("hetero", task_name, tier, draw)
     mtm_lab = train_mtm(cfg, data, run_dir / "mtm_labelled", task_name, labelled_only=True)
-    mtm_all = train_mtm(cfg, data, run_dir / "mtm_all", task_name, labelled_share=cfg["hetero_labelled_share"])
+    mtm_all = train_mtm(cfg, data, run_dir / "mtm_all", task_name, labelled_share=cfg["hetero_labelled_share"],
+                        self_label_at=int(cfg.get("hetero_self_label", 0.0) * cfg["steps"]))
     ckpt = load_checkpoint(run_dir / "mtm_labelled")
     all_eps = load_episodes(data, task)
     episodes = [ep for ep in all_eps if ep.labelled]
@@ -535,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0, help="parallel jobs (default from the config)")
     p.add_argument("--masks", default="", help="MTM training masks, comma list (default: MTM_MASKS); e.g. 'auto' "
                                                "for the AUTO_MASK-only ablation (pass --results elsewhere)")
+    p.add_argument("--self-label", type=float, default=-1.0, help="heteromodal MTM: at this fraction of the steps, "
+                   "label the action-free episodes with its own inverse dynamics (training.train --self-label-at); "
+                   "0 = off (default from the config)")
     p.add_argument("--steps", type=int, default=0, help="gradient steps of every model (default from the config): "
                                                         "the budget study (pass --results elsewhere)")
     a = p.parse_args(argv)
@@ -545,8 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg["masks"] = tuple(k.strip() for k in a.masks.split(",") if k.strip())
     if a.steps:
         cfg["steps"] = a.steps
+    if a.self_label >= 0:
+        cfg["hetero_self_label"] = a.self_label
     suffix = "" if cfg["masks"] == CONFIGS[a.config]["masks"] else "_masks-" + "-".join(cfg["masks"])
     suffix += "" if cfg["steps"] == CONFIGS[a.config]["steps"] else f"_steps-{cfg['steps']}"
+    suffix += f"_self-label-{cfg['hetero_self_label']:g}" if cfg.get("hetero_self_label", 0.0) else ""
     out = Path(a.out or f"/tmp/mtm_capabilities_{a.config}{suffix}")
     all_jobs = schedule([("main", t, tier, 0) for tier in cfg["tiers"] for t in cfg["tasks"]]
                         + [("hetero", t, "expert", d) for d in cfg["hetero_draws"] for t in cfg["tasks"]])

@@ -114,3 +114,55 @@ def test_short_training_improves_bc_over_untrained(tmp_path):
                                                episodes=3, seeds=(0,))
     assert res["t"]["score_mean"] > res["u"]["score_mean"] + 1.5, res
     assert res["t"]["return_mean"] > 2.0 * res["u"]["return_mean"], res
+
+
+@pytest.fixture(scope="module")
+def reacher_het(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("train") / "reacher_het.hdf5"
+    task = get_task("reacher")
+    return write_hdf5(path, collect(task, "expert", 12, seed=6, action_fraction=0.5), task, "expert", 6, 0.5)
+
+
+def test_fill_actions_reads_each_step_from_its_window_and_hides_every_action(reacher_het):
+    import numpy as np
+
+    from mtm_runtime.spec import ACTIONS, STATES, TrajectorySpec
+    from training.loaders import load_episodes
+    from training.train import NormalisedSampler, fit_normaliser
+
+    task = get_task("reacher")
+    eps = load_episodes(reacher_het, task)
+    spec = TrajectorySpec.create(4, **task.modality_widths())
+    sampler = NormalisedSampler(eps, spec, fit_normaliser(spec, eps))
+    a, s0 = spec.slice(ACTIONS), spec.offset(STATES)
+    before_x, before_p = sampler.flat_x.copy(), sampler.flat_p.copy()
+
+    def predict(x, mask):  # "actions" = the window's first state component at the same position
+        assert np.all(mask[..., spec.index(ACTIONS)] == 0) and np.all(mask[..., spec.index(STATES)] <= 1)
+        y = np.zeros_like(x)
+        y[..., a] = x[..., s0:s0 + 1]
+        return y
+
+    rows = sampler.action_free_rows()
+    assert 0 < len(rows) < len(sampler.flat_x) and sum(not ep.labelled for ep in eps) >= 1
+    assert sampler.fill_actions(predict) == len(rows)
+    np.testing.assert_array_equal(sampler.flat_x[rows][:, a], np.repeat(sampler.flat_x[rows, s0:s0 + 1], a.stop - a.start, 1))
+    assert np.all(sampler.flat_p[rows, spec.index(ACTIONS)] == 1)
+    other = np.setdiff1d(np.arange(len(before_x)), rows)
+    np.testing.assert_array_equal(sampler.flat_x[other], before_x[other])   # labelled steps untouched
+    np.testing.assert_array_equal(sampler.flat_p[other], before_p[other])
+
+
+def test_self_labelling_run_writes_its_labels_and_resumes_bit_exactly(reacher_het, tmp_path):
+    from training.train import SELF_LABELS
+
+    straight = run(small(reacher_het, tmp_path / "straight", self_label_at=8))
+    assert (tmp_path / "straight" / SELF_LABELS).stat().st_size > 0
+    run(small(reacher_het, tmp_path / "split", self_label_at=8, until=12))
+    resumed = run(small(reacher_het, tmp_path / "split", self_label_at=8, resume=True))
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+    plain = run(small(reacher_het, tmp_path / "plain"))
+    assert plain["weights_sha256"] != straight["weights_sha256"]        # the labels did change training
+    (tmp_path / "split" / SELF_LABELS).unlink()
+    with pytest.raises(FileNotFoundError, match="self-label-at"):
+        run(small(reacher_het, tmp_path / "split", self_label_at=8, resume=True, until=0, steps=20))

@@ -73,6 +73,7 @@ from training.loaders import Episode, WindowSampler, load_episodes, read_metadat
 PRESET_LR = {"embedded": 1e-3, "paper": 2e-4}
 TRAIN_STATE_TENSORS = "train_state.safetensors"
 TRAIN_STATE_JSON = "train_state.json"
+SELF_LABELS = "self_labels.safetensors"   # --self-label-at: the estimated actions, for --resume
 
 
 # ---- 1. arguments ------------------------------------------------------------------------------
@@ -104,6 +105,7 @@ class Args:
     resume: bool = False                  # continue from the train state in --out
     labelled_only: bool = False           # train on the labelled episodes of the usual split only (heteromodal baseline)
     labelled_share: float = 0.0           # min share of each batch from action-labelled episodes; 0 = uniform
+    self_label_at: int = 0                # at this step, give action-free episodes the model's own ID estimates; 0 = off
     start_windows: bool = True            # also train on episode-start windows (history < T, as after reset)
     rtg_scale: float = 0.0                # returns normalisation scale; 0 = max |episode return|
     seed: int = 0
@@ -238,6 +240,36 @@ class NormalisedSampler:
         rows = (self.first[eps] + starts)[:, None] + np.arange(self.spec.horizon)
         return self.flat_x[rows], self.flat_p[rows]
 
+    def action_free_rows(self) -> np.ndarray:
+        """Flat rows of the steps of every episode that came without actions."""
+        ai = self.spec.index(ACTIONS)
+        return np.concatenate([self.first[e] + np.arange(L) for e, (L, av) in
+                               enumerate(zip(self.windows.lengths, self.windows.avail)) if av[ai] == 0]
+                              or [np.zeros(0, np.int64)])
+
+    def fill_actions(self, predict: Any) -> int:
+        """Self-labelling: give every step of an action-free episode the inverse-dynamics estimate
+        ``predict(x [B, T, D], mask [B, T, M]) -> [B, T, D]`` (normalised; ID mask: the window's
+        states visible, its actions hidden) and mark it present, so training from then on uses it
+        as target and as input. a_t is read from the window starting at t-1 (clipped to the
+        episode), which shows s_{t-1}, s_t and s_{t+1} where they exist. Which episodes were
+        labelled (``labelled_share``) is unchanged. Returns the number of steps filled."""
+        spec, T = self.spec, self.spec.horizon
+        ai, cols = spec.index(ACTIONS), spec.slice(ACTIONS)
+        filled = 0
+        for e, (L, av) in enumerate(zip(self.windows.lengths, self.windows.avail)):
+            if av[ai] > 0:
+                continue
+            t = np.arange(L)
+            start = np.clip(t - 1, min(L - T, 0), max(L - T, 0))
+            rows = (self.first[e] + start)[:, None] + np.arange(T)
+            x, present = self.flat_x[rows], self.flat_p[rows]
+            y = predict(x, M.id_mask(spec)[None] * present)
+            self.flat_x[self.first[e] + t, cols] = y[t, t - start, cols]
+            self.flat_p[self.first[e] + t, ai] = 1.0
+            filled += L
+        return filled
+
 
 def step_rng(seed: int, rank: int, step: int) -> np.random.Generator:
     """The generator of one (seed, rank, step): windows, masks."""
@@ -295,6 +327,41 @@ def load_train_state(out: Path, opt: torch.optim.Optimizer) -> int:
         state.setdefault(int(i), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return int(meta["step"])
+
+
+def self_label(mtm: MTM, sampler: NormalisedSampler, device: torch.device, out: Path | None) -> int:
+    """``sampler.fill_actions`` with ``mtm`` in eval mode (fp32); writes the estimates to
+    ``out/SELF_LABELS`` (rank 0 passes ``out``). Returns the number of steps filled."""
+    from safetensors.numpy import save_file
+
+    mtm.eval()
+
+    def predict(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return mtm(torch.from_numpy(x).to(device), torch.from_numpy(mask.astype(np.float32)).to(device)).cpu().numpy()
+
+    n = sampler.fill_actions(predict)
+    mtm.train()
+    if out is not None:
+        rows = sampler.action_free_rows()
+        out.mkdir(parents=True, exist_ok=True)
+        actions = np.ascontiguousarray(sampler.flat_x[rows][:, sampler.spec.slice(ACTIONS)])  # safetensors ignores strides
+        save_file({"rows": rows.astype(np.int64), "actions": actions}, str(out / SELF_LABELS))
+    return n
+
+
+def load_self_labels(out: Path, sampler: NormalisedSampler) -> None:
+    """Put the estimates of an earlier ``self_label`` back into ``sampler`` (``--resume`` past it)."""
+    from safetensors.numpy import load_file
+
+    path = out / SELF_LABELS
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: --resume past --self-label-at needs the labels written at that step")
+    saved, rows = load_file(str(path)), sampler.action_free_rows()
+    if not np.array_equal(saved["rows"], rows):
+        raise ValueError(f"{path}: written for other training episodes ({len(saved['rows'])} rows, these have {len(rows)})")
+    sampler.flat_x[rows, sampler.spec.slice(ACTIONS)] = saved["actions"]
+    sampler.flat_p[rows, sampler.spec.index(ACTIONS)] = 1.0
 
 
 def load_model_weights(out: Path, mtm: MTM) -> None:
@@ -466,7 +533,12 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
     t_start, smooth = time.perf_counter(), None
     summary: dict[str, Any] = {}
+    if 0 < args.self_label_at < start:
+        load_self_labels(out, sampler)
     for step in range(start, stop):
+        if step == args.self_label_at > 0:
+            n = self_label(mtm, sampler, device, out if is_main else None)
+            log(f"[train] step {step}: self-labelled {n} action-free steps with the model's inverse dynamics", flush=True)
         net.train()
         rng = step_rng(args.seed, rank, step)
         torch.manual_seed(args.seed * 1_000_003 + rank * 10_007 + step)  # dropout
