@@ -539,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--self-label", type=float, default=-1.0, help="heteromodal MTM: at this fraction of the steps, "
                    "label the action-free episodes with its own inverse dynamics (training.train --self-label-at); "
                    "0 = off (default from the config)")
+    p.add_argument("--draws", default="", help="heteromodal label seeds, comma list (default from the config): "
+                   "fresh draws confirm a choice made on the default ones")
     p.add_argument("--steps", type=int, default=0, help="gradient steps of every model (default from the config): "
                                                         "the budget study (pass --results elsewhere)")
     a = p.parse_args(argv)
@@ -551,9 +553,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg["steps"] = a.steps
     if a.self_label >= 0:
         cfg["hetero_self_label"] = a.self_label
+    if a.draws:
+        cfg["hetero_draws"] = tuple(int(d) for d in a.draws.split(","))
     suffix = "" if cfg["masks"] == CONFIGS[a.config]["masks"] else "_masks-" + "-".join(cfg["masks"])
     suffix += "" if cfg["steps"] == CONFIGS[a.config]["steps"] else f"_steps-{cfg['steps']}"
     suffix += f"_self-label-{cfg['hetero_self_label']:g}" if cfg.get("hetero_self_label", 0.0) else ""
+    suffix += "" if cfg["hetero_draws"] == CONFIGS[a.config]["hetero_draws"] else "_draws-" + "-".join(map(str, cfg["hetero_draws"]))
     out = Path(a.out or f"/tmp/mtm_capabilities_{a.config}{suffix}")
     all_jobs = schedule([("main", t, tier, 0) for tier in cfg["tiers"] for t in cfg["tasks"]]
                         + [("hetero", t, "expert", d) for d in cfg["hetero_draws"] for t in cfg["tasks"]])

@@ -21,7 +21,9 @@ What one run does:
  5. loop: per step, windows + per-sample training masks (``--masks``, AUTO_MASK by default)
     ANDed with data availability, packed-encoder forward, ``mtm_runtime.loss.mtm_loss``;
     periodic validation loss (+ per-mode errors), optional periodic policy evaluation in the
-    simulator, checkpoints every ``--ckpt-every`` steps;
+    simulator, checkpoints every ``--ckpt-every`` steps; with ``--self-label-at N``, at step N the
+    action-free episodes get the model's own inverse-dynamics estimates as actions
+    (``NormalisedSampler.fill_actions``) and count as labelled from then on;
  6. the end: final checkpoint, ``scalars.csv``, ``curves.png``.
 
 Randomness is a pure function of ``(seed, rank, step)``: each step draws its windows, masks and
@@ -34,6 +36,7 @@ Output directory (``--out``), a checkpoint directory ``load_checkpoint`` reads:
     train_state.safetensors       optimizer tensors (AdamW moments, step counts)
     train_state.json              step, optimizer hyper-parameters, resolved run config
     scalars.csv, curves.png       training curves (train/val loss, lr, samples/s, eval scores)
+    self_labels.safetensors       with --self-label-at: the estimated actions (read by --resume)
 No pickle anywhere: tensors in safetensors, everything else in JSON.
 """
 from __future__ import annotations
