@@ -442,7 +442,9 @@ def write_report(report: dict[str, Any], path_md: Path) -> None:
          f"MTM training masks {', '.join(report['config']['masks'])} (one drawn per sample"
          + ("; plus goal on goal tasks" if adds_goal(tuple(report["config"]["masks"])) else "")
          + "; see MTM_MASKS in the script for why not AUTO_MASK alone); "
-         f"evaluation: {len(report['config']['seeds'])} seeds x {report['config']['eval_episodes']} episodes; "
+         + (f"heteromodal MTM self-labelled (its own inverse dynamics fill the missing actions) at "
+            f"{report['config']['hetero_self_label']:g} of its steps; " if report["config"].get("hetero_self_label") else "")
+         + f"evaluation: {len(report['config']['seeds'])} seeds x {report['config']['eval_episodes']} episodes; "
          "scores are D4RL-normalised (100 = scripted expert, 0 = uniform random), mean ± std over evaluation seeds. "
          f"Wall time of this invocation {report['wall_s'] / 60:.1f} min; sum of the job wall times "
          f"{sum(r.get('wall_s', 0) for r in res) / 60:.1f} min ({report['config']['workers']} jobs in parallel; "

@@ -66,6 +66,15 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     assert "Not run in this invocation." in md_het(again["markdown"])   # no empty heteromodal table
 
 
+def test_self_label_and_draws_options_reach_the_heteromodal_model(tmp_path: Path) -> None:
+    report = _run(tmp_path, "--self-label", "0.5", "--draws", "3", "--only", "hetero:reacher")
+    assert report["config"]["hetero_self_label"] == 0.5 and report["config"]["hetero_draws"] == [3]
+    assert "self-labelled (its own inverse dynamics fill the missing actions) at 0.5 of its steps" in report["markdown"]
+    run_dir = tmp_path / "runs" / "hetero_reacher_expert_d3"
+    assert (run_dir / "mtm_all" / "self_labels.safetensors").exists()       # the heteromodal MTM self-labelled
+    assert not (run_dir / "mtm_labelled" / "self_labels.safetensors").exists()
+
+
 def test_schedule_puts_the_two_model_heteromodal_jobs_first_and_keeps_order_within_a_kind() -> None:
     jobs = [("main", "reacher", "expert", 0), ("main", "hopper", "expert", 0), ("hetero", "reacher", "expert", 0),
             ("main", "reacher", "medium-replay", 0), ("hetero", "hopper", "expert", 1)]
