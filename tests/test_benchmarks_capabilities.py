@@ -101,3 +101,18 @@ def test_id_fd_probe_runs_the_id_fd_part_and_renders_its_section_in_place(tmp_pa
     # --render rewrites the same section from the saved JSON, in place, once
     assert id_fd_probe.main(["--render", str(js), "--results", str(md)]) == 0
     assert md.read_text() == text and md.read_text().count(id_fd_probe.BEGIN) == 1
+
+
+def test_hetero_mlp_pipeline_labels_state_only_episodes_and_trains_bc_on_all(tmp_path: Path) -> None:
+    from benchmarks import hetero_mlp_pipeline
+    from training.baselines import load_baseline
+
+    js = tmp_path / "pipe.json"
+    assert hetero_mlp_pipeline.main(["--config", "smoke", "--tasks", "reacher", "--draws", "0", "--workers", "1",
+                                     "--out", str(tmp_path), "--json", str(js)]) == 0
+    (r,) = json.loads(js.read_text())["results"]
+    assert np.isfinite(r["mlp_id_then_bc"]["score_mean"])
+    meta_id = load_baseline(tmp_path / "runs" / "pipeline_reacher_d0" / "mlp_id")[0]
+    meta_bc = load_baseline(tmp_path / "runs" / "pipeline_reacher_d0" / "mlp_bc_all")[0]
+    assert meta_id["provenance"]["train_episodes"] == r["labelled_train_episodes"] >= 1
+    assert meta_bc["provenance"]["train_episodes"] == r["train_episodes"] > r["labelled_train_episodes"]
