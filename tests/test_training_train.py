@@ -133,7 +133,8 @@ def test_fill_actions_reads_each_step_from_its_window_and_hides_every_action(rea
     task = get_task("reacher")
     eps = load_episodes(reacher_het, task)
     spec = TrajectorySpec.create(4, **task.modality_widths())
-    sampler = NormalisedSampler(eps, spec, fit_normaliser(spec, eps))
+    sampler = NormalisedSampler(eps, spec, fit_normaliser(spec, eps), labelled_share=0.5)
+    assert sampler.windows.labelled_share == 0.5
     a, s0 = spec.slice(ACTIONS), spec.offset(STATES)
     before_x, before_p = sampler.flat_x.copy(), sampler.flat_p.copy()
 
@@ -146,6 +147,8 @@ def test_fill_actions_reads_each_step_from_its_window_and_hides_every_action(rea
     rows = sampler.action_free_rows()
     assert 0 < len(rows) < len(sampler.flat_x) and sum(not ep.labelled for ep in eps) >= 1
     assert sampler.fill_actions(predict) == len(rows)
+    assert sampler.windows.labelled_share == 0.0              # every episode has actions now: uniform batches
+    np.testing.assert_array_equal(sampler.action_free_rows(), rows)
     np.testing.assert_array_equal(sampler.flat_x[rows][:, a], np.repeat(sampler.flat_x[rows, s0:s0 + 1], a.stop - a.start, 1))
     assert np.all(sampler.flat_p[rows, spec.index(ACTIONS)] == 1)
     other = np.setdiff1d(np.arange(len(before_x)), rows)

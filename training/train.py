@@ -235,6 +235,9 @@ class NormalisedSampler:
             row += T - 1 + len(x)
         self.flat_x, self.flat_p = np.concatenate(xs), np.concatenate(ps).astype(np.float32)
         self.first = np.asarray(first) + (T - 1)
+        ai = spec.index(ACTIONS) if ACTIONS in spec else None
+        #: episodes that came without actions (self-labelling fills them; this list stays)
+        self.action_free = [e for e, av in enumerate(self.windows.avail) if ai is not None and av[ai] == 0]
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``x [B, T, D]`` normalised, ``present [B, T, M]``, drawn with ``rng``."""
@@ -245,24 +248,29 @@ class NormalisedSampler:
 
     def action_free_rows(self) -> np.ndarray:
         """Flat rows of the steps of every episode that came without actions."""
-        ai = self.spec.index(ACTIONS)
-        return np.concatenate([self.first[e] + np.arange(L) for e, (L, av) in
-                               enumerate(zip(self.windows.lengths, self.windows.avail)) if av[ai] == 0]
+        return np.concatenate([self.first[e] + np.arange(self.windows.lengths[e]) for e in self.action_free]
                               or [np.zeros(0, np.int64)])
+
+    def count_as_labelled(self) -> None:
+        """After self-labelling every episode has actions: ``labelled_share`` no longer singles out
+        the originally labelled ones (batches become uniform over all episodes)."""
+        ai = self.spec.index(ACTIONS)
+        for e in self.action_free:
+            self.windows.avail[e][ai] = 1.0
+        self.windows.set_labelled_share(self.windows.labelled_share)
 
     def fill_actions(self, predict: Any) -> int:
         """Self-labelling: give every step of an action-free episode the inverse-dynamics estimate
         ``predict(x [B, T, D], mask [B, T, M]) -> [B, T, D]`` (normalised; ID mask: the window's
         states visible, its actions hidden) and mark it present, so training from then on uses it
         as target and as input. a_t is read from the window starting at t-1 (clipped to the
-        episode), which shows s_{t-1}, s_t and s_{t+1} where they exist. Which episodes were
-        labelled (``labelled_share``) is unchanged. Returns the number of steps filled."""
+        episode), which shows s_{t-1}, s_t and s_{t+1} where they exist. The filled episodes then
+        count as labelled (``count_as_labelled``). Returns the number of steps filled."""
         spec, T = self.spec, self.spec.horizon
         ai, cols = spec.index(ACTIONS), spec.slice(ACTIONS)
         filled = 0
-        for e, (L, av) in enumerate(zip(self.windows.lengths, self.windows.avail)):
-            if av[ai] > 0:
-                continue
+        for e in self.action_free:
+            L = int(self.windows.lengths[e])
             t = np.arange(L)
             start = np.clip(t - 1, min(L - T, 0), max(L - T, 0))
             rows = (self.first[e] + start)[:, None] + np.arange(T)
@@ -271,6 +279,7 @@ class NormalisedSampler:
             self.flat_x[self.first[e] + t, cols] = y[t, t - start, cols]
             self.flat_p[self.first[e] + t, ai] = 1.0
             filled += L
+        self.count_as_labelled()
         return filled
 
 
@@ -365,6 +374,7 @@ def load_self_labels(out: Path, sampler: NormalisedSampler) -> None:
         raise ValueError(f"{path}: written for other training episodes ({len(saved['rows'])} rows, these have {len(rows)})")
     sampler.flat_x[rows, sampler.spec.slice(ACTIONS)] = saved["actions"]
     sampler.flat_p[rows, sampler.spec.index(ACTIONS)] = 1.0
+    sampler.count_as_labelled()
 
 
 def load_model_weights(out: Path, mtm: MTM) -> None:
