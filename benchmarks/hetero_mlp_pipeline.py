@@ -34,7 +34,7 @@ def pipeline_job(job: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
     from sim.tasks import get_task
     from training.baselines import load_baseline, train_baseline
     from training.loaders import Episode, load_episodes, split_episodes
-    from training.train import PRESET_LR, fit_normaliser
+    from training.train import fit_normaliser
 
     task_name, draw, cfg, out_s = job
     torch.set_num_threads(1)
@@ -47,8 +47,7 @@ def pipeline_job(job: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
     labelled, _ = split_episodes(all_eps, 0.1, seed=0, labelled_only=True)
     norm = fit_normaliser(TrajectorySpec.create(4, **task.modality_widths()), train_eps)
     run_dir = out / "runs" / f"pipeline_{task_name}_d{draw}"
-    budget = dict(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=PRESET_LR[cfg["preset"]],
-                  warmup_steps=min(200, cfg["steps"] // 10))
+    budget = C.mlp_budget(cfg)
     train_baseline("id", task, labelled, norm, out=run_dir / "mlp_id", **budget)
     _meta, _spec, norm2, net = load_baseline(run_dir / "mlp_id")
     relabelled = []

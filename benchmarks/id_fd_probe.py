@@ -27,8 +27,6 @@ from benchmarks import capabilities as C  # noqa: E402
 from benchmarks.common import emit_json, machine, replace_section  # noqa: E402
 
 BEGIN, END = "<!-- id_fd_probe:begin -->", "<!-- id_fd_probe:end -->"
-#: ID/FD target of the issue: the MTM's error within 10 % of the specialised MLP's, or lower
-WITHIN = 1.1
 
 
 def probe_job(job: tuple[str, str, dict[str, Any], str]) -> dict[str, Any]:
@@ -67,7 +65,7 @@ def section(result: dict[str, Any], throughput: dict[str, Any] | None = None) ->
     """RESULTS.md lines for ``result`` (and the GPU training throughput of ``model_forward.py --device cuda``)."""
     m, cpu = result["machine"], C.CONFIGS["cpu"]
     rows = result["results"]
-    held = sum(r["ratio_mtm_vs_mlp"][k] <= WITHIN for r in rows for k in ("id", "fd"))
+    held = sum(r["ratio_mtm_vs_mlp"][k] <= C.ID_FD_WITHIN for r in rows for k in ("id", "fd"))
     L = ["## ID/FD at the paper's scale (GPU probe)", "",
          f"`{command(result)}` on {m.get('cuda') or m.get('cpu', '?')} ({result['wall_s'] / 60:.1f} min, "
          f"{len(rows)} jobs sharing it): `{result['preset']}` preset, {result['steps']} gradient steps at batch "
@@ -82,7 +80,7 @@ def section(result: dict[str, Any], throughput: dict[str, Any] | None = None) ->
         L.append(f"| {r['task']} | {r['tier']} | {r['train_episodes']} | {t['mtm']['id_error']:.3g} | "
                  f"{t['mlp_id']['id_error']:.3g} | {q['id']:.2f} | {t['mtm']['fd_error']:.3g} | "
                  f"{t['mlp_fd']['fd_error']:.3g} | {q['fd']:.2f} |")
-    L += ["", f"MTM within {100 * (WITHIN - 1):.0f} % of the MLP or better: {held} of {2 * len(rows)}."]
+    L += ["", f"MTM within {100 * (C.ID_FD_WITHIN - 1):.0f} % of the MLP or better: {held} of {2 * len(rows)}."]
     if throughput:
         b = throughput["train_throughput_batch1024"]["paper"]
         L += ["", f"Training throughput on {throughput.get('device', '?')} (`python benchmarks/model_forward.py "
