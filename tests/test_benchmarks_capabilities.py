@@ -38,7 +38,17 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     with h5py.File(files[0]) as a, h5py.File(files[1]) as b:  # same rollouts, other episodes labelled
         assert np.array_equal(a["observations"][()], b["observations"][()])
         assert not np.array_equal(a["infos/action_present"][()], b["infos/action_present"][()])
-    assert "| reacher | " in md_het(first["markdown"])
+    assert "| reacher | " in md_het(first["markdown"]) and "| MLP-ID -> MLP-BC (all) |" in md_het(first["markdown"])
+    hetero = next(r for r in first["results"] if r["kind"] == "hetero")
+    assert np.isfinite(hetero["rollouts"]["mlp_id_then_bc"]["score_mean"])     # the MLP pipeline ran beside the MTMs
+    assert np.isfinite(het["pipeline_minus_mtm"]) and "MLP-ID -> MLP-BC minus heteromodal MTM" in first["markdown"]
+    run_dir = tmp_path / "runs" / "hetero_reacher_expert_d0"
+    assert (run_dir / "mtm_all" / "self_labels.safetensors").exists()       # self-labelling is the config's default
+    assert not (run_dir / "mtm_labelled" / "self_labels.safetensors").exists()
+    assert "self-labelled (its own inverse dynamics fill the missing actions) at 0.5 of its steps" in first["markdown"]
+    wider = {**first, "config": {**first["config"], "tasks": ["reacher", "hopper"]}}   # a task left out is named, with why
+    capabilities.write_report(wider, tmp_path / "wider.md")
+    assert f"hopper: {capabilities.HETERO_LEFT_OUT['hopper']}" in (tmp_path / "wider.md").read_text()
     main = next(r for r in first["results"] if r["kind"] == "main")
     assert set(main["rollouts"]) >= {"mtm_bc", "mtm_rcbc", "mtm_goal", "mlp_bc", "mlp_rcbc", "mlp_gcbc"}
     assert set(main["id_fd"]) == {"mtm", "mlp_id", "mlp_fd"}
@@ -67,12 +77,12 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
 
 
 def test_self_label_and_draws_options_reach_the_heteromodal_model(tmp_path: Path) -> None:
-    report = _run(tmp_path, "--self-label", "0.5", "--draws", "3", "--only", "hetero:reacher")
-    assert report["config"]["hetero_self_label"] == 0.5 and report["config"]["hetero_draws"] == [3]
-    assert "self-labelled (its own inverse dynamics fill the missing actions) at 0.5 of its steps" in report["markdown"]
+    report = _run(tmp_path, "--self-label", "0", "--draws", "3", "--only", "hetero:reacher")
+    assert report["config"]["hetero_self_label"] == 0 and report["config"]["hetero_draws"] == [3]
+    assert "self-labelled" not in report["markdown"]
     run_dir = tmp_path / "runs" / "hetero_reacher_expert_d3"
-    assert (run_dir / "mtm_all" / "self_labels.safetensors").exists()       # the heteromodal MTM self-labelled
-    assert not (run_dir / "mtm_labelled" / "self_labels.safetensors").exists()
+    assert (run_dir / "mtm_all" / "model.safetensors").exists()
+    assert not (run_dir / "mtm_all" / "self_labels.safetensors").exists()   # --self-label 0: plain heteromodal MTM
 
 
 def test_schedule_puts_the_two_model_heteromodal_jobs_first_and_keeps_order_within_a_kind() -> None:
