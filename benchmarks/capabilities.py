@@ -478,17 +478,24 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]
     return out
 
 
-def do_nothing_line(tasks: Sequence[str]) -> str:
-    """The normalised score of the zero action (``sim/reference_returns.json``, same reference seeds)."""
+def do_nothing_floors(tasks: Sequence[str]) -> dict[str, str]:
+    """Per task, the normalised score of the zero action on the reference seeds
+    (``sim/reference_returns.json``), with its success rate where the task has one."""
     from sim.tasks import get_task, load_reference_returns
 
     table = load_reference_returns()
-    parts = []
+    out = {}
     for name in tasks:
         ref = table.get(name, {})
         if "zero" in ref:
             succ = f" (success {ref['zero_success_rate']:.0%})" if "zero_success_rate" in ref else ""
-            parts.append(f"{name} {get_task(name).normalised_score(ref['zero']):.1f}{succ}")
+            out[name] = f"{get_task(name).normalised_score(ref['zero']):.1f}{succ}"
+    return out
+
+
+def do_nothing_line(tasks: Sequence[str]) -> str:
+    """The do-nothing floors as one sentence for the report."""
+    parts = [f"{name} {floor}" for name, floor in do_nothing_floors(tasks).items()]
     if not parts:
         return ""
     return ("Do-nothing floor (zero action on the reference seeds, normalised): " + ", ".join(parts)
@@ -580,6 +587,11 @@ def write_report(report: dict[str, Any], path_md: Path) -> None:
         for task, t in het.items() if all(v is not None for m in HETERO_MODELS for v in t[m]["success"])]
     if succ:
         L += ["", "Success rate in the heteromodal runs (mean over draws): " + "; ".join(succ)]
+    floors = do_nothing_floors(list(het))
+    if floors:
+        L += ["", "Do-nothing floor on these tasks: " + ", ".join(f"{t} {f}" for t, f in floors.items())
+              + ". A score near or under it means the policy does little better than standing still, "
+                "whatever the gap says; on Reacher read the success rates."]
     tp = report["throughput"]
     L += ["", "## Training throughput (this CPU, batch 256, one process)", "",
           f"paper preset {tp['paper']:.0f} samples/s (reference design figure ~320 samples/s on these machines); "
@@ -626,7 +638,14 @@ def main(argv: list[str] | None = None) -> int:
                    "fresh draws confirm a choice made on the default ones")
     p.add_argument("--steps", type=int, default=0, help="gradient steps of every model (default from the config): "
                                                         "the budget study (pass --results elsewhere)")
+    p.add_argument("--render", default="", help="only rewrite --results from this saved JSON (no job runs): "
+                                                "after a change to the report's wording")
     a = p.parse_args(argv)
+    if a.render:
+        report = json.loads(Path(a.render).read_text())
+        report["hetero_summary"] = hetero_summary(report["results"])
+        write_report(report, Path(a.results))
+        return 0
     cfg = dict(CONFIGS[a.config])
     if a.workers:
         cfg["workers"] = a.workers

@@ -46,6 +46,10 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     assert (run_dir / "mtm_all" / "self_labels.safetensors").exists()       # self-labelling is the config's default
     assert not (run_dir / "mtm_labelled" / "self_labels.safetensors").exists()
     assert "self-labelled (its own inverse dynamics fill the missing actions) at 0.5 of its steps" in first["markdown"]
+    assert "Do-nothing floor on these tasks: reacher 90.2 (success 0%)" in md_het(first["markdown"])
+    rendered = tmp_path / "rendered.md"                     # --render: the same report from the saved JSON
+    assert capabilities.main(["--render", str(tmp_path / "results.json"), "--results", str(rendered)]) == 0
+    assert rendered.read_text() == first["markdown"]
     wider = {**first, "config": {**first["config"], "tasks": ["reacher", "hopper"]}}   # a task left out is named, with why
     capabilities.write_report(wider, tmp_path / "wider.md")
     assert f"hopper: {capabilities.HETERO_LEFT_OUT['hopper']}" in (tmp_path / "wider.md").read_text()

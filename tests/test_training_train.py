@@ -86,6 +86,30 @@ def test_config_file_and_flags(reacher_data, tmp_path):
     assert proc.returncode != 0 and "stepz" in proc.stderr
 
 
+def test_loss_on_hidden_counts_only_the_tokens_the_mask_hid(reacher_data, tmp_path):
+    import numpy as np
+    import torch
+
+    from mtm_runtime.loss import mtm_loss
+    from mtm_runtime.spec import TrajectorySpec
+
+    spec = TrajectorySpec.create(2, states=2, actions=1)
+    target = torch.zeros(1, 2, 3)
+    pred = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 3.0]]])      # wrong state at t=0, wrong action at t=1
+    mask = torch.tensor([[[1.0, 1.0], [1.0, 0.0]]])                 # only the action at t=1 is hidden
+    present = torch.ones(1, 2, 2)
+    everything, parts = mtm_loss(spec, pred, target, mask, present)
+    hidden, parts_h = mtm_loss(spec, pred, target, mask, present, masked_only=True)
+    assert parts == {"states": 0.5, "actions": 4.5} and float(everything) == 5.0
+    assert parts_h == {"states": 0.0, "actions": 9.0} and float(hidden) == 9.0
+    a = run(small(reacher_data, tmp_path / "all", steps=4, val_every=0, ckpt_every=0))
+    h = run(small(reacher_data, tmp_path / "hidden", steps=4, val_every=0, ckpt_every=0, loss_on="hidden"))
+    assert a["weights_sha256"] != h["weights_sha256"] and np.isfinite(h["loss"])
+    proc = subprocess.run([sys.executable, "-m", "training.train", "--data", str(reacher_data), "--loss-on", "visible"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--loss-on must be 'all' or 'hidden'" in proc.stderr
+
+
 def test_labelled_only_with_no_labelled_training_episode_says_so(tmp_path):
     task = get_task("reacher")
     # 10 episodes, 1 labelled; find a split seed that holds the labelled one out for validation

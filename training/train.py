@@ -97,6 +97,7 @@ class Args:
     warmup_steps: int = 200
     grad_clip: float = 1.0
     masks: tuple[str, ...] = ("auto",)    # training mask kinds, one drawn per sample
+    loss_on: str = "all"                  # tokens the loss counts: all present ones | hidden (the ones the mask hid)
     val_fraction: float = 0.1             # fraction of episodes held out for validation
     val_every: int = 500                  # validation loss period (steps); 0 = only at the end
     val_windows: int = 1024               # validation windows (fixed set)
@@ -176,6 +177,8 @@ def resolve_args(ns: argparse.Namespace) -> Args:
         raise SystemExit(f"train: unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
     if not args.dropout < 1.0:
         raise SystemExit(f"train: --dropout must be < 1 (or < 0 for the preset's), got {args.dropout}")
+    if args.loss_on not in ("all", "hidden"):
+        raise SystemExit(f"train: --loss-on must be 'all' or 'hidden', got {args.loss_on!r}")
     for k in args.masks:
         if k not in M.TRAINING_MASKS:
             raise SystemExit(f"train: unknown mask kind {k!r}; choose from {', '.join(M.TRAINING_MASKS)}")
@@ -563,7 +566,7 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
             g["lr"] = lr
         with autocast:
             pred = net(xt, mt)
-        loss, parts = mtm_loss(spec, pred.float(), xt, mt, pt)
+        loss, parts = mtm_loss(spec, pred.float(), xt, mt, pt, masked_only=args.loss_on == "hidden")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(mtm.parameters(), args.grad_clip))
