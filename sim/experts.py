@@ -22,7 +22,13 @@ to the expert: it behaves like a controller designed on the nominal model.
   pusher. (A probe
   with operational-space control and a posture term in the null space cut the cost but pushed no
   better: the pushing surface is the wrist's U-shaped finger capsules, whose orientation the
-  controller would have to manage; not done.)
+  controller would have to manage; not done. A second probe did manage it: the wrist reaches object
+  height with the U's crossbar horizontal only with its opening pitched up, about 0.8 rad, which
+  a DLS controller on position and full orientation reaches behind the object after about 55
+  steps. It still pushed 1-2 cm, because the contact is very soft for this object (mass 8e-6 kg,
+  slide damping 0.5): the push force is about 0.5 N per metre of penetration, so the object moves
+  at about its penetration depth per second. A pusher must drive through the object as fast as
+  the control cost allows; not done.)
 """
 from __future__ import annotations
 
