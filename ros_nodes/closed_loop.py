@@ -219,6 +219,11 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
     bridge = dict(bridge_params or {})
     if target == "sim" and episodes:
         bridge["episodes"] = int(episodes)
+    wanted = dict(CLOSED_LOOP_TOPICS if topics is None else topics)
+    if target == "sim" and record and wanted.get("/observation"):
+        # the first episode waits for its readers: the recorder, and the policy unless it reads joint_states
+        policy_reads = (policy_params or {}).get("input_type", "float64_multiarray") != "joint_state"
+        bridge.setdefault("start_subscribers", 1 + int(policy_reads))
     params = write_params(log_dir / "params.yaml", dict(policy_params or {}), bridge)
     nodes = describe(model=model, backend=backend, rate=rate, params_file=str(params), target=target,
                      task=task if target == "sim" else "", sim_mode=sim_mode if target == "sim" else "")
@@ -226,7 +231,6 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
     rclpy.init(context=context)
     sink = McapSink(record, metadata={"model": model, "task": task, "target": target, "sim_mode": sim_mode,
                                       "rate": rate, "backend": backend}) if record else None
-    wanted = dict(CLOSED_LOOP_TOPICS if topics is None else topics)
     if wanted.get("/commands", None) == "":  # known from the policy's parameters
         wanted["/commands"] = ("sensor_msgs/msg/JointState" if (policy_params or {}).get("command_type") == "joint_state"
                                else "std_msgs/msg/Float64MultiArray")

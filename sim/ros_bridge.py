@@ -25,7 +25,9 @@ and published, the env is reset and the new goal published, then the bridge call
 (``policy_reset_service``; empty = none) and waits for its answer (at most ``reset_timeout_s``)
 before the first observation of the next episode, so no state of the new episode can land in
 the old history. In lockstep a refusal ("not active") is retried until the deadline, so the
-first episode starts only once the policy node is active. Episode ``k`` resets the env with seed
+first episode starts only once the policy node is active (and, with ``start_subscribers``, once
+that many readers, e.g. the policy and a recorder, are matched on ``observation``, so that a
+recording started with the loop holds every step). Episode ``k`` resets the env with seed
 ``seed + k``. ``episodes > 0`` stops the bridge (exit code 0) after that many episodes.
 
 Known limits: the reward of step t is published just before observation t+1 on another topic;
@@ -91,6 +93,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "action_latency_steps": (0, "actions act this many control steps late"),
     "stamp_clock": ("sim", "joint_states stamps: 'sim' (sim time, as /clock) or 'ros' (this node's clock)"),
     "command_timeout_s": (0.5, "realtime: no valid command for this long -> zero action (0 = hold forever)"),
+    "start_subscribers": (0, "before the first episode, wait until 'observation' has this many matched "
+                             "subscriptions (e.g. 2: the policy and a recorder); 0 = start at once"),
+    "start_wait_s": (10.0, "longest wait for start_subscribers (s); then start anyway, with a warning"),
 }
 
 
@@ -154,7 +159,10 @@ class SimBridge(Node):
         if self.mode == "realtime":
             self.create_timer(1.0 / rate, self._on_realtime_tick)
         self.create_timer(0.02, self._on_supervise)
-        self._begin_episode()
+        self._start_wait_deadline = time.monotonic() + float(p("start_wait_s"))
+        self._waiting_for_subscribers = int(p("start_subscribers")) > 0
+        if not self._waiting_for_subscribers:
+            self._begin_episode()
         self.get_logger().info(f"{self.task.name} ({self.task.env_id}) mode={self.mode} dt={self.dt} s "
                                f"seed={self.seed} episodes={p('episodes') or 'inf'}")
 
@@ -282,7 +290,7 @@ class SimBridge(Node):
             self._step(self._command)
 
     def _on_realtime_tick(self) -> None:
-        if self._resetting or self.finished:
+        if self._resetting or self.finished or self._waiting_for_subscribers:
             return
         timeout = float(self.p("command_timeout_s"))
         if self._command is not None and timeout > 0 and time.monotonic() - self._command_t > timeout:
@@ -293,9 +301,27 @@ class SimBridge(Node):
             self._command = None
         self._step(self._zero if self._command is None else self._command)
 
+    def _subscribers_ready(self, now: float) -> bool:
+        """``start_subscribers`` readers matched on 'observation' (a recorder started with the loop
+        then misses no message of the first episode), or ``start_wait_s`` passed (warned)."""
+        need, have = int(self.p("start_subscribers")), self.obs_pub.get_subscription_count()
+        if have >= need:
+            return True
+        if now > self._start_wait_deadline:
+            self.get_logger().warning(f"only {have} of {need} subscribers on 'observation' after "
+                                      f"{self.p('start_wait_s')} s: starting anyway (a recorder may miss the start)")
+            return True
+        return False
+
     def _on_supervise(self) -> None:
-        """Finish a pending reset (service appeared / timed out); resend unanswered lockstep observations."""
+        """Start the first episode once its subscribers are there; finish a pending reset (service
+        appeared / timed out); resend unanswered lockstep observations."""
         now = time.monotonic()
+        if self._waiting_for_subscribers:
+            if self._subscribers_ready(now):
+                self._waiting_for_subscribers = False
+                self._begin_episode()
+            return
         if self._resetting:
             self._try_reset_call()
             if self._resetting and now > self._reset_deadline:
@@ -319,6 +345,7 @@ class SimBridge(Node):
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [conv.diagnostic_status(f"{self.get_name()}: sim", level,
                                              "finished" if self.finished else
+                                             "waiting for subscribers" if self._waiting_for_subscribers else
                                              ("no command: zeros applied" if self._timed_out else "running"), vals)]
         self.diag_pub.publish(arr)
 

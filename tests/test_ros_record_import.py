@@ -123,7 +123,7 @@ def test_compare_rollouts_cli(recordings, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "states" in out.stdout and "actions" in out.stdout and (tmp_path / "c.png").stat().st_size > 1000
     res = json.loads((tmp_path / "c.json").read_text())
-    assert res["matched_steps"] == 100
+    assert res["matched_steps"] == 100, (res["episodes"], a.recorded, b.recorded)
     states = [r for r in res["rows"] if r["modality"] == "states"]
     assert len(states) == 8 and all(r["rmse"] < 1e-9 for r in states)  # lockstep, same seeds: identical
     assert len([r for r in res["rows"] if r["modality"] == "actions"]) == 2

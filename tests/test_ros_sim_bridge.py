@@ -90,3 +90,36 @@ def test_max_episode_steps_overrides_the_task_length(ros_env) -> None:
         assert [r["steps"] for r in bridge.results] == [7, 7] and node.stats.ticks == 14
     with pytest.raises(ValueError, match="episode_steps must be >= 1"):
         task.make_env(episode_steps=-3)
+
+
+def test_first_episode_waits_for_its_subscribers(ros_env) -> None:
+    """``start_subscribers``: no state leaves before that many readers are matched on 'observation'
+    (a recorder started with the loop holds every step); after ``start_wait_s`` it starts anyway."""
+    import time
+
+    from std_msgs.msg import Float64MultiArray
+
+    task = get_task("reacher")
+    with Graph() as g:
+        policy = ScriptedPolicy(state_width=task.state_dim, action_width=task.action_dim)
+        node = _graph_with_policy(g, policy)
+        bridge = g.add(SimBridge(context=g.context, parameter_overrides=[
+            Parameter("mode", value="lockstep"), Parameter("episodes", value=1), Parameter("max_episode_steps", value=5),
+            Parameter("start_subscribers", value=2), Parameter("start_wait_s", value=60.0)]))
+        g.start()
+        g.wait_for(lambda: bridge.obs_pub.get_subscription_count() >= 1, timeout=20.0, what="the policy's subscription")
+        time.sleep(1.0)
+        assert node.stats.ticks == 0 and bridge.steps == 0 and bridge._waiting_for_subscribers   # one reader: waiting
+        seen: list[int] = []
+        g.probe.create_subscription(Float64MultiArray, "observation", lambda m: seen.append(1), 10)  # the second
+        g.wait_for(lambda: bridge.finished, timeout=30.0, what="the episode after the second subscriber")
+        assert len(seen) == 5 and node.stats.ticks == 5                 # the late reader got every state
+    with Graph() as g:
+        policy = ScriptedPolicy(state_width=task.state_dim, action_width=task.action_dim)
+        _graph_with_policy(g, policy)
+        bridge = g.add(SimBridge(context=g.context, parameter_overrides=[
+            Parameter("mode", value="lockstep"), Parameter("episodes", value=1), Parameter("max_episode_steps", value=5),
+            Parameter("start_subscribers", value=3), Parameter("start_wait_s", value=1.0)]))
+        g.start()
+        g.wait_for(lambda: bridge.finished, timeout=30.0, what="the episode after start_wait_s")
+        assert bridge.results[0]["steps"] == 5
