@@ -2,7 +2,7 @@
 ID and FD, plus the heteromodal experiment. Writes benchmarks/RESULTS.md and a JSON (never edit
 RESULTS.md by hand: rerun this script).
 
-    python benchmarks/capabilities.py --config cpu            # 2 CPU cores: ~40 min (see ``schedule``)
+    python benchmarks/capabilities.py --config cpu            # 2 CPU cores: 45 min (87 min of jobs, see ``schedule``)
     python benchmarks/capabilities.py --config full           # a GPU machine
     python benchmarks/capabilities.py --config cpu --only reacher:expert,hetero:reacher
 
@@ -64,8 +64,8 @@ MTM_MASKS: tuple[str, ...] = ("auto", "id", "fd", "rcbc", "rcbc")
 #: episodes until 2026-11-25: only 38 state-only episodes, little for the state-only data to add;
 #: now 1% of 200 (2 labelled, 198 state-only), the full config's episode count.
 HETERO_FRACTION = {"reacher": 0.01, "inverted_double_pendulum": 0.01, "hopper": 0.01}
-#: Why the cpu config's heteromodal experiment leaves Hopper out (printed in the report): the
-#: measurement kept in ``HETERO_HOPPER_EVIDENCE``.
+#: Why the cpu config's heteromodal experiment leaves Hopper out (printed in the report; the
+#: measurement it cites is kept in benchmarks/results/capabilities_hetero_hopper_cpu.json).
 HETERO_LEFT_OUT = {"hopper": "with one or two labelled episodes the MLP-BC already scores 96.5 ± 0.9 over three "
                              "draws (the scripted gait is one periodic motion), so no gap can show; measured at 6000 "
                              "steps, heteromodal MTM 95.9 ± 1.2, gap -0.6 (benchmarks/results/"
@@ -185,10 +185,11 @@ def job_name(kind: str, task_name: str, tier: str, draw: int) -> str:
 
 def schedule(jobs: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str, int]]:
     """Longest jobs first, so that the pool's last jobs are short and both workers finish together:
-    a heteromodal job trains two MTMs (~490 s on the cpu config), a main job one (~290 s). The
-    cpu config's 15 jobs took 55.2 min with the heteromodal jobs last and 53.2 min in this order
-    (104 min of jobs on 2 workers: 52 at best). Results do not depend on the order: the rerun in
-    this order reproduced every score and error bit for bit."""
+    a heteromodal job trains two MTMs (~560 s on the cpu config, with self-labelling and the MLP
+    pipeline), a main job one (~300 s). With the heteromodal jobs last the cpu config took 55.2 min
+    and 53.2 min in this order (104 min of jobs on 2 workers, when it had 15 jobs; 12 jobs since
+    Hopper left its heteromodal experiment: 45.2 min). Results do not depend on the order: the
+    rerun in this order reproduced every score and error bit for bit."""
     return sorted(jobs, key=lambda j: j[0] != "hetero")  # stable: keeps the tier-major / draw order
 
 
