@@ -57,7 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 #: (ARS expert, 1000 episodes, 6000 steps) gave MTM-RCBC 22.1 and the model hardly followed the
 #: target (9.9 -> 16.4 from 0.1x to 0.6x the expert return, where MLP-RCBC went 10.0 -> 63.8);
 #: with two shares, 67.9 (``--only hopper:medium-replay --masks auto,id,fd,rcbc,rcbc``). Chosen
-#: after seeing that job, so the full table is the check on the other tasks.
+#: after seeing that job, so the full table is the check on the other tasks. The other way, ID and
+#: FD twice as often (``--masks auto,id,id,fd,fd,rcbc,rcbc``, six main jobs), cut the ID/FD error
+#: ratios by less than 2x and dropped medium-replay RCBC (IDP 100 -> 6.4, Hopper 67.9 -> 25.5):
+#: benchmarks/results/capabilities_masks_idfd_heavy.md, id_fd_note.md section 6.
 MTM_MASKS: tuple[str, ...] = ("auto", "id", "fd", "rcbc", "rcbc")
 #: Heteromodal datasets: the fraction of episodes that keep their actions (the brief's 1%). Reacher
 #: at 5% (20 episodes) gave MLP-BC 97 already. InvertedDoublePendulum and Hopper had 5% of 40
