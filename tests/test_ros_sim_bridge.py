@@ -112,7 +112,7 @@ def test_first_episode_waits_for_its_subscribers(ros_env) -> None:
         assert node.stats.ticks == 0 and bridge.steps == 0 and bridge._waiting_for_subscribers   # one reader: waiting
         seen: list[int] = []
         g.probe.create_subscription(Float64MultiArray, "observation", lambda m: seen.append(1), 10)  # the second
-        g.wait_for(lambda: bridge.finished, timeout=30.0, what="the episode after the second subscriber")
+        g.wait_for(lambda: bridge.finished and len(seen) >= 5, timeout=30.0, what="the episode after the second subscriber")
         assert len(seen) == 5 and node.stats.ticks == 5                 # the late reader got every state
     with Graph() as g:
         policy = ScriptedPolicy(state_width=task.state_dim, action_width=task.action_dim)
