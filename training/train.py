@@ -254,10 +254,14 @@ class NormalisedSampler:
         return np.concatenate([self.first[e] + np.arange(self.windows.lengths[e]) for e in self.action_free]
                               or [np.zeros(0, np.int64)])
 
-    def count_as_labelled(self) -> None:
-        """After self-labelling every episode has actions: ``labelled_share`` no longer singles out
-        the originally labelled ones (batches become uniform over all episodes)."""
+    def set_actions(self, rows: np.ndarray, actions: np.ndarray) -> None:
+        """Self-labelling's write: ``actions`` [len(rows), action width] (normalised) become present
+        at the flat ``rows`` (those of ``action_free_rows``); every episode then counts as
+        labelled, so ``labelled_share`` no longer singles out the originally labelled ones
+        (batches become uniform over all episodes)."""
         ai = self.spec.index(ACTIONS)
+        self.flat_x[rows, self.spec.slice(ACTIONS)] = actions
+        self.flat_p[rows, ai] = 1.0
         for e in self.action_free:
             self.windows.avail[e][ai] = 1.0
         self.windows.set_labelled_share(self.windows.labelled_share)
@@ -265,25 +269,23 @@ class NormalisedSampler:
     def fill_actions(self, predict: Any) -> int:
         """Self-labelling: give every step of an action-free episode the inverse-dynamics estimate
         ``predict(x [B, T, D], mask [B, T, M]) -> [B, T, D]`` (normalised; ID mask: the window's
-        states visible, its actions hidden) and mark it present, so training from then on uses it
-        as target and as input. a_t is read from the window starting at t-1 (clipped to the
-        episode), which shows s_{t-1}, s_t and s_{t+1} where they exist. The filled episodes then
-        count as labelled (``count_as_labelled``). Returns the number of steps filled."""
+        states visible, its actions hidden) and mark it present (``set_actions``), so training
+        from then on uses it as target and as input. a_t is read from the window starting at t-1
+        (clipped to the episode), which shows s_{t-1}, s_t and s_{t+1} where they exist. Every
+        window is predicted before any estimate is written. Returns the number of steps filled."""
         spec, T = self.spec, self.spec.horizon
-        ai, cols = spec.index(ACTIONS), spec.slice(ACTIONS)
-        filled = 0
+        cols = spec.slice(ACTIONS)
+        estimates = []
         for e in self.action_free:
             L = int(self.windows.lengths[e])
             t = np.arange(L)
             start = np.clip(t - 1, min(L - T, 0), max(L - T, 0))
             rows = (self.first[e] + start)[:, None] + np.arange(T)
-            x, present = self.flat_x[rows], self.flat_p[rows]
-            y = predict(x, M.id_mask(spec)[None] * present)
-            self.flat_x[self.first[e] + t, cols] = y[t, t - start, cols]
-            self.flat_p[self.first[e] + t, ai] = 1.0
-            filled += L
-        self.count_as_labelled()
-        return filled
+            y = predict(self.flat_x[rows], M.id_mask(spec)[None] * self.flat_p[rows])
+            estimates.append(y[t, t - start, cols])
+        rows = self.action_free_rows()
+        self.set_actions(rows, np.concatenate(estimates) if estimates else np.zeros((0, spec.width(ACTIONS)), np.float32))
+        return len(rows)
 
 
 def step_rng(seed: int, rank: int, step: int) -> np.random.Generator:
@@ -375,9 +377,7 @@ def load_self_labels(out: Path, sampler: NormalisedSampler) -> None:
     saved, rows = load_file(str(path)), sampler.action_free_rows()
     if not np.array_equal(saved["rows"], rows):
         raise ValueError(f"{path}: written for other training episodes ({len(saved['rows'])} rows, these have {len(rows)})")
-    sampler.flat_x[rows, sampler.spec.slice(ACTIONS)] = saved["actions"]
-    sampler.flat_p[rows, sampler.spec.index(ACTIONS)] = 1.0
-    sampler.count_as_labelled()
+    sampler.set_actions(rows, saved["actions"])
 
 
 def load_model_weights(out: Path, mtm: MTM) -> None:
