@@ -89,6 +89,12 @@ def test_self_label_and_draws_options_reach_the_heteromodal_model(tmp_path: Path
     assert not (run_dir / "mtm_all" / "self_labels.safetensors").exists()   # --self-label 0: plain heteromodal MTM
 
 
+def test_report_command_line_names_paths_relative_to_the_checkout() -> None:
+    inside = str(capabilities.REPO / "benchmarks" / "results" / "x.md")
+    line = capabilities.command_line(["--config", "cpu", "--results", inside, "--json", "/elsewhere/x.json"])
+    assert line == "python benchmarks/capabilities.py --config cpu --results benchmarks/results/x.md --json /elsewhere/x.json"
+
+
 def test_schedule_puts_the_two_model_heteromodal_jobs_first_and_keeps_order_within_a_kind() -> None:
     jobs = [("main", "reacher", "expert", 0), ("main", "hopper", "expert", 0), ("hetero", "reacher", "expert", 0),
             ("main", "reacher", "medium-replay", 0), ("hetero", "hopper", "expert", 1)]
