@@ -3,7 +3,7 @@
     python benchmarks/hetero_mlp_pipeline.py --tasks inverted_double_pendulum --draws 0,1,2,3,4,5
 
 Per (task, label draw), on the capability benchmark's heteromodal dataset (same file, split, step
-budget and batch as ``capabilities.hetero_job``): ``capabilities.train_mlp_pipeline`` (an MLP-ID
+budget and batch as ``capability_jobs.hetero_job``): ``capability_jobs.train_mlp_pipeline`` (an MLP-ID
 labels the state-only episodes, an MLP-BC trains on all), evaluated in BC mode over the config's
 seeds. This is what ``training.train --self-label-at`` does inside one MTM, done with two
 specialised networks. The capability benchmark's heteromodal job runs the same pipeline next to its
@@ -21,7 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import capabilities as C  # noqa: E402
+from benchmarks.capability_config import CONFIGS  # noqa: E402
+from benchmarks.capability_jobs import dataset, eval_policy, train_mlp_pipeline  # noqa: E402
 from benchmarks.common import emit_json, machine  # noqa: E402
 
 
@@ -35,23 +36,23 @@ def pipeline_job(job: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     task, out = get_task(task_name), Path(out_s)
-    data = C.dataset(out, cfg, task_name, "expert", cfg["hetero_episodes"][task_name], cfg["hetero_fraction"][task_name], draw)
+    data = dataset(out, cfg, task_name, "expert", cfg["hetero_episodes"][task_name], cfg["hetero_fraction"][task_name], draw)
     run_dir = out / "runs" / f"pipeline_{task_name}_d{draw}"
-    counts = C.train_mlp_pipeline(task, load_episodes(data, task), cfg, run_dir)
-    score = C.eval_policy(run_dir / "mlp_bc_all", task_name, "bc", cfg)
+    counts = train_mlp_pipeline(task, load_episodes(data, task), cfg, run_dir)
+    score = eval_policy(run_dir / "mlp_bc_all", task_name, "bc", cfg)
     return {"task": task_name, "draw": draw, **counts, "mlp_id_then_bc": score, "wall_s": time.perf_counter() - t0}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="cpu", choices=tuple(C.CONFIGS))
+    p.add_argument("--config", default="cpu", choices=tuple(CONFIGS))
     p.add_argument("--tasks", default="inverted_double_pendulum")
     p.add_argument("--draws", default="0,1,2")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="/tmp/mtm_hetero_mlp_pipeline")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    cfg = dict(C.CONFIGS[a.config])
+    cfg = dict(CONFIGS[a.config])
     jobs = [(t, int(d), cfg, a.out) for t in a.tasks.split(",") for d in a.draws.split(",")]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(a.workers) as pool:

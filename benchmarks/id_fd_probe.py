@@ -4,7 +4,7 @@ larger model and budget (the ``full`` config's ``paper`` preset at batch 1024) f
     python benchmarks/id_fd_probe.py --config full --steps 8000 \\
         --only inverted_double_pendulum:expert,hopper:expert,hopper:medium-replay,inverted_double_pendulum:medium-replay
 
-Each job is the ID/FD part of ``capabilities.main_job``, unchanged: the same dataset, MTM training
+Each job is the ID/FD part of ``capability_jobs.main_job``, unchanged: the same dataset, MTM training
 (masks, schedule), MLP training and error formula; one process per job, all at once (one GPU is
 shared: the models are small and each step is mostly host work). Prints one JSON object (machine,
 config, per-job errors and the MTM / MLP ratio), writes it to ``--json`` and, with ``--results``,
@@ -23,7 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import capabilities as C  # noqa: E402
+from benchmarks.capability_config import CONFIGS, ID_FD_WITHIN, REPO, episodes_for, mtm_masks  # noqa: E402
+from benchmarks.capability_jobs import dataset, id_fd_table, train_baselines, train_mtm  # noqa: E402
 from benchmarks.common import emit_json, machine, replace_section  # noqa: E402
 
 BEGIN, END = "<!-- id_fd_probe:begin -->", "<!-- id_fd_probe:end -->"
@@ -41,12 +42,12 @@ def probe_job(job: tuple[str, str, dict[str, Any], str]) -> dict[str, Any]:
     torch.set_num_threads(2)  # several jobs share the machine's cores
     t0 = time.perf_counter()
     task, out = get_task(task_name), Path(out_s)
-    data = C.dataset(out, cfg, task_name, tier, C.episodes_for(cfg, task_name, tier))
+    data = dataset(out, cfg, task_name, tier, episodes_for(cfg, task_name, tier))
     run_dir = out / "runs" / f"{task_name}_{tier}"
-    mtm = C.train_mtm(cfg, data, run_dir / "mtm", task_name)
+    mtm = train_mtm(cfg, data, run_dir / "mtm", task_name)
     train_eps, val_eps = split_episodes(load_episodes(data, task), 0.1, seed=0)
-    C.train_baselines(["id", "fd"], task, train_eps, load_checkpoint(run_dir / "mtm"), cfg, run_dir)
-    table = C.id_fd_table(run_dir, val_eps)
+    train_baselines(["id", "fd"], task, train_eps, load_checkpoint(run_dir / "mtm"), cfg, run_dir)
+    table = id_fd_table(run_dir, val_eps)
     return {"task": task_name, "tier": tier, "train_episodes": len(train_eps), "val_episodes": len(val_eps),
             "mtm_samples_per_s": mtm.get("samples_per_s"), "mtm_device": mtm.get("device"),
             "id_fd": table, "ratio_mtm_vs_mlp": {
@@ -63,9 +64,9 @@ def command(result: dict[str, Any]) -> str:
 
 def section(result: dict[str, Any], throughput: dict[str, Any] | None = None) -> list[str]:
     """RESULTS.md lines for ``result`` (and the GPU training throughput of ``model_forward.py --device cuda``)."""
-    m, cpu = result["machine"], C.CONFIGS["cpu"]
+    m, cpu = result["machine"], CONFIGS["cpu"]
     rows = result["results"]
-    held = sum(r["ratio_mtm_vs_mlp"][k] <= C.ID_FD_WITHIN for r in rows for k in ("id", "fd"))
+    held = sum(r["ratio_mtm_vs_mlp"][k] <= ID_FD_WITHIN for r in rows for k in ("id", "fd"))
     L = ["## ID/FD at the paper's scale (GPU probe)", "",
          f"`{command(result)}` on {m.get('cuda') or m.get('cpu', '?')} ({result['wall_s'] / 60:.1f} min, "
          f"{len(rows)} jobs sharing it): `{result['preset']}` preset, {result['steps']} gradient steps at batch "
@@ -80,7 +81,7 @@ def section(result: dict[str, Any], throughput: dict[str, Any] | None = None) ->
         L.append(f"| {r['task']} | {r['tier']} | {r['train_episodes']} | {t['mtm']['id_error']:.3g} | "
                  f"{t['mlp_id']['id_error']:.3g} | {q['id']:.2f} | {t['mtm']['fd_error']:.3g} | "
                  f"{t['mlp_fd']['fd_error']:.3g} | {q['fd']:.2f} |")
-    L += ["", f"MTM within {100 * (C.ID_FD_WITHIN - 1):.0f} % of the MLP or better: {held} of {2 * len(rows)}."]
+    L += ["", f"MTM within {100 * (ID_FD_WITHIN - 1):.0f} % of the MLP or better: {held} of {2 * len(rows)}."]
     if throughput:
         b = throughput["train_throughput_batch1024"]["paper"]
         L += ["", f"Training throughput on {throughput.get('device', '?')} (`python benchmarks/model_forward.py "
@@ -95,7 +96,7 @@ def section(result: dict[str, Any], throughput: dict[str, Any] | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="full", choices=tuple(C.CONFIGS))
+    p.add_argument("--config", default="full", choices=tuple(CONFIGS))
     p.add_argument("--steps", type=int, default=0, help="gradient steps of every model (default from the config)")
     p.add_argument("--only", default="", help="comma list of task:tier")
     p.add_argument("--out", default="/tmp/mtm_id_fd_probe", help="work directory (datasets, runs)")
@@ -107,19 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     tp = json.loads(a.throughput.read_text()) if a.throughput else None
     if a.render:
-        replace_section(a.results or C.REPO / "benchmarks" / "RESULTS.md", BEGIN, END,
+        replace_section(a.results or REPO / "benchmarks" / "RESULTS.md", BEGIN, END,
                         section(json.loads(a.render.read_text()), tp))
         return 0
     if not a.only:
         p.error("--only is required unless --render is given")
-    cfg = dict(C.CONFIGS[a.config], **({"steps": a.steps} if a.steps else {}))
+    cfg = dict(CONFIGS[a.config], **({"steps": a.steps} if a.steps else {}))
     jobs = [(*s.strip().split(":"), cfg, a.out) for s in a.only.split(",") if s.strip()]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(len(jobs)) as pool:
         results = pool.map(probe_job, jobs, chunksize=1)
     result = {"benchmark": "id_fd_probe", "machine": machine(), "config_name": a.config,
               "preset": cfg["preset"], "steps": cfg["steps"], "batch_size": cfg["batch_size"],
-              "masks": list(C.mtm_masks(cfg, "hopper")), "wall_s": time.perf_counter() - t0, "results": results}
+              "masks": list(mtm_masks(cfg, "hopper")), "wall_s": time.perf_counter() - t0, "results": results}
     emit_json(result, a.json)
     if a.results:
         replace_section(a.results, BEGIN, END, section(result, tp))

@@ -12,6 +12,8 @@ import pytest
 pytest.importorskip("mujoco")
 
 from benchmarks import capabilities  # noqa: E402
+from benchmarks.capability_config import HETERO_LEFT_OUT, REPO  # noqa: E402
+from benchmarks.capability_report import write_report  # noqa: E402
 
 
 def _run(out: Path, *extra: str) -> dict:
@@ -51,8 +53,8 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     assert capabilities.main(["--render", str(tmp_path / "results.json"), "--results", str(rendered)]) == 0
     assert rendered.read_text() == first["markdown"]
     wider = {**first, "config": {**first["config"], "tasks": ["reacher", "hopper"]}}   # a task left out is named, with why
-    capabilities.write_report(wider, tmp_path / "wider.md")
-    assert f"hopper: {capabilities.HETERO_LEFT_OUT['hopper']}" in (tmp_path / "wider.md").read_text()
+    write_report(wider, tmp_path / "wider.md")
+    assert f"hopper: {HETERO_LEFT_OUT['hopper']}" in (tmp_path / "wider.md").read_text()
     main = next(r for r in first["results"] if r["kind"] == "main")
     assert set(main["rollouts"]) >= {"mtm_bc", "mtm_rcbc", "mtm_goal", "mlp_bc", "mlp_rcbc", "mlp_gcbc"}
     assert set(main["id_fd"]) == {"mtm", "mlp_id", "mlp_fd"}
@@ -90,7 +92,7 @@ def test_self_label_and_draws_options_reach_the_heteromodal_model(tmp_path: Path
 
 
 def test_report_command_line_names_paths_relative_to_the_checkout() -> None:
-    inside = str(capabilities.REPO / "benchmarks" / "results" / "x.md")
+    inside = str(REPO / "benchmarks" / "results" / "x.md")
     line = capabilities.command_line(["--config", "cpu", "--results", inside, "--json", "/elsewhere/x.json"])
     assert line == "python benchmarks/capabilities.py --config cpu --results benchmarks/results/x.md --json /elsewhere/x.json"
 
