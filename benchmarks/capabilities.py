@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"0 = off (default from the config: {HETERO_SELF_LABEL:g})")
     p.add_argument("--draws", default="", help="heteromodal label seeds, comma list (default from the config): "
                    "fresh draws confirm a choice made on the default ones")
+    p.add_argument("--tiers", default="", help="main-job dataset tiers, comma list (default from the config); e.g. "
+                                               "'medium,medium-expert' on the cpu config (pass --results elsewhere)")
     p.add_argument("--steps", type=int, default=0, help="gradient steps of every model (default from the config): "
                                                         "the budget study (pass --results elsewhere)")
     p.add_argument("--render", default="", help="only rewrite --results from this saved JSON (no job runs): "
@@ -106,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg["hetero_self_label"] = a.self_label
     if a.draws:
         cfg["hetero_draws"] = tuple(int(d) for d in a.draws.split(","))
+    if a.tiers:
+        from training.datasets import TIERS
+
+        cfg["tiers"] = tuple(t.strip() for t in a.tiers.split(",") if t.strip())
+        if set(cfg["tiers"]) - set(TIERS):
+            p.error(f"--tiers: unknown {', '.join(sorted(set(cfg['tiers']) - set(TIERS)))}; choose from {', '.join(TIERS)}")
     suffix = "" if cfg["masks"] == CONFIGS[a.config]["masks"] else "_masks-" + "-".join(cfg["masks"])
     suffix += "" if cfg["steps"] == CONFIGS[a.config]["steps"] else f"_steps-{cfg['steps']}"
     suffix += "" if cfg["hetero_self_label"] == CONFIGS[a.config]["hetero_self_label"] else f"_self-label-{cfg['hetero_self_label']:g}"

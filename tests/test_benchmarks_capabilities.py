@@ -138,3 +138,14 @@ def test_hetero_mlp_pipeline_labels_state_only_episodes_and_trains_bc_on_all(tmp
     meta_bc = load_baseline(tmp_path / "runs" / "pipeline_reacher_d0" / "mlp_bc_all")[0]
     assert meta_id["provenance"]["train_episodes"] == r["labelled_train_episodes"] >= 1
     assert meta_bc["provenance"]["train_episodes"] == r["train_episodes"] > r["labelled_train_episodes"]
+
+
+def test_tiers_option_runs_the_named_tiers_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    report = _run(tmp_path, "--tiers", "medium", "--only", "reacher:medium")
+    assert report["config"]["tiers"] == ["medium"]
+    assert [(r["task"], r["tier"]) for r in report["results"]] == [("reacher", "medium")]
+    assert "| reacher | medium |" in report["markdown"]
+    assert all(m.startswith("hetero:") for m in report["missing"])     # left out by --only, and said so
+    with pytest.raises(SystemExit) as e:
+        capabilities.main(["--config", "smoke", "--tiers", "medium,bogus", "--results", "", "--json", ""])
+    assert e.value.code == 2
