@@ -49,7 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.capability_config import CONFIGS, HETERO_SELF_LABEL, REPO  # noqa: E402
 from benchmarks.capability_jobs import job_main, throughput, torch_threads  # noqa: E402
-from benchmarks.capability_report import hetero_summary, repo_relative, targets, write_report  # noqa: E402
+from benchmarks.capability_report import (TIERS_BEGIN, TIERS_END, hetero_summary, repo_relative, targets,  # noqa: E402
+                                          tier_section, write_report)
+from benchmarks.common import replace_section  # noqa: E402
 
 
 def schedule(jobs: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str, int]]:
@@ -68,6 +70,14 @@ def command_line(argv: list[str] | None) -> str:
 
     line = " ".join(["python", "benchmarks/capabilities.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     return repo_relative(line)
+
+
+def emit_report(report: dict, path_md: Path, section: bool) -> None:
+    """The whole report (``write_report``), or with ``section`` only the other-tiers section."""
+    if section:
+        replace_section(path_md, TIERS_BEGIN, TIERS_END, tier_section(report))
+    else:
+        write_report(report, path_md)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
                                                         "the budget study (pass --results elsewhere)")
     p.add_argument("--render", default="", help="only rewrite --results from this saved JSON (no job runs): "
                                                 "after a change to the report's wording")
+    p.add_argument("--section", action="store_true", help="write the run as the other-tiers section of --results "
+                   "(main jobs only; the rest of the file is kept) instead of the whole report: with --tiers")
     a = p.parse_args(argv)
     if a.render:
-        write_report(json.loads(Path(a.render).read_text()), Path(a.results))
+        emit_report(json.loads(Path(a.render).read_text()), Path(a.results), a.section)
         return 0
     cfg = dict(CONFIGS[a.config])
     if a.workers:
@@ -144,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
     if a.results:
-        write_report(report, Path(a.results))
+        emit_report(report, Path(a.results), a.section)
     print(json.dumps({"targets": report["targets"], "wall_s": report["wall_s"], "missing": missing}, indent=2))
     return 0
 

@@ -13,7 +13,7 @@ pytest.importorskip("mujoco")
 
 from benchmarks import capabilities  # noqa: E402
 from benchmarks.capability_config import HETERO_LEFT_OUT, REPO  # noqa: E402
-from benchmarks.capability_report import write_report  # noqa: E402
+from benchmarks.capability_report import TIERS_BEGIN, TIERS_END, write_report  # noqa: E402
 
 
 def _run(out: Path, *extra: str) -> dict:
@@ -140,12 +140,25 @@ def test_hetero_mlp_pipeline_labels_state_only_episodes_and_trains_bc_on_all(tmp
     assert meta_bc["provenance"]["train_episodes"] == r["train_episodes"] > r["labelled_train_episodes"]
 
 
-def test_tiers_option_runs_the_named_tiers_and_refuses_unknown_ones(tmp_path: Path) -> None:
-    report = _run(tmp_path, "--tiers", "medium", "--only", "reacher:medium")
+def test_tiers_option_runs_the_named_tiers_as_a_section_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    md, js = tmp_path / "RESULTS.md", tmp_path / "tiers.json"
+    md.write_text("# main report\n\nkept as it is\n")
+    assert capabilities.main(["--config", "smoke", "--out", str(tmp_path / "w"), "--tiers", "medium", "--only",
+                              "reacher:medium", "--section", "--results", str(md), "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
     assert report["config"]["tiers"] == ["medium"]
     assert [(r["task"], r["tier"]) for r in report["results"]] == [("reacher", "medium")]
-    assert "| reacher | medium |" in report["markdown"]
     assert all(m.startswith("hetero:") for m in report["missing"])     # left out by --only, and said so
+    text = md.read_text()
+    assert text.startswith("# main report\n\nkept as it is\n") and text.count(TIERS_BEGIN) == 1
+    section = text.split(TIERS_BEGIN)[1].split(TIERS_END)[0]
+    assert "| reacher | medium |" in section and "MTM-RCBC minus MLP-BC" in section and "ID/FD errors" in section
+    # rendering the saved run again replaces the section in place
+    assert capabilities.main(["--render", str(js), "--section", "--results", str(md)]) == 0
+    assert md.read_text() == text
+    # a whole-report render keeps the section as a foreign one
+    write_report(json.loads(js.read_text()), md)
+    assert md.read_text().count(TIERS_BEGIN) == 1
     with pytest.raises(SystemExit) as e:
         capabilities.main(["--config", "smoke", "--tiers", "medium,bogus", "--results", "", "--json", ""])
     assert e.value.code == 2
