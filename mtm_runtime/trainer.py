@@ -87,7 +87,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.step += 1
-        return {"loss": float(loss.detach()), "lr": self.opt.param_groups[0]["lr"], **parts}
+        return {"loss": float(loss.detach()), "lr": self.opt.param_groups[0]["lr"], **{k: float(v) for k, v in parts.items()}}
 
     def fit(self, sampler: Sampler, callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         history = []

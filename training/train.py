@@ -79,6 +79,12 @@ TRAIN_STATE_JSON = "train_state.json"
 SELF_LABELS = "self_labels.safetensors"   # --self-label-at: the estimated actions, for --resume
 
 
+#: The training loop reads its per-step scalars (loss, grad norm, per-modality losses) from the
+#: device every FLUSH_STEPS steps or FLUSH_S seconds, and at every validation, evaluation and
+#: checkpoint, so that a GPU never waits on the host between steps.
+FLUSH_STEPS, FLUSH_S = 50, 1.0
+
+
 # ---- 1. arguments ------------------------------------------------------------------------------
 @dataclass
 class Args:
@@ -549,6 +555,30 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda else torch.autocast("cpu", enabled=False)
     t_start, smooth = time.perf_counter(), None
     summary: dict[str, Any] = {}
+    # Per-step scalars stay on the device until ``flush`` reads a group of steps in one transfer:
+    # a float() per scalar per step would stall a GPU's queue six times a step.
+    scalar_keys = ["loss", "grad_norm", *(f"loss_{k}" for k in spec.names)]
+    pending: list[tuple[dict[str, Any], torch.Tensor]] = []
+    last_flush = time.perf_counter()
+
+    def flush() -> None:
+        """Finish the pending steps' rows (one host sync), keep them, move the progress bar."""
+        nonlocal smooth, last_flush
+        if not pending:
+            return
+        for (row, _), vals in zip(pending, torch.stack([v for _, v in pending]).tolist()):
+            row.update(zip(scalar_keys, vals))
+            smooth = row["loss"] if smooth is None else 0.98 * smooth + 0.02 * row["loss"]
+            if is_main:
+                rows.append(row)
+        row = pending[-1][0]  # its rate, read after the sync, counts the device's queued work too
+        row["samples_per_s"] = (row["step"] - start) * args.batch_size / max(time.perf_counter() - t_start, 1e-9)
+        if bar is not None:
+            bar.update(len(pending))
+            bar.set_postfix(loss=f"{smooth:.4f}", samples_s=f"{row['samples_per_s']:.0f}", lr=f"{row['lr']:.1e}")
+        pending.clear()
+        last_flush = time.perf_counter()
+
     if 0 < args.self_label_at < start:
         load_self_labels(out, sampler)
     for step in range(start, stop):
@@ -569,22 +599,26 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
         loss, parts = mtm_loss(spec, pred.float(), xt, mt, pt, masked_only=args.loss_on == "hidden")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(mtm.parameters(), args.grad_clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(mtm.parameters(), args.grad_clip)
         opt.step()
 
         done = step + 1
         elapsed = time.perf_counter() - t_start
-        row = {"step": done, "loss": float(loss.detach()), "lr": lr, "grad_norm": grad_norm,
-               "samples_per_s": (done - start) * args.batch_size / max(elapsed, 1e-9),
-               **{f"loss_{k}": v for k, v in parts.items()}}
-        smooth = row["loss"] if smooth is None else 0.98 * smooth + 0.02 * row["loss"]
+        row = {"step": done, "lr": lr, "samples_per_s": (done - start) * args.batch_size / max(elapsed, 1e-9)}
+        pending.append((row, torch.stack([loss.detach(), grad_norm.detach(), *parts.values()]).float()))
         last = done == stop
-        if (args.val_every and done % args.val_every == 0) or last:
+        validating = bool(args.val_every and done % args.val_every == 0) or last
+        evaluating = is_main and args.eval_every and (done % args.eval_every == 0 or (last and done == args.steps))
+        saving = bool(args.ckpt_every and done % args.ckpt_every == 0) or last
+        if (validating or evaluating or saving or done == args.self_label_at or len(pending) >= FLUSH_STEPS
+                or time.perf_counter() - last_flush >= FLUSH_S):
+            flush()
+        if validating:
             row.update(validate(mtm, spec, val, device))
             if bar is None and not last:
                 log(f"[train] step {done}: loss {row['loss']:.4f} val_loss {row.get('val_loss', math.nan):.4f} "
                     f"val_bc_mse {row.get('val_bc_mse', math.nan):.4f}; {row['samples_per_s']:.0f} samples/s", flush=True)
-        if is_main and args.eval_every and (done % args.eval_every == 0 or (last and done == args.steps)):
+        if evaluating:
             from training.evaluate import evaluate_checkpoint_object
 
             for mode in args.eval_modes:
@@ -593,13 +627,8 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
                 row[f"eval_{mode}_score"] = res["score_mean"]
                 if res.get("success_mean") is not None:
                     row[f"eval_{mode}_success"] = res["success_mean"]
-        if (args.ckpt_every and done % args.ckpt_every == 0) or last:
+        if saving:
             checkpoint(done)
-        if is_main:
-            rows.append(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{smooth:.4f}", samples_s=f"{row['samples_per_s']:.0f}", lr=f"{lr:.1e}")
         summary = row
     if bar is not None:
         bar.close()
