@@ -23,7 +23,8 @@ What one run does:
     periodic validation loss (+ per-mode errors), optional periodic policy evaluation in the
     simulator, checkpoints every ``--ckpt-every`` steps; with ``--self-label-at N``, at step N the
     action-free episodes get the model's own inverse-dynamics estimates as actions
-    (``NormalisedSampler.fill_actions``) and count as labelled from then on;
+    (``NormalisedSampler.fill_actions``) and count as labelled from then on; the per-step
+    scalars stay on the device and are read in groups (``FLUSH_STEPS``), never once a step;
  6. the end: final checkpoint, ``scalars.csv``, ``curves.png``.
 
 Randomness is a pure function of ``(seed, rank, step)``: each step draws its windows, masks and
