@@ -94,7 +94,8 @@ def main_job(task_name: str, tier: str, cfg: dict[str, Any], out: Path) -> dict[
     train_eps, val_eps = split_episodes(episodes, 0.1, seed=0)
     kinds = ["bc", "rcbc", "id", "fd"] + (["gcbc"] if task.has_goal else [])
     base_train = train_baselines(kinds, task, train_eps, ckpt, cfg, run_dir)
-    res: dict[str, Any] = {"dataset": str(data), "train_episodes": len(train_eps), "val_episodes": len(val_eps),
+    res: dict[str, Any] = {"dataset": str(data), "data_score": data_score(episodes, task),
+                           "train_episodes": len(train_eps), "val_episodes": len(val_eps),
                            "mtm_samples_per_s": mtm.get("samples_per_s"), "mtm_train_s": mtm.get("train_s"),
                            "baseline_samples_per_s": {k: v["samples_per_s"] for k, v in base_train.items()},
                            "rollouts": {}, "id_fd": {}}
@@ -109,6 +110,13 @@ def main_job(task_name: str, tier: str, cfg: dict[str, Any], out: Path) -> dict[
         R["mlp_gcbc"] = eval_policy(run_dir / "mlp_gcbc", task_name, "goal", cfg)
     res["id_fd"] = id_fd_table(run_dir, val_eps)
     return res
+
+
+def data_score(episodes: Sequence[Any], task: Any) -> dict[str, float]:
+    """The dataset's own D4RL-normalised score (its behaviour policy's): mean and std over its
+    episodes, the level a policy trained on it is compared with."""
+    s = np.array([task.normalised_score(float(np.sum(ep["rewards"]))) for ep in episodes])
+    return {"score_mean": float(s.mean()), "score_std": float(s.std())}
 
 
 def train_baselines(kinds: Sequence[str], task: Any, train_eps: Sequence[Any], ckpt: Any, cfg: dict[str, Any],

@@ -110,13 +110,14 @@ def main_job_tables(res: list[dict[str, Any]], tasks: Sequence[str], level: str 
     """The main jobs' two tables, rollout scores (with the Reacher success line and the
     do-nothing floors) and held-out ID/FD errors, as markdown lines under ``level`` headings."""
     L = [f"{level} BC, RCBC and goal reaching (normalised score)", "",
-          "| task | tier | MTM BC | MLP-BC | MTM RCBC | MLP-RCBC | MTM goal | MLP-GCBC | MTM goal success | MLP-GCBC success |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "Data: the dataset's own score (its behaviour policy), mean ± std over its episodes.", "",
+          "| task | tier | data | MTM BC | MLP-BC | MTM RCBC | MLP-RCBC | MTM goal | MLP-GCBC | MTM goal success | MLP-GCBC success |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res:
         if r["kind"] != "main":
             continue
         ro = r["rollouts"]
-        L.append(f"| {r['task']} | {r['tier']} | {fmt(ro['mtm_bc'])} | {fmt(ro['mlp_bc'])} | {fmt(ro['mtm_rcbc'])} | "
+        L.append(f"| {r['task']} | {r['tier']} | {fmt(r.get('data_score'))} | {fmt(ro['mtm_bc'])} | {fmt(ro['mlp_bc'])} | {fmt(ro['mtm_rcbc'])} | "
                  f"{fmt(ro['mlp_rcbc'])} | {fmt(ro.get('mtm_goal'))} | {fmt(ro.get('mlp_gcbc'))} | "
                  f"{fmt_succ(ro.get('mtm_goal'))} | {fmt_succ(ro.get('mlp_gcbc'))} |")
     L += ["", "Reacher success (fingertip within 2 cm at the end) in BC mode: " + ", ".join(

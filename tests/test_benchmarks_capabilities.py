@@ -13,7 +13,7 @@ pytest.importorskip("mujoco")
 
 from benchmarks import capabilities  # noqa: E402
 from benchmarks.capability_config import HETERO_LEFT_OUT, REPO  # noqa: E402
-from benchmarks.capability_report import TIERS_BEGIN, TIERS_END, write_report  # noqa: E402
+from benchmarks.capability_report import TIERS_BEGIN, TIERS_END, fmt, write_report  # noqa: E402
 
 
 def _run(out: Path, *extra: str) -> dict:
@@ -148,11 +148,12 @@ def test_tiers_option_runs_the_named_tiers_as_a_section_and_refuses_unknown_ones
     report = json.loads(js.read_text())
     assert report["config"]["tiers"] == ["medium"]
     assert [(r["task"], r["tier"]) for r in report["results"]] == [("reacher", "medium")]
+    assert 0 < report["results"][0]["data_score"]["score_mean"] < 150    # the behaviour data's own score
     assert all(m.startswith("hetero:") for m in report["missing"])     # left out by --only, and said so
     text = md.read_text()
     assert text.startswith("# main report\n\nkept as it is\n") and text.count(TIERS_BEGIN) == 1
     section = text.split(TIERS_BEGIN)[1].split(TIERS_END)[0]
-    assert "| reacher | medium |" in section and "MTM-RCBC minus MLP-BC" in section and "ID/FD errors" in section
+    assert f"| reacher | medium | {fmt(report['results'][0]['data_score'])} |" in section and "MTM-RCBC minus MLP-BC" in section and "ID/FD errors" in section
     # rendering the saved run again replaces the section in place
     assert capabilities.main(["--render", str(js), "--section", "--results", str(md)]) == 0
     assert md.read_text() == text
