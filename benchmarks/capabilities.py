@@ -2,9 +2,11 @@
 ID and FD, plus the heteromodal experiment. Writes benchmarks/RESULTS.md and a JSON (never edit
 RESULTS.md by hand: rerun this script).
 
-    python benchmarks/capabilities.py --config cpu            # 2 CPU cores: 45 min (87 min of jobs, see ``schedule``)
+    python benchmarks/capabilities.py --config cpu            # 2 CPU cores: 45-51 min (87-99 min of jobs, see ``schedule``)
     python benchmarks/capabilities.py --config full           # a GPU machine
     python benchmarks/capabilities.py --config cpu --only reacher:expert,hetero:reacher
+    python benchmarks/capabilities.py --config cpu --tiers medium,medium-expert --section \
+        --json benchmarks/results/capabilities_cpu_medium_tiers.json   # RESULTS.md's other-tiers section (18 min)
 
 Per (task, tier) job: collect the dataset with the scripted expert (``training/datasets.py``),
 split episodes train/val (seeded), train one MTM with ``training/train.py`` (AUTO_MASK mixed with
@@ -59,7 +61,7 @@ def schedule(jobs: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str,
     a heteromodal job trains two MTMs (~560 s on the cpu config, with self-labelling and the MLP
     pipeline), a main job one (~300 s). With the heteromodal jobs last the cpu config took 55.2 min
     and 53.2 min in this order (104 min of jobs on 2 workers, when it had 15 jobs; 12 jobs since
-    Hopper left its heteromodal experiment: 45.2 min). Results do not depend on the order: the
+    Hopper left its heteromodal experiment: 45.2 min, and 51.1 min on a slower day). Results do not depend on the order: the
     rerun in this order reproduced every score and error bit for bit."""
     return sorted(jobs, key=lambda j: j[0] != "hetero")  # stable: keeps the tier-major / draw order
 
@@ -103,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         "the budget study (pass --results elsewhere)")
     p.add_argument("--render", default="", help="only rewrite --results from this saved JSON (no job runs): "
                                                 "after a change to the report's wording")
-    p.add_argument("--section", action="store_true", help="write the run as the other-tiers section of --results "
-                   "(main jobs only; the rest of the file is kept) instead of the whole report: with --tiers")
+    p.add_argument("--section", action="store_true", help="main jobs only, written as the other-tiers section of "
+                   "--results (the rest of the file is kept) instead of the whole report: with --tiers")
     a = p.parse_args(argv)
     if a.render:
         emit_report(json.loads(Path(a.render).read_text()), Path(a.results), a.section)
@@ -131,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     suffix += "" if cfg["hetero_self_label"] == CONFIGS[a.config]["hetero_self_label"] else f"_self-label-{cfg['hetero_self_label']:g}"
     suffix += "" if cfg["hetero_draws"] == CONFIGS[a.config]["hetero_draws"] else "_draws-" + "-".join(map(str, cfg["hetero_draws"]))
     out = Path(a.out or f"/tmp/mtm_capabilities_{a.config}{suffix}")
-    all_jobs = schedule([("main", t, tier, 0) for tier in cfg["tiers"] for t in cfg["tasks"]]
-                        + [("hetero", t, "expert", d) for d in cfg["hetero_draws"] for t in cfg["hetero_tasks"]])
+    hetero = [] if a.section else [("hetero", t, "expert", d) for d in cfg["hetero_draws"] for t in cfg["hetero_tasks"]]
+    all_jobs = schedule([("main", t, tier, 0) for tier in cfg["tiers"] for t in cfg["tasks"]] + hetero)
     jobs = all_jobs
     if a.only:
         keep = {s.strip() for s in a.only.split(",")}

@@ -143,13 +143,13 @@ def test_hetero_mlp_pipeline_labels_state_only_episodes_and_trains_bc_on_all(tmp
 def test_tiers_option_runs_the_named_tiers_as_a_section_and_refuses_unknown_ones(tmp_path: Path) -> None:
     md, js = tmp_path / "RESULTS.md", tmp_path / "tiers.json"
     md.write_text("# main report\n\nkept as it is\n")
-    assert capabilities.main(["--config", "smoke", "--out", str(tmp_path / "w"), "--tiers", "medium", "--only",
-                              "reacher:medium", "--section", "--results", str(md), "--json", str(js)]) == 0
+    assert capabilities.main(["--config", "smoke", "--out", str(tmp_path / "w"), "--tiers", "medium",
+                              "--section", "--results", str(md), "--json", str(js)]) == 0
     report = json.loads(js.read_text())
     assert report["config"]["tiers"] == ["medium"]
     assert [(r["task"], r["tier"]) for r in report["results"]] == [("reacher", "medium")]
     assert 0 < report["results"][0]["data_score"]["score_mean"] < 150    # the behaviour data's own score
-    assert all(m.startswith("hetero:") for m in report["missing"])     # left out by --only, and said so
+    assert report["missing"] == []                                       # --section: main jobs only
     text = md.read_text()
     assert text.startswith("# main report\n\nkept as it is\n") and text.count(TIERS_BEGIN) == 1
     section = text.split(TIERS_BEGIN)[1].split(TIERS_END)[0]
