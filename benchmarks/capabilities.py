@@ -61,8 +61,8 @@ def schedule(jobs: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str,
     a heteromodal job trains two MTMs (~560 s on the cpu config, with self-labelling and the MLP
     pipeline), a main job one (~300 s). With the heteromodal jobs last the cpu config took 55.2 min
     and 53.2 min in this order (104 min of jobs on 2 workers, when it had 15 jobs; 12 jobs since
-    Hopper left its heteromodal experiment: 45.2 min, and 51.1 min on a slower day). Results do not depend on the order: the
-    rerun in this order reproduced every score and error bit for bit."""
+    Hopper left its heteromodal experiment: 45.2 min, and 51.1 min on a slower day). Results do not
+    depend on the order: the rerun in this order reproduced every score and error bit for bit."""
     return sorted(jobs, key=lambda j: j[0] != "hetero")  # stable: keeps the tier-major / draw order
 
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", default="", help="heteromodal label seeds, comma list (default from the config): "
                    "fresh draws confirm a choice made on the default ones")
     p.add_argument("--tiers", default="", help="main-job dataset tiers, comma list (default from the config); e.g. "
-                                               "'medium,medium-expert' on the cpu config (pass --results elsewhere)")
+                                               "'medium,medium-expert' on the cpu config, with --section")
     p.add_argument("--steps", type=int, default=0, help="gradient steps of every model (default from the config): "
                                                         "the budget study (pass --results elsewhere)")
     p.add_argument("--render", default="", help="only rewrite --results from this saved JSON (no job runs): "
