@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         from training.datasets import TIERS
 
         cfg["tiers"] = tuple(t.strip() for t in a.tiers.split(",") if t.strip())
-        if set(cfg["tiers"]) - set(TIERS):
-            p.error(f"--tiers: unknown {', '.join(sorted(set(cfg['tiers']) - set(TIERS)))}; choose from {', '.join(TIERS)}")
+        unknown = sorted(set(cfg["tiers"]) - set(TIERS))
+        if unknown:
+            p.error(f"--tiers: unknown {', '.join(unknown)}; choose from {', '.join(TIERS)}")
     suffix = "" if cfg["masks"] == CONFIGS[a.config]["masks"] else "_masks-" + "-".join(cfg["masks"])
     suffix += "" if cfg["steps"] == CONFIGS[a.config]["steps"] else f"_steps-{cfg['steps']}"
     suffix += "" if cfg["hetero_self_label"] == CONFIGS[a.config]["hetero_self_label"] else f"_self-label-{cfg['hetero_self_label']:g}"

@@ -85,25 +85,38 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]
                    for task, t in het.items())
     out.append(("heteromodal MTM beats MLP-BC (labelled part) by >= 15 on >= 2 tasks (mean over draws)",
                 n >= 2 if len(het) >= 2 else (None if n < 2 else True), ev or "not run"))
-    wins = []
-    for (task, tier), r in main.items():
-        if tier == "medium-replay":
-            d = r["rollouts"]["mtm_rcbc"]["score_mean"] - r["rollouts"]["mlp_bc"]["score_mean"]
-            wins.append(f"{task} {d:+.1f}")
+    wins = [f"{task} {rcbc_gain(r):+.1f}" for (task, tier), r in main.items() if tier == "medium-replay"]
     n = sum(float(w.split()[-1]) >= 20 for w in wins)
     out.append(("medium-replay: MTM-RCBC beats MLP-BC by >= 20 on >= 2 tasks", n >= 2 if len(wins) >= 2 else (None if n < 2 else True),
                 ", ".join(wins) or "not run"))
+    out.append(id_fd_target(results))
+    return out
+
+
+def rcbc_gain(r: dict[str, Any]) -> float:
+    """MTM-RCBC minus MLP-BC on a main job (the suboptimal-data comparison), normalised points."""
+    return r["rollouts"]["mtm_rcbc"]["score_mean"] - r["rollouts"]["mlp_bc"]["score_mean"]
+
+
+def id_fd_target(results: list[dict[str, Any]]) -> tuple[str, bool | None, str]:
+    """(claim, holds?, evidence) of the ID/FD target over the main jobs of ``results``."""
     within, ev = [], []
-    for (task, tier), r in main.items():
+    for r in results:
+        if r["kind"] != "main":
+            continue
         f = r["id_fd"]
         for k in ("id", "fd"):
             m, b = f["mtm"][f"{k}_error"], f[f"mlp_{k}"][f"{k}_error"]
             within.append(m <= ID_FD_WITHIN * b)
             ratio = f" ({m / b:.1f}x)" if b > 0 else ""
-            ev.append(f"{task}/{tier} {k.upper()} {m:.3g} vs {b:.3g}{ratio}")
-    out.append(("ID/FD errors within 10% of the MLPs (MTM <= 1.1 x MLP)", all(within) if within else None,
-                f"{sum(within)}/{len(within)} hold: " + "; ".join(ev)))
-    return out
+            ev.append(f"{r['task']}/{r['tier']} {k.upper()} {m:.3g} vs {b:.3g}{ratio}")
+    return ("ID/FD errors within 10% of the MLPs (MTM <= 1.1 x MLP)", all(within) if within else None,
+            f"{sum(within)}/{len(within)} hold: " + "; ".join(ev))
+
+
+def verdict(ok: bool | None) -> str:
+    """A target's "holds" cell: yes, no, or not measured (None)."""
+    return "yes" if ok else ("no" if ok is False else "not measured")
 
 
 def main_job_tables(res: list[dict[str, Any]], tasks: Sequence[str], level: str = "##") -> list[str]:
@@ -239,7 +252,7 @@ def write_report(report: dict[str, Any], path_md: Path) -> None:
           f"embedded preset {tp['embedded']:.0f} samples/s (torch {tp.get('torch_threads', torch_threads())} threads; load average "
           f"{report['load_average_at_end'][0]:.1f} when measured: the machine is shared).", "", "## Targets", "", "| target | holds | evidence |", "| --- | --- | --- |"]
     for claim, ok, ev in report["targets"]:
-        L.append(f"| {claim} | {'yes' if ok else ('no' if ok is False else 'not measured')} | {ev} |")
+        L.append(f"| {claim} | {verdict(ok)} | {ev} |")
     path_md.write_text("\n".join(L) + "\n" + foreign_sections(path_md))
 
 
@@ -264,11 +277,7 @@ def tier_section(report: dict[str, Any]) -> list[str]:
     res = report["results"]
     L = [f"## Other dataset tiers: {', '.join(report['config']['tiers'])} (main jobs only)", "", *run_header(report),
          *main_job_tables(res, report["config"]["tasks"], level="###"), ""]
-    gaps = [f"{r['task']}/{r['tier']} {r['rollouts']['mtm_rcbc']['score_mean'] - r['rollouts']['mlp_bc']['score_mean']:+.1f}"
-            for r in res if r["kind"] == "main"]
-    L += ["MTM-RCBC minus MLP-BC (the suboptimal-data comparison of the medium-replay target, on these tiers): "
-          + ", ".join(gaps), ""]
-    for claim, ok, ev in targets(res):
-        if claim.startswith("ID/FD"):
-            L += [f"{claim}: {'yes' if ok else ('no' if ok is False else 'not measured')}; {ev}"]
-    return L
+    gaps = [f"{r['task']}/{r['tier']} {rcbc_gain(r):+.1f}" for r in res if r["kind"] == "main"]
+    claim, ok, ev = id_fd_target(res)
+    return L + ["MTM-RCBC minus MLP-BC (the suboptimal-data comparison of the medium-replay target, on these tiers): "
+                + ", ".join(gaps), "", f"{claim}: {verdict(ok)}; {ev}"]

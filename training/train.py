@@ -611,8 +611,7 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
         validating = bool(args.val_every and done % args.val_every == 0) or last
         evaluating = is_main and args.eval_every and (done % args.eval_every == 0 or (last and done == args.steps))
         saving = bool(args.ckpt_every and done % args.ckpt_every == 0) or last
-        if (validating or evaluating or saving or done == args.self_label_at or len(pending) >= FLUSH_STEPS
-                or time.perf_counter() - last_flush >= FLUSH_S):
+        if validating or evaluating or saving or len(pending) >= FLUSH_STEPS or time.perf_counter() - last_flush >= FLUSH_S:
             flush()
         if validating:
             row.update(validate(mtm, spec, val, device))
