@@ -12,7 +12,7 @@ import torch
 
 from mtm_runtime.backends import BackendError, available_backends, backend_class
 from mtm_runtime.checkpoint import load_checkpoint
-from mtm_runtime.onnx_export import export_onnx, parity_cases
+from mtm_runtime.onnx_export import INT8_TOLERANCE, export_onnx, parity_cases
 from tests.export_fixtures import SPEC, make_checkpoint
 
 AVAILABLE = available_backends()
@@ -106,7 +106,7 @@ def test_ort_describe_and_options(artefacts: dict) -> None:
 
 def test_ort_int8_option(artefacts: dict) -> None:
     backend = backend_class("onnxruntime")(artefacts["onnx"], SPEC, quantize="int8", warmup=0)
-    assert backend.describe()["quantize"] == "int8" and backend.int8_max_abs_diff <= 0.1
+    assert backend.describe()["quantize"] == "int8" and backend.int8_max_abs_diff <= INT8_TOLERANCE
 
 
 def test_ort_refuses_wrong_batch_and_missing_file(artefacts: dict, tmp_path: Path) -> None:

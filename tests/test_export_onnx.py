@@ -8,12 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint, parse_metadata
-from mtm_runtime.onnx_export import (DEFAULT_OPSET, METADATA_KEY, TRT_ALLOWED_OPS, ExportError, check_allowed_ops,
-                                     check_int8_parity, check_parity, export_onnx, quantize_int8,
-                                     read_onnx_metadata)
+from mtm_runtime.onnx_export import (DEFAULT_OPSET, INT8_QUANTIZATION, INT8_TOLERANCE, INT8_WEIGHT_LIMIT,
+                                     METADATA_KEY, TRT_ALLOWED_OPS, ExportError, check_allowed_ops,
+                                     check_int8_parity, check_int8_weight_range, check_parity, export_onnx,
+                                     quantize_int8, read_onnx_metadata)
 from tests.export_fixtures import SPEC, make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,9 +94,82 @@ def test_parity_failure_is_refused(exported: tuple[Path, bytes], tmp_path: Path)
 
 def test_int8_quantisation_keeps_metadata_and_stated_tolerance(exported: tuple[Path, bytes]) -> None:
     q = quantize_int8(exported[1])
-    props = {p.key for p in onnx.load_from_string(q).metadata_props}
+    props = {p.key: p.value for p in onnx.load_from_string(q).metadata_props}
     assert METADATA_KEY in props
-    assert check_int8_parity(exported[1], q, SPEC) <= 0.1
+    assert props["mtm_runtime.quantization"] == INT8_QUANTIZATION
+    assert "per output channel" in INT8_QUANTIZATION and "7-bit" in INT8_QUANTIZATION
+    assert check_int8_parity(exported[1], q, SPEC) <= INT8_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def int8_graph(exported: tuple[Path, bytes]) -> onnx.ModelProto:
+    return onnx.load_from_string(quantize_int8(exported[1]))
+
+
+def _int8_matmuls(proto: onnx.ModelProto) -> list[tuple[onnx.NodeProto, np.ndarray, np.ndarray]]:
+    """(node, raw int8 weights B [K, N], B zero point) of every MatMulInteger."""
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    nodes = [n for n in proto.graph.node if n.op_type == "MatMulInteger"]
+    return [(n, inits[n.input[1]], inits[n.input[3]]) for n in nodes]
+
+
+def test_int8_pair_sums_cannot_saturate_int16(int8_graph: onnx.ModelProto) -> None:
+    """The no-saturation property itself, on any host: activations are uint8 (0..255) from
+    DynamicQuantizeLinear, weights int8 with zero point 0 and |w| <= 64, so the sum of any two
+    products (what AVX2 / AVX-512BW ``vpmaddubsw`` keeps in int16) fits in int16."""
+    producers = {o: n.op_type for n in int8_graph.graph.node for o in n.output}
+    matmuls = _int8_matmuls(int8_graph)
+    assert matmuls, "no MatMul was quantised"
+    for node, w, zp in matmuls:
+        assert producers[node.input[0]] == "DynamicQuantizeLinear", node.name
+        assert w.dtype == np.int8 and not np.any(zp), node.name
+        worst = int(np.abs(w.astype(np.int32)).max())
+        assert worst <= INT8_WEIGHT_LIMIT, f"{node.name}: |w| reaches {worst}"
+    assert 2 * 255 * INT8_WEIGHT_LIMIT <= np.iinfo(np.int16).max
+
+
+def _matmul_integer_session(w: np.ndarray, zp: np.ndarray) -> ort.InferenceSession:
+    """One MatMulInteger node: A uint8 [R, K] (zero point 0) times the constant int8 weights."""
+    h = onnx.helper
+    graph = h.make_graph(
+        [h.make_node("MatMulInteger", ["a", "w", "a_zp", "w_zp"], ["y"])], "mmi",
+        [h.make_tensor_value_info("a", onnx.TensorProto.UINT8, [None, w.shape[0]])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.INT32, [None, w.shape[1]])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(zp, "w_zp"),
+         numpy_helper.from_array(np.array(0, np.uint8), "a_zp")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", DEFAULT_OPSET)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def test_int8_matmuls_are_exact_integer_arithmetic(int8_graph: onnx.ModelProto) -> None:
+    """ONNX Runtime's integer kernel equals an exact int64 numpy product for every quantised
+    weight, on the activations that drive the pair sums to their extremes (255 where a column's
+    weight is positive, or negative, 0 elsewhere) and on random ones. A saturating kernel fails
+    this with 8-bit weights (on a non-VNNI CPU); exact kernels pass on any CPU."""
+    rng = np.random.default_rng(0)
+    for node, w, zp in _int8_matmuls(int8_graph):
+        a = np.concatenate([np.where(w.T > 0, 255, 0), np.where(w.T < 0, 255, 0),
+                            np.full((1, w.shape[0]), 255), rng.integers(0, 256, (8, w.shape[0]))]).astype(np.uint8)
+        exact = a.astype(np.int64) @ w.astype(np.int64)
+        sess = _matmul_integer_session(w, zp)
+        for rows in (a, a[:SPEC.horizon]):  # a batch, and the graph's own M = T rows
+            got = sess.run(None, {"a": rows})[0]
+            assert np.array_equal(got, exact[:len(rows)]), node.name
+
+
+def test_int8_weights_above_seven_bits_are_refused(int8_graph: onnx.ModelProto) -> None:
+    proto = onnx.ModelProto()
+    proto.CopyFrom(int8_graph)
+    node, w, _ = _int8_matmuls(proto)[0]
+    init = next(i for i in proto.graph.initializer if i.name == node.input[1])
+    w = w.copy()
+    w.flat[0] = 127
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    with pytest.raises(ExportError, match=f"int8 node '{node.name}': weights reach 127"):
+        check_int8_weight_range(proto)
+    check_int8_weight_range(int8_graph)
 
 
 @pytest.mark.parametrize("content,match", [(None, "missing"), (b"not a model", "not an ONNX model")])

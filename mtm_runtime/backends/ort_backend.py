@@ -24,7 +24,8 @@ other core back. For the ``paper`` preset intra_op 2 cuts p50 (2.8 vs 3.8-4.0 ms
 core is idle; pass ``intra_op_threads=2`` if it is.
 
 ``quantize="int8"`` (opt-in) runs ONNX Runtime's dynamic int8 quantisation of the MatMuls
-(``onnx_export.quantize_int8``) and refuses the result unless it stays within
+(``onnx_export.quantize_int8``: 7-bit per-channel weights, so the integer MatMuls are exact and
+the same on every CPU, VNNI or not) and refuses the result unless it stays within
 ``onnx_export.INT8_TOLERANCE`` of the fp32 graph on the parity cases.
 """
 from __future__ import annotations
