@@ -39,7 +39,11 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        # the bundled model, so installed configs can say package://mtm_runtime/models/reacher_embedded
+        (f"share/{PACKAGE}/models/reacher_embedded",
+         [f"models/reacher_embedded/{f}" for f in ("model.safetensors", "mtm.json")]),
     ],
+    package_data={"sim": ["*.json"]},  # reference returns (normalised scores), the Hopper expert
     zip_safe=True,
     entry_points={
         "console_scripts": [

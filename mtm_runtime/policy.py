@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mtm_runtime import masks as M
+from mtm_runtime import package_paths
 from mtm_runtime.backends import Backend, BackendError, backend_class, source_kind
 from mtm_runtime.buffer import TrajectoryBuffer
 from mtm_runtime.checkpoint import Checkpoint, load_checkpoint, parse_metadata
@@ -104,8 +105,9 @@ class Policy:
              limits: ActionLimits | None = None, **backend_options: Any) -> "Policy":
         """From a checkpoint directory, an ``.onnx`` file or an ``.engine`` file (the spec,
         normaliser and limits travel inside each). ``backend`` defaults to torch for a
-        checkpoint, onnxruntime for .onnx, tensorrt for .engine."""
-        p = Path(path)
+        checkpoint, onnxruntime for .onnx, tensorrt for .engine. ``package://mtm_runtime/...``
+        paths are found in the package's share directory (``mtm_runtime.package_paths``)."""
+        p = package_paths.resolve(path)
         if p.is_dir():
             ckpt = load_checkpoint(p)
             return cls.from_checkpoint(ckpt, backend or "torch", mode, limits, **backend_options)

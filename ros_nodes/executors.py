@@ -3,6 +3,9 @@
 Control paths use the EventsExecutor when it works and a SingleThreadedExecutor otherwise; never
 the MultiThreadedExecutor (measured: it drops nearly all messages at 500 Hz on 2 cores).
 
+``run_node`` is every node's ``main``: it owns the signals (:class:`StopSignals`: any number of
+SIGINT/SIGTERM, exit 0) and the teardown (``close``: no ghost participants).
+
 The EventsExecutor is *probed*, not assumed: it is absent on Humble, and in the rclpy 9.1.2 wheel
 ``spin()`` busy-loops without running callbacks while ``spin_once(timeout_sec=...)`` works. So the
 probe runs a short timer through ``spin_once`` on a throw-away node, and every node here spins
@@ -12,12 +15,15 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import rclpy
+import rclpy.logging
 from rclpy.context import Context
-from rclpy.executors import Executor, SingleThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 
 #: Environment override: ``MTM_EXECUTOR=single`` forces the SingleThreadedExecutor.
 ENV_VAR = "MTM_EXECUTOR"
@@ -87,9 +93,100 @@ def drain(executor: Executor, seconds: float = 0.2, step_s: float = 0.02) -> Non
         executor.spin_once(timeout_sec=step_s)
 
 
-def close(executor: Executor, node: "rclpy.node.Node", context: Context) -> None:
-    """Shut down in the right order: executor, node, then the context (if still up)."""
-    executor.shutdown(timeout_sec=1.0)
-    node.destroy_node()
+def close(executor: Executor | None, node: "rclpy.node.Node | None", context: Context) -> None:
+    """Shut down in the right order: executor, node, the context (if still up), then its handle.
+
+    ``settle_heap`` froze the node's objects out of the garbage collector, and frozen objects are
+    never finalised, not even at interpreter exit: the DDS participant would then vanish only when
+    its lease runs out (~20 s of a ghost node in ``ros2 node list``, measured). So the heap is
+    unfrozen and collected, and the context destroyed, which disposes of the participant at once.
+    """
+    if executor is not None:
+        executor.shutdown(timeout_sec=1.0)
+    if node is not None:
+        node.destroy_node()
     if context.ok():
         rclpy.shutdown(context=context)
+    gc.unfreeze()
+    gc.collect()
+    destroy = getattr(context, "destroy", None)  # Humble's Context has no destroy()
+    if destroy is not None:
+        destroy()
+
+
+def init_context(args: list[str] | None) -> Context:
+    """A fresh rclpy context with rclpy's own signal handlers off: :class:`StopSignals` owns
+    SIGINT/SIGTERM, so a second signal can never interrupt the shutdown it started."""
+    context = Context()
+    rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    return context
+
+
+class StopSignals:
+    """While entered, SIGINT and SIGTERM only record that a stop was asked, any number of times.
+
+    ``ros2 launch`` forwards a SIGINT to every node and a terminal's Ctrl-C sends one to the whole
+    process group, so a node gets two, often while it is already shutting down. The previous
+    handlers come back on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        self._old = {sig: signal.signal(sig, self._record) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.received)
+
+    @property
+    def first_name(self) -> str:
+        return signal.Signals(self.received[0]).name if self.received else ""
+
+
+def run_node(make_node: Callable[[Context], Any], args: list[str] | None, *,
+             finished: Callable[[Any], bool] = lambda node: False,
+             on_stop: Callable[[Any, Executor, str], None] | None = None, period_s: float = 0.05,
+             prefer: str = "auto") -> int:
+    """The ``main`` of every node here: init, spin until a signal or ``finished(node)``, close.
+
+    On SIGINT/SIGTERM ``on_stop(node, executor, signal_name)`` runs (the policy node publishes its
+    safe action there) before the shutdown; further signals are ignored, so every node exits 0 on
+    any number of them. A node whose construction fails with ``ValueError`` (a bad parameter)
+    logs one line and exits 2. ``prefer`` as in :func:`make_executor`.
+    """
+    context = init_context(args)
+    node = executor = None
+    with StopSignals() as stop:
+        try:
+            try:
+                node = make_node(context)
+            except ValueError as e:
+                rclpy.logging.get_logger("mtm_runtime").error(f"node not started: {e}")
+                return 2
+            executor, node.executor_name = make_executor(context, prefer)
+            executor.add_node(node)
+            node.get_logger().info(f"executor: {node.executor_name}")
+            settle_heap()
+            spin_loop(executor, context, keep_going=lambda: not stop.requested and not finished(node),
+                      period_s=period_s)
+            if stop.requested and on_stop is not None:
+                on_stop(node, executor, stop.first_name)
+            drain(executor, 0.2)  # the last messages, transition events and logs go out
+        except (KeyboardInterrupt, ExternalShutdownException):  # a signal handler other than ours
+            pass
+        finally:
+            close(executor, node, context)
+    return 0

@@ -49,7 +49,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import signal
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -67,12 +66,13 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 
+from mtm_runtime import package_paths
 from mtm_runtime import safety_contract as contract
 from mtm_runtime.latency import LoopStats
 from mtm_runtime.safety import (FAULT_KINDS, ActionLimits, FaultAction, RateLimiter, StaleWatchdog,
                                 UnsafeCommandError, intersect_limits, state_rejection_reason)
 from ros_nodes import conversions as conv
-from ros_nodes.executors import close, drain, make_executor, settle_heap, spin_loop
+from ros_nodes.executors import run_node, settle_heap
 
 NODE_NAME = "mtm_policy"
 TRIGGERS = ("state", "timer")
@@ -141,6 +141,9 @@ PARAMETERS: dict[str, tuple[Any, ParameterDescriptor]] = {
     "max_input_rate_factor": (contract.MAX_INPUT_RATE_FACTOR,
                               _desc("trigger=state: at most this many steps per control period", lo=1.0, hi=100.0)),
 }
+#: Parameters whose value is a list. The rcl YAML parser cannot type an empty list: a params file's
+#: ``goal: []`` leaves the parameter unset (None), which reads as the empty list here.
+LIST_PARAMS = frozenset(name for name, (default, _desc_) in PARAMETERS.items() if isinstance(default, list))
 #: Prefix of the test-only backend form ``external:module:Class`` (needs EXTERNAL_BACKENDS_ENV=1).
 EXTERNAL_PREFIX = "external:"
 EXTERNAL_BACKENDS_ENV = "MTM_ALLOW_EXTERNAL_BACKENDS"
@@ -214,7 +217,8 @@ class PolicyNode(LifecycleNode):
 
     # ---- parameters ------------------------------------------------------------------------
     def p(self, name: str) -> Any:
-        return self.get_parameter(name).value
+        value = self.get_parameter(name).value
+        return [] if value is None and name in LIST_PARAMS else value
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         for prm in params:
@@ -343,6 +347,7 @@ class PolicyNode(LifecycleNode):
         self._command_interface = str(self.p("command_interface"))
         if not path:
             raise ValueError("parameter model_path is empty")
+        path = str(package_paths.resolve(path))  # package://mtm_runtime/models/... -> its share directory
         policy = self._loader(path, backend, mode)
         spec = policy.spec
         sw, aw = spec.width("states"), spec.width("actions")
@@ -711,40 +716,21 @@ class PolicyNode(LifecycleNode):
 
 
 
+def _stop(node: PolicyNode, executor: Any, signal_name: str) -> None:
+    """SIGINT/SIGTERM: the fault action (a rate-limited ramp) while active, then the shutdown transition."""
+    sent = node.safe_stop()
+    node.get_logger().info(f"{signal_name} in state {node.lifecycle_state}: "
+                           f"{sent} safe command(s) published, shutting down")
+    if sent and node._cmd_pub is not None:
+        node._cmd_pub.wait_for_all_acked(timeout=rclpy.duration.Duration(seconds=0.5))
+    if node.lifecycle_state in ("unconfigured", "inactive", "active"):
+        node.trigger_shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point ``mtm_policy_node`` (accepts ``--ros-args -p ... --params-file ...``)."""
-    args = sys.argv if argv is None else argv
-    context = rclpy.Context()
-    try:  # our own SIGINT/SIGTERM handling: the context must stay up to publish the safe action
-        from rclpy.signals import SignalHandlerOptions
-
-        rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
-    except ImportError:  # pragma: no cover - very old rclpy
-        rclpy.init(args=args, context=context)
-    stop: list[int] = []
-    old = {sig: signal.signal(sig, lambda signum, _f: stop.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    node = PolicyNode(context=context, cli_args=None)
-    executor, node.executor_name = make_executor(context)
-    executor.add_node(node)
-    node.get_logger().info(f"executor: {node.executor_name}")
-    try:
-        spin_loop(executor, context, keep_going=lambda: not stop, period_s=0.05)
-        if stop:
-            sent = node.safe_stop()
-            node.get_logger().info(f"{signal.Signals(stop[0]).name} in state {node.lifecycle_state}: "
-                                   f"{sent} safe command(s) published, shutting down")
-            if sent and node._cmd_pub is not None:
-                node._cmd_pub.wait_for_all_acked(timeout=rclpy.duration.Duration(seconds=0.5))
-            if node.lifecycle_state in ("unconfigured", "inactive", "active"):
-                node.trigger_shutdown()
-            drain(executor, 0.2)  # let the transition event and logs out
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-        close(executor, node, context)
-    return 0
+    return run_node(lambda context: PolicyNode(context=context), sys.argv if argv is None else argv,
+                    on_stop=_stop)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
@@ -43,7 +42,7 @@ from mtm_runtime import safety_contract as contract
 from mtm_runtime import serial_protocol as sp
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.serial_link import SerialLink
-from ros_nodes.executors import settle_heap
+from ros_nodes.executors import run_node
 
 STATE_TYPES = ("observation", "joint_state", "both")
 
@@ -210,21 +209,9 @@ class SerialBridge(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = SerialBridge()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        settle_heap()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Entry point ``mtm_serial_bridge``; exits 0 on any number of SIGINT/SIGTERM."""
+    return run_node(lambda context: SerialBridge(context=context), sys.argv if args is None else args,
+                    prefer="single")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ dead policy node never leaves the plant driven by its last command.
 
 Episodes: at termination or the task's time limit the return and normalised score are logged
 and published, the env is reset and the new goal published, then the bridge calls the policy node's ``~/reset`` service
-(``policy_reset_service``; empty = none) and waits for its answer (at most ``reset_timeout_s``)
+(``policy_reset_service``; empty = none) and waits for its answer (at most ``reset_timeout_s``;
+``start_wait_s`` before the first episode, while the policy node loads its model)
 before the first observation of the next episode, so no state of the new episode can land in
 the old history. In lockstep a refusal ("not active") is retried until the deadline, so the
 first episode starts only once the policy node is active (and, with ``start_subscribers``, once
@@ -60,7 +61,7 @@ from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 
 from ros_nodes import conversions as conv
-from ros_nodes.executors import close, drain, make_executor, settle_heap, spin_loop
+from ros_nodes.executors import run_node
 
 NODE_NAME = "mtm_sim_bridge"
 #: episodes kept in memory and in ``results_path`` (oldest dropped first)
@@ -95,7 +96,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "command_timeout_s": (0.5, "realtime: no valid command for this long -> zero action (0 = hold forever)"),
     "start_subscribers": (0, "before the first episode, wait until 'observation' has this many matched "
                              "subscriptions (e.g. 2: the policy and a recorder); 0 = start at once"),
-    "start_wait_s": (10.0, "longest wait for start_subscribers (s); then start anyway, with a warning"),
+    "start_wait_s": (10.0, "longest wait before the first episode for start_subscribers and for the policy's "
+                           "reset service (s); then start anyway, with a warning"),
 }
 
 
@@ -169,6 +171,10 @@ class SimBridge(Node):
     def p(self, name: str) -> Any:
         return self.get_parameter(name).value
 
+    def destroy_node(self) -> None:
+        self.env.close()
+        super().destroy_node()
+
     def _randomisation(self) -> Any:
         if not self.p("randomise"):
             return None
@@ -192,7 +198,9 @@ class SimBridge(Node):
         parts = self.task.split_observation(obs)
         if "goals" in parts:
             self.goal_pub.publish(conv.array_to_multiarray(parts["goals"], "goal"))
-        self._reset_deadline = time.monotonic() + float(self.p("reset_timeout_s"))
+        # the first episode waits for the policy node to come up (loading a model takes seconds)
+        wait = self.p("start_wait_s") if self.episode == 0 else self.p("reset_timeout_s")
+        self._reset_deadline = time.monotonic() + float(wait)
         self._reset_future = None
         self._try_reset_call()
 
@@ -325,8 +333,9 @@ class SimBridge(Node):
         if self._resetting:
             self._try_reset_call()
             if self._resetting and now > self._reset_deadline:
-                self.get_logger().warning(f"policy reset service {self.p('policy_reset_service')} did not answer; "
-                                          "starting the episode anyway")
+                self.get_logger().warning(f"policy reset service {self.p('policy_reset_service')} did not answer "
+                                          f"within {'start_wait_s' if self.episode == 0 else 'reset_timeout_s'}; "
+                                          f"starting episode {self.episode} anyway")
                 self._start_episode()
         elif (self.mode == "lockstep" and self._awaiting and not self.finished
               and now - self._sent_at > float(self.p("lockstep_resend_s"))):
@@ -351,25 +360,10 @@ class SimBridge(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point ``mtm_sim_bridge``; exits 0 after ``episodes`` episodes (if > 0)."""
-    args = sys.argv if argv is None else argv
-    context = rclpy.Context()
-    rclpy.init(args=args, context=context)
-    node = SimBridge(context=context)
-    executor, name = make_executor(context)
-    executor.add_node(node)
-    node.get_logger().info(f"executor: {name}")
-    settle_heap()
-    try:
-        spin_loop(executor, context, keep_going=lambda: not node.finished)
-        if node.finished:  # let the last messages out
-            drain(executor, 0.2, step_s=0.05)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.env.close()
-        close(executor, node, context)
-    return 0
+    """Entry point ``mtm_sim_bridge``; exits 0 after ``episodes`` episodes (if > 0) or on any
+    number of SIGINT/SIGTERM."""
+    return run_node(lambda context: SimBridge(context=context), sys.argv if argv is None else argv,
+                    finished=lambda node: node.finished)
 
 
 if __name__ == "__main__":
