@@ -129,6 +129,14 @@ class LoopStats:
         self.faults += 1
         self.last_fault_reason = reason
 
+    def report(self) -> dict[str, object]:
+        """What diagnostics show: achieved rate, act/e2e latency percentiles (ms), the counters."""
+        vals: dict[str, object] = {"rate_hz": self.rate.rate_hz()}
+        for prefix, ring in (("act", self.act_latency), ("e2e", self.e2e_latency)):
+            vals.update({f"{prefix}_{k}": v for k, v in ring.summary().as_ms().items()})
+        vals.update(self.counters())
+        return vals
+
     def counters(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in ("ticks", "published", "overruns", "stale_ticks",
                                               "rejected_inputs", "act_errors", "faults", "episode_resets")}

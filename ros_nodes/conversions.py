@@ -16,7 +16,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
-JOINT_FIELDS = ("position", "velocity", "effort")
+from mtm_runtime.policy_params import JOINT_FIELDS
 
 
 class ConversionError(ValueError):

@@ -29,61 +29,10 @@ from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import TrajectorySpec
 from ros_nodes.conversions import diagnostic_values
 from ros_nodes.executors import make_executor, spin_loop
+from scripted_policy import ScriptedPolicy  # noqa: F401 - re-exported for the ROS tests
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-
-
-class ScriptedPolicy:
-    """Implements the Policy contract; ``act`` returns ``gain * state[:action_width]``.
-
-    ``delay_s`` makes act() slow (overrun tests); ``fail`` makes it raise. Records calls.
-    """
-
-    def __init__(self, state_width: int = 3, action_width: int = 2, bound: float = 1.0, gain: float = 1.0) -> None:
-        self.spec = TrajectorySpec.create(4, states=state_width, actions=action_width, returns=1)
-        self.modes = ("bc", "rcbc")
-        self.mode = "bc"
-        self.limits = ActionLimits.symmetric(bound, action_width)
-        self.backend_name = "scripted"
-        self.gain = gain
-        self.delay_s = 0.0
-        self.fail = False
-        self.calls: list[tuple[np.ndarray, float | None]] = []
-        self.resets = 0
-        self.target_return: float | None = None
-
-    def set_mode(self, mode: str, *, target_return: float | None = None, goal: Any = None) -> None:
-        if mode not in self.modes:
-            raise ValueError(f"mode {mode!r} not available (modes: {', '.join(self.modes)})")
-        if mode == "rcbc" and target_return is None:
-            raise ValueError("rcbc needs a target_return")
-        self.mode = mode
-        if target_return is not None:
-            self.target_return = target_return
-
-    def set_target_return(self, x: float) -> None:
-        if not np.isfinite(x):
-            raise ValueError("target_return must be finite")
-        self.target_return = float(x)
-
-    def set_goal(self, g: np.ndarray) -> None:
-        raise ValueError("this model has no goals modality")
-
-    def reset(self) -> None:
-        self.resets += 1
-
-    def warmup(self, n: int = 10) -> None:
-        pass
-
-    def act(self, state: np.ndarray, reward: float | None = None) -> np.ndarray:
-        self.calls.append((np.array(state), reward))
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.fail:
-            raise RuntimeError("scripted failure")
-        a = self.gain * np.asarray(state[: self.limits.width], dtype=np.float32)
-        return self.limits.clip(a)
 
 
 class Graph:

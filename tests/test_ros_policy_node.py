@@ -241,3 +241,34 @@ def test_real_policy_with_slow_backend_overruns(graph: Graph, tmp_path) -> None:
     assert node.stats.overruns == 1
     vals = node.diagnostics_values()
     assert vals["backend"] == "slow-torch" and float(vals["act_max_ms"]) >= 50.0
+
+
+def test_atomic_parameter_set_is_checked_as_a_whole(graph: Graph, tmp_path) -> None:
+    """``~/set_parameters_atomically`` with one bad value refuses the set and changes nothing:
+    not the parameters, not the live policy (it stays in bc); a good set is applied as a whole."""
+    from rcl_interfaces.srv import SetParametersAtomically
+    from ros_harness import make_tiny_checkpoint
+
+    from mtm_runtime.policy import Policy
+
+    policy = Policy.load(make_tiny_checkpoint(tmp_path / "ckpt"))  # reacher: returns and 2-d goals
+    node = _make(graph, policy, state_width=policy.spec.width("states"))
+    graph.start()
+    _activate(graph)
+
+    def atomically(**values: object):
+        req = SetParametersAtomically.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        return graph.call(SetParametersAtomically, f"/{NODE}/set_parameters_atomically", req).result
+
+    refusals = node.param_refusals
+    r = atomically(mask_mode="rcbc", goal=[0.1, 0.2, 0.3])  # the goal has the wrong width
+    assert not r.successful and "goal" in r.reason
+    assert policy.mode == "bc" and node.get_parameter("mask_mode").value == "bc"
+    assert list(node.get_parameter("goal").value) == [] and node.param_refusals == refusals + 1
+    r = atomically(mask_mode="goal", goal=[0.1, 0.2])
+    assert r.successful and policy.mode == "goal" and node.get_parameter("mask_mode").value == "goal"
+    r = atomically(mask_mode="rcbc", target_return=7.0)
+    assert r.successful and policy.mode == "rcbc" and node.get_parameter("target_return").value == 7.0
+    r = atomically(mask_mode="bc", control_rate_hz=10.0)  # a static parameter while configured
+    assert not r.successful and "configure" in r.reason and policy.mode == "rcbc"

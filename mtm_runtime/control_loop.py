@@ -1,0 +1,333 @@
+"""The control loop with its safety chain, without ROS: one home for what a step does.
+
+``ControlLoop`` owns, for one policy: input checks (``state_rejection_reason``, JointState stamp
+rules), the flood guard, the episode rules (reset service, a stale gap longer than
+``stale_reset_s``), ``Policy.act``, the overrun check, clipping to the (narrowed) limits, the
+rate limit, the fault action, the counters (``LoopStats``) and the fault log that diagnostics
+read. Limits, rate limiter, watchdog and fault action are ``mtm_runtime.safety``'s objects.
+
+Adapters (the ROS policy node, in-process evaluation) convert their inputs, call
+``on_state`` / ``on_tick`` / ``on_reward`` / ``reset`` and emit what comes back:
+
+* ``Command``: the policy's action, clipped and rate-limited, stamped with its state's stamp;
+* ``Fault``: the fault action (rate-limited too), stamped with ``clock_ns()``;
+* ``None``: nothing to send (inactive, input rejected, or a flooded state deferred to the next
+  tick: ``pending`` is then true).
+
+Time is passed in: ``now`` is monotonic seconds (arrival / tick time), ``clock_ns`` the clock the
+input stamps are compared with, ``act_clock`` times ``act()``; tests drive all three.
+The numbers of the contract are ``mtm_runtime.safety_contract``'s (``docs/safety.md``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mtm_runtime import safety_contract as contract
+from mtm_runtime.latency import LoopStats
+from mtm_runtime.safety import (FAULT_KINDS, ActionLimits, FaultAction, RateLimiter, StaleWatchdog,
+                                UnsafeCommandError, intersect_limits, state_rejection_reason)
+
+TRIGGERS = ("state", "timer")
+Log = Callable[[str, str], None]  # (level "info" | "warning", text)
+
+
+def _no_log(level: str, text: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the loop needs to know, checked as a whole at construction (ValueError names the field)."""
+
+    rate_hz: float = 50.0
+    stale_timeout: float = 0.25
+    stale_reset_s: float = 1.0
+    trigger: str = "state"
+    max_input_rate_factor: float = contract.MAX_INPUT_RATE_FACTOR
+    max_state_age: float = 0.0      # > 0: stamps older than this vs clock_ns() are rejected
+    max_future_s: float = 0.05      # with max_state_age > 0: stamps this far ahead are rejected
+    max_rate: float = 0.0           # per-step change per dimension; 0 = off
+    fault_action: str = "hold"
+    safe_action: Sequence[float] = ()
+    action_low: Sequence[float] = ()   # narrow the policy's limits (empty = keep)
+    action_high: Sequence[float] = ()
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be {what}, got {getattr(self, name)!r}" for name, ok, what in (
+            ("rate_hz", math.isfinite(self.rate_hz) and self.rate_hz > 0, "a finite number > 0"),
+            ("stale_timeout", math.isfinite(self.stale_timeout) and self.stale_timeout > 0, "a finite number > 0"),
+            ("stale_reset_s", self.stale_reset_s >= 0, ">= 0"),
+            ("trigger", self.trigger in TRIGGERS, f"one of {TRIGGERS}"),
+            ("max_input_rate_factor", self.max_input_rate_factor >= 1, ">= 1"),
+            ("max_state_age", self.max_state_age >= 0, ">= 0"),
+            ("max_future_s", self.max_future_s >= 0, ">= 0"),
+            ("max_rate", self.max_rate >= 0, ">= 0 (0 = off)"),
+            ("fault_action", self.fault_action in FAULT_KINDS, f"one of {FAULT_KINDS}"),
+        ) if not ok]
+        if problems:
+            raise ValueError("loop config: " + "; ".join(problems))
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+
+@dataclass(frozen=True)
+class Command:
+    """A policy command: clipped and rate-limited, stamped with its state's stamp."""
+
+    action: np.ndarray
+    stamp_ns: int
+    arrival: float  # monotonic arrival time of the state it was computed from
+
+
+@dataclass(frozen=True)
+class Fault:
+    """The fault action answering ``kind`` (a row of the safety contract), stamped with the clock."""
+
+    kind: str
+    detail: str
+    action: np.ndarray
+    stamp_ns: int
+
+
+class FaultLog:
+    """Faults seen, for diagnostics: kind -> (monotonic time, detail); ``on_note`` hears each one."""
+
+    def __init__(self, on_note: Callable[[str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._seen: dict[str, tuple[float, str]] = {}
+        self._on_note = on_note
+        self._clock = clock
+
+    def note(self, kind: str, detail: str) -> None:
+        self._seen[kind] = (self._clock(), detail)
+        if self._on_note is not None:
+            self._on_note(kind, detail)
+
+    def clear(self, kind: str) -> None:
+        self._seen.pop(kind, None)
+
+    def active(self, now: float | None = None) -> list[tuple[str, str]]:
+        """(kind, detail) of faults seen within FAULT_HOLD_S, worst level first."""
+        now = self._clock() if now is None else now
+        live = [(k, d) for k, (t, d) in self._seen.items() if now - t <= contract.FAULT_HOLD_S]
+        return sorted(live, key=lambda kd: -contract.LEVELS[contract.CONTRACT[kd[0]].level])
+
+    def report(self) -> dict[str, str]:
+        """Diagnostics keys: ``fault`` (active kinds, worst first, or ``none``), ``fault_detail``."""
+        live = self.active()
+        return {"fault": ",".join(k for k, _ in live) or "none", "fault_detail": live[0][1] if live else "none"}
+
+
+@dataclass
+class _Pending:
+    state: np.ndarray
+    stamp_ns: int
+    arrival: float
+
+
+@dataclass
+class _Episode:
+    steps: int = 0
+    reward: float | None = None
+    last_stamp_ns: int | None = None
+    pending: _Pending | None = None
+    last_arrival: float = -math.inf
+
+
+class ControlLoop:
+    """One policy behind the safety chain (module docstring). Inactive until ``activate(now)``."""
+
+    def __init__(self, policy: Any, config: LoopConfig, *, clock_ns: Callable[[], int] = time.time_ns,
+                 act_clock: Callable[[], float] = time.monotonic, faults: FaultLog | None = None,
+                 stats: LoopStats | None = None, log: Log = _no_log) -> None:
+        self.policy, self.config = policy, config
+        width = policy.limits.width
+        self.limits: ActionLimits = intersect_limits(policy.limits, list(config.action_low),
+                                                     list(config.action_high))
+        self.rate_limiter = RateLimiter.from_parameter(float(config.max_rate), width)
+        self.fault_action = FaultAction(config.fault_action, self.limits, list(config.safe_action))
+        self.watchdog = StaleWatchdog(config.stale_timeout)
+        self.period_s = config.period_s
+        self.state_width = int(policy.spec.width("states"))
+        self._min_step_s = self.period_s / config.max_input_rate_factor
+        self._max_age_ns = int(config.max_state_age * 1e9)
+        self._max_future_ns = int(config.max_future_s * 1e9)
+        self._clock_ns, self._act_clock, self._log = clock_ns, act_clock, log
+        self.faults = faults if faults is not None else FaultLog()
+        self.stats = stats if stats is not None else LoopStats()  # replaced by activate()
+        self.active = False
+        self.last_command: np.ndarray | None = None
+        self._ep = _Episode()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def activate(self, now: float) -> None:
+        """Start: fresh counters and episode, the limiter ramps from the resting fault action."""
+        self.stats = LoopStats()
+        self.policy.reset()
+        self.rate_limiter.reset(self.fault_action.action(None))
+        self.last_command, self._ep = None, _Episode()
+        self.faults.clear("stale_input")
+        self.watchdog.arm(now)
+        self.active = True
+
+    def deactivate(self) -> None:
+        self.watchdog.disarm()
+        self.active = False
+
+    def reset(self, why: str) -> None:
+        """New episode: empty policy history, no reward carried, old stamps void."""
+        self.policy.reset()
+        self._ep = _Episode(last_arrival=self._ep.last_arrival)
+        self.stats.episode_resets += 1
+        self._log("info", f"new episode: {why}")
+
+    # ---- inputs ----------------------------------------------------------------------------
+    @property
+    def pending(self) -> bool:
+        """A state waits for the next tick (flood guard, or ``trigger: timer``)."""
+        return self._ep.pending is not None
+
+    def input_age(self, now: float) -> float:
+        return self.watchdog.age(now)
+
+    def on_reward(self, reward: float) -> None:
+        """Accumulate a reward for the next step (non-finite rewards are ignored)."""
+        if math.isfinite(reward):
+            self._ep.reward = (self._ep.reward or 0.0) + reward
+
+    def reject(self, reason: str) -> None:
+        """An input dropped before the policy: counted, logged, in the fault log."""
+        self.stats.rejected_inputs += 1
+        self.stats.last_fault_reason = f"rejected input: {reason}"
+        self.faults.note("rejected_input", reason)
+        self._log("warning", self.stats.last_fault_reason)
+
+    def on_state(self, state: np.ndarray, stamp_ns: int, now: float, *,
+                 stamped: bool = False) -> Command | Fault | None:
+        """A state arrived at ``now``. ``stamped``: ``stamp_ns`` is the source's (JointState) and
+        must follow the stamp rules; otherwise it is the adapter's clock at arrival."""
+        if not self.active:
+            return None
+        if stamped:
+            if self.watchdog.age(now) > self.config.stale_reset_s:
+                self._ep.last_stamp_ns = None  # a new episode will start: old stamps are void
+            reason = self._stamp_rejection(stamp_ns)
+            if reason:
+                self.reject(reason)
+                return None
+        reason = state_rejection_reason(state, self.state_width)
+        if reason:
+            self.reject(reason)
+            return None
+        # Flood guard on inter-arrival time (not on the time of the last step: a state deferred
+        # to a tick would otherwise drag every following state onto the timer's phase, adding up
+        # to a period of latency to a well-behaved stream).
+        since_last, self._ep.last_arrival = now - self._ep.last_arrival, now
+        self._ep.last_stamp_ns = stamp_ns
+        if self.config.trigger == "state" and since_last < self._min_step_s:
+            self._ep.pending = _Pending(state, stamp_ns, now)  # flood: deferred to the next tick
+            self.watchdog.feed(now)
+            return None
+        gap = self.watchdog.feed(now)
+        if gap > self.watchdog.timeout_s:
+            self._log("info", f"fresh input after {gap:.3f} s without one")
+            if gap > self.config.stale_reset_s and self._ep.steps:
+                self.reset(f"input gap of {gap:.3f} s")
+                self._ep.last_stamp_ns, self._ep.last_arrival = stamp_ns, now
+        if self.config.trigger == "state":
+            return self._step(state, stamp_ns, now)
+        self._ep.pending = _Pending(state, stamp_ns, now)
+        return None
+
+    def _stamp_rejection(self, stamp_ns: int) -> str | None:
+        """None if the stamp is acceptable (increasing; within max_state_age / max_future_s of now)."""
+        last = self._ep.last_stamp_ns
+        if last is not None and stamp_ns <= last:
+            return (f"state stamp {stamp_ns * 1e-9:.6f} s is not after the previous one "
+                    f"({last * 1e-9:.6f} s): duplicate or out of order")
+        if self._max_age_ns:
+            now = self._clock_ns()
+            if now - stamp_ns > self._max_age_ns:
+                return f"state stamp is {(now - stamp_ns) * 1e-9:.3f} s old (> max_state_age)"
+            if stamp_ns - now > self._max_future_ns:
+                return f"state stamp is {(stamp_ns - now) * 1e-9:.3f} s in the future (> max_future_s)"
+        return None
+
+    # ---- the loop --------------------------------------------------------------------------
+    def on_tick(self, now: float) -> Command | Fault | None:
+        """Every control period: the stale check, then the step on a pending state (if any)."""
+        if not self.active:
+            return None
+        if self.watchdog.stale(now):
+            self.stats.stale_ticks += 1
+            return self._fault("stale_input", f"stale input: no valid state for {self.watchdog.age(now):.3f} s "
+                                              f"(> {self.watchdog.timeout_s} s)")
+        pending, self._ep.pending = self._ep.pending, None
+        if pending is None:
+            return None
+        return self._step(pending.state, pending.stamp_ns, pending.arrival)
+
+    def _step(self, state: np.ndarray, stamp_ns: int, arrival: float) -> Command | Fault:
+        ep = self._ep
+        reward = ep.reward if ep.steps else None  # no reward precedes an episode's first act
+        ep.reward = None
+        t0 = self._act_clock()
+        try:
+            action = self.policy.act(state, reward=reward)  # Policy normalises into its float32 buffer
+        except Exception as e:  # noqa: BLE001 - a failing model must not stop the loop
+            self.stats.act_errors += 1
+            return self._fault("act_error", f"act() raised {type(e).__name__}: {e}")
+        dt = self._act_clock() - t0
+        ep.steps += 1
+        self.stats.act_latency.add(dt)
+        if dt > self.period_s:
+            self.stats.overruns += 1
+            return self._fault("overrun", f"inference overrun: act() took {dt * 1e3:.2f} ms > period "
+                                          f"{self.period_s * 1e3:.2f} ms")
+        try:
+            cmd = self.rate_limiter.apply(self.limits.clip(np.asarray(action, dtype=np.float32)))
+        except UnsafeCommandError as e:
+            self.stats.act_errors += 1
+            return self._fault("unsafe_output", f"unsafe command from the policy: {e}")
+        self.stats.ticks += 1
+        self._sent(cmd)
+        return Command(cmd, stamp_ns, arrival)
+
+    def _fault(self, kind: str, detail: str) -> Fault:
+        """The fault action (through the rate limiter), stamped with the clock."""
+        self.stats.fault(detail)
+        self._log("warning", detail)
+        self.faults.note(kind, detail)
+        cmd = self.rate_limiter.apply(self.fault_action.action(self.last_command))
+        self._sent(cmd)
+        return Fault(kind, detail, cmd, self._clock_ns())
+
+    def _sent(self, cmd: np.ndarray) -> None:
+        self.last_command = cmd
+        self.stats.published += 1
+        self.stats.rate.tick()
+
+    def safe_stop_commands(self) -> list[Fault]:
+        """Shutdown: the rate-limited ramp to the fault action (at most SHUTDOWN_RAMP_MAX_STEPS
+        commands, one per period), ending on it whenever the ramp fits; [] when inactive."""
+        if not self.active:
+            return []
+        detail = "signal: stopping"
+        self.faults.note("shutdown", detail)
+        target = self.fault_action.action(self.last_command)
+        stamp = self._clock_ns()
+        ramp: list[Fault] = []
+        while len(ramp) < contract.SHUTDOWN_RAMP_MAX_STEPS:
+            cmd = self.rate_limiter.apply(target).copy()
+            self._sent(cmd)
+            ramp.append(Fault("shutdown", detail, cmd, stamp))
+            if np.array_equal(cmd, target):
+                break
+        return ramp

@@ -1,0 +1,236 @@
+"""The policy node's parameters as data, and their checks (no ROS import).
+
+``PARAMETERS`` is the table (default, text, range, allowed choices) the ROS node declares its
+parameters from; the choices are data here, never re-parsed from descriptor text.
+
+A parameter update is handled in two steps (``ros_nodes/policy_node.py``):
+1. ``set_problem`` checks the whole set (each value; run-time rules; the mode / goal /
+   target_return the live policy would end up with) and has no side effect;
+2. only if the whole set passed, ``apply_conditioning`` hands the new values to the policy.
+So an atomic set with one bad value changes nothing.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from mtm_runtime import safety_contract as contract
+from mtm_runtime.control_loop import TRIGGERS, LoopConfig
+from mtm_runtime.safety import FAULT_KINDS
+
+JOINT_FIELDS = ("position", "velocity", "effort")
+COMMAND_TYPES = ("float64_multiarray", "joint_state")
+INPUT_TYPES = ("float64_multiarray", "joint_state")
+#: Parameters applied while running; all others take effect at the next configure and may only
+#: change while unconfigured.
+DYNAMIC_PARAMS = ("mask_mode", "target_return", "goal")
+#: Prefix of the test-only backend form ``external:module:Class`` (needs EXTERNAL_BACKENDS_ENV=1).
+EXTERNAL_PREFIX = "external:"
+EXTERNAL_BACKENDS_ENV = "MTM_ALLOW_EXTERNAL_BACKENDS"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: default, description, and what values it accepts."""
+
+    default: Any
+    text: str
+    lo: float | None = None       # float range [lo, hi]
+    hi: float | None = None
+    ilo: int | None = None        # integer range [ilo, ihi]
+    ihi: int | None = None
+    choices: tuple[str, ...] = ()
+    numbers: bool = False         # a list of finite numbers
+
+    @property
+    def is_list(self) -> bool:
+        return isinstance(self.default, list)
+
+
+#: name -> Param. Numbers use dynamic typing in ROS so YAML ``100`` works for a double.
+PARAMETERS: dict[str, Param] = {
+    "model_path": Param("", "checkpoint directory, .onnx or .engine"),
+    "backend": Param("torch", "inference backend passed to Policy.load (torch, onnxruntime, ...)"),
+    "mask_mode": Param("bc", "inference mode (bc, rcbc, goal, ...); changeable at run time"),
+    "target_return": Param(0.0, "target return for rcbc (task reward units); run time", lo=-1e12, hi=1e12),
+    "goal": Param([], "goal vector for goal mode (empty = unset); run time", numbers=True),
+    "control_rate_hz": Param(50.0, "control rate; also the act() time budget (1/rate)", lo=1.0, hi=2000.0),
+    "trigger": Param("state", "step on each state or on a timer", choices=TRIGGERS),
+    "command_type": Param("float64_multiarray", "message type on 'commands'", choices=COMMAND_TYPES),
+    "command_interface": Param("effort", "JointState field for commands", choices=JOINT_FIELDS),
+    "input_type": Param("float64_multiarray", "state input: 'observation' Float64MultiArray or "
+                        "'joint_states' JointState", choices=INPUT_TYPES),
+    "joint_names": Param([], "joint order for JointState input/commands (empty = message order)"),
+    "state_fields": Param(["position", "velocity"], "JointState fields concatenated into the state"),
+    "state_width": Param(0, "expected state width (0 = take the model's)", ilo=0, ihi=100000),
+    "action_low": Param([], "narrow the checkpoint's lower action limits (empty = keep)", numbers=True),
+    "action_high": Param([], "narrow the checkpoint's upper action limits (empty = keep)", numbers=True),
+    "max_rate": Param(0.0, "max command change per step per dimension (actuator units; 0 = off)", lo=0.0, hi=1e9),
+    "stale_timeout": Param(0.25, "seconds without a valid state before the fault action", lo=0.001, hi=3600.0),
+    "stale_reset_s": Param(1.0, "a stale gap longer than this starts a new policy episode (s)", lo=0.0, hi=1e6),
+    "fault_action": Param("hold", "command on a fault", choices=FAULT_KINDS),
+    "safe_action": Param([], "the action for fault_action=safe (inside the limits)", numbers=True),
+    "warmup_iters": Param(10, "act() calls at configure to warm the backend", ilo=0, ihi=10000),
+    "inference_threads": Param(1, "torch intra-op threads for the default loader (0 = library default)",
+                               ilo=0, ihi=256),
+    "autostart": Param(False, "configure and activate at start-up (no lifecycle manager needed)"),
+    "max_state_age": Param(0.0, "reject JointState stamps older than this vs the node clock (s; 0 = off: "
+                           "only needs stamps to increase)", lo=0.0, hi=3600.0),
+    "max_future_s": Param(0.05, "with max_state_age > 0: reject stamps this far ahead of the node clock (s)",
+                          lo=0.0, hi=3600.0),
+    "max_input_rate_factor": Param(contract.MAX_INPUT_RATE_FACTOR,
+                                   "trigger=state: at most this many steps per control period", lo=1.0, hi=100.0),
+}
+#: Parameters whose value is a list. The rcl YAML parser cannot type an empty list: a params file's
+#: ``goal: []`` leaves the parameter unset (None), which reads as the empty list.
+LIST_PARAMS = frozenset(name for name, prm in PARAMETERS.items() if prm.is_list)
+
+
+def floats(value: Any) -> list[float]:
+    return [float(v) for v in (value or [])]
+
+
+def value_problem(name: str, value: Any) -> str | None:
+    """None if ``value`` is acceptable for parameter ``name`` (range, type, choices), else why not."""
+    prm = PARAMETERS.get(name)
+    if prm is None:
+        return None
+    try:
+        if prm.lo is not None:
+            v = float(value)
+            if not (math.isfinite(v) and prm.lo <= v <= prm.hi):  # type: ignore[operator]
+                return f"{name} must be in [{prm.lo}, {prm.hi}], got {value!r}"
+        if prm.ilo is not None:
+            if int(value) != value or not prm.ilo <= int(value) <= prm.ihi:  # type: ignore[operator]
+                return f"{name} must be an integer in [{prm.ilo}, {prm.ihi}], got {value!r}"
+        if prm.choices and value not in prm.choices:
+            return f"{name} must be one of: {', '.join(prm.choices)}, got {value!r}"
+        if prm.is_list:
+            if not isinstance(value, (list, tuple)) and not hasattr(value, "__len__"):
+                return f"{name} must be a list, got {value!r}"
+            if prm.numbers and not all(math.isfinite(v) for v in floats(value)):
+                return f"{name} must be finite numbers"
+    except (TypeError, ValueError) as e:
+        return f"{name}: invalid value {value!r} ({e})"
+    return None
+
+
+def mode_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``Policy.set_mode`` keyword arguments for the mode in ``values`` (target_return, goal)."""
+    mode = str(values["mask_mode"])
+    kw: dict[str, Any] = {}
+    if mode == "rcbc":
+        kw["target_return"] = float(values["target_return"])
+    goal = floats(values["goal"])
+    if mode == "goal" or goal:
+        kw["goal"] = np.asarray(goal, dtype=np.float32) if goal else None
+    return kw
+
+
+def _conditioning_problem(policy: Any, changes: Mapping[str, Any],
+                          values: Mapping[str, Any]) -> tuple[str, str] | None:
+    """What the live policy would refuse of the merged dynamic values (checked, nothing applied)."""
+    spec, mode, goal = policy.spec, str(values["mask_mode"]), floats(values["goal"])
+    if "mask_mode" in changes and mode not in policy.modes:
+        return "mask_mode", f"mode {mode!r} is not available for this model; choose from {', '.join(policy.modes)}"
+    if "target_return" in changes and "returns" not in spec:
+        return "target_return", "this model has no 'returns' modality"
+    if goal and ("goal" in changes or "mask_mode" in changes):
+        if "goals" not in spec:
+            return "goal", "this model has no 'goals' modality"
+        if len(goal) != spec.width("goals"):
+            return "goal", f"goal has shape ({len(goal)},), expected ({spec.width('goals')},)"
+    return None
+
+
+def set_problem(changes: Mapping[str, Any], current: Mapping[str, Any], policy: Any = None) -> tuple[str, str] | None:
+    """(name, why) for the first problem of an update ``changes`` (the whole set; no side effects),
+    or None. ``current`` holds the present values; ``policy`` is the live one (None: unconfigured)."""
+    for name, value in changes.items():
+        if name not in PARAMETERS:
+            continue
+        if policy is not None and name not in DYNAMIC_PARAMS:
+            return name, f"'{name}' takes effect at configure; clean up the node first"
+        reason = value_problem(name, value)
+        if reason:
+            return name, reason
+    if policy is None:
+        return None
+    dynamic = {k: v for k, v in changes.items() if k in DYNAMIC_PARAMS}
+    return _conditioning_problem(policy, dynamic, {**current, **dynamic}) if dynamic else None
+
+
+def apply_conditioning(policy: Any, changes: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+    """Hand the checked dynamic ``changes`` to the live policy (``values``: all merged values)."""
+    if "mask_mode" in changes:
+        policy.set_mode(str(values["mask_mode"]), **mode_kwargs(values))
+        return
+    if "goal" in changes and floats(values["goal"]):
+        policy.set_goal(np.asarray(floats(values["goal"]), dtype=np.float32))
+    if "target_return" in changes:
+        policy.set_target_return(float(values["target_return"]))
+
+
+def check_model_fits(policy: Any, values: Mapping[str, Any], path: str) -> None:
+    """ValueError unless the loaded model fits the parameters (widths, joints, mode)."""
+    sw, aw = policy.spec.width("states"), policy.spec.width("actions")
+    joints, fields, want = list(values["joint_names"]), list(values["state_fields"]), int(values["state_width"])
+    if want and want != sw:
+        raise ValueError(f"state_width is {want} but the model {path} expects states of width {sw}")
+    if values["input_type"] == "joint_state" and joints and len(joints) * len(fields) != sw:
+        raise ValueError(f"{len(joints)} joint_names x {len(fields)} state_fields = "
+                         f"{len(joints) * len(fields)} values, the model's states have width {sw}")
+    if values["command_type"] == "joint_state" and joints and len(joints) != aw:
+        raise ValueError(f"{len(joints)} joint_names but the model's actions have width {aw}")
+    if values["mask_mode"] not in policy.modes:
+        raise ValueError(f"mask_mode {values['mask_mode']!r} is not valid for this model "
+                         f"(modes: {', '.join(policy.modes)})")
+
+
+def loop_config(values: Mapping[str, Any]) -> LoopConfig:
+    """The ControlLoop's configuration from parameter values."""
+    return LoopConfig(
+        rate_hz=float(values["control_rate_hz"]), stale_timeout=float(values["stale_timeout"]),
+        stale_reset_s=float(values["stale_reset_s"]), trigger=str(values["trigger"]),
+        max_input_rate_factor=float(values["max_input_rate_factor"]),
+        max_state_age=float(values["max_state_age"]), max_future_s=float(values["max_future_s"]),
+        max_rate=float(values["max_rate"]), fault_action=str(values["fault_action"]),
+        safe_action=tuple(floats(values["safe_action"])), action_low=tuple(floats(values["action_low"])),
+        action_high=tuple(floats(values["action_high"])))
+
+
+def load_external_policy(path: str, spec_str: str, mode: str) -> Any:
+    """``external:module:Class`` -> a Policy on that Backend subclass (tests only)."""
+    from mtm_runtime.backends import Backend
+    from mtm_runtime.checkpoint import load_checkpoint
+    from mtm_runtime.policy import Policy
+
+    if os.environ.get(EXTERNAL_BACKENDS_ENV) != "1":
+        raise ValueError(f"backend {spec_str!r}: external backends are for tests; set {EXTERNAL_BACKENDS_ENV}=1")
+    target = spec_str[len(EXTERNAL_PREFIX):]
+    module, _, cls_name = target.partition(":")
+    if not module or not cls_name:
+        raise ValueError(f"backend {spec_str!r}: expected external:package.module:Class")
+    cls = getattr(importlib.import_module(module), cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ValueError(f"backend {spec_str!r}: {cls_name} is not a mtm_runtime Backend subclass")
+    ckpt = load_checkpoint(path)
+    return Policy(ckpt.spec, ckpt.normaliser, cls(ckpt.spec), ckpt.action_limits, mode, ckpt.metadata())
+
+
+def load_policy(path: str, backend: str, mode: str, threads: int) -> Any:
+    """Default loader: ``Policy.load``; torch backends on a checkpoint get ``threads`` threads
+    (1 by default: on a couple of shared cores one thread has the lowest jitter)."""
+    from mtm_runtime.policy import Policy
+
+    if backend.startswith(EXTERNAL_PREFIX):
+        return load_external_policy(path, backend, mode)
+    opts: dict[str, Any] = {}
+    if threads and (backend or "torch").startswith("torch") and not path.endswith((".onnx", ".engine")):
+        opts["threads"] = threads
+    return Policy.load(path, backend=backend, mode=mode, **opts)
