@@ -59,11 +59,34 @@ class MTMConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "model_config") -> "MTMConfig":
+        """From metadata: every field typed and inside ``CONFIG_BOUNDS`` (ValueError naming it)."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where} must be an object")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"{where} has unknown fields {sorted(unknown)}")
+        for name, (lo, hi) in CONFIG_BOUNDS.items():
+            if name not in d:
+                continue
+            v = d[name]
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ValueError(f"{where}.{name} must be an integer in [{lo}, {hi}], got {v!r}")
+        drop = d.get("dropout", 0.0)
+        if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0.0 <= drop < 1.0:
+            raise ValueError(f"{where}.dropout must be a number in [0, 1), got {drop!r}")
+        if "d_model" in d and d["d_model"] % d.get("n_heads", cls.n_heads):
+            raise ValueError(f"{where}.n_heads ({d.get('n_heads', cls.n_heads)}) must divide "
+                             f"{where}.d_model ({d['d_model']})")
         return cls(**dict(d))
+
+
+#: Accepted ranges of the integer config fields in a file (far above any model this runtime
+#: serves; what is really refused is a memory estimate over ``MAX_MODEL_BYTES``).
+CONFIG_BOUNDS: dict[str, tuple[int, int]] = {"d_model": (1, 16384), "n_heads": (1, 256), "n_enc_layers": (1, 128),
+                                             "n_dec_layers": (1, 128), "mlp_ratio": (1, 64)}
+#: Parameters (fp32) + activations of one batch: a file asking for more is refused before allocating.
+MAX_MODEL_BYTES = 4 << 30
 
 
 #: Named presets. ``paper``: the paper's D4RL setting (width 512, 2 encoder + 1 decoder layers,
@@ -231,4 +254,23 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MTM", "MTMConfig", "PRESETS", "PRESET_HORIZON", "HIDDEN_BIAS", "build_model", "count_parameters"]
+def parameter_count(spec: TrajectorySpec, cfg: MTMConfig) -> int:
+    """``count_parameters(MTM(spec, cfg))`` by arithmetic, without building anything."""
+    d, r, T, M, W = cfg.d_model, cfg.mlp_ratio, spec.horizon, spec.num_modalities, spec.packed_width
+    block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (r * d * d + r * d) + (r * d * d + d)
+    embed = W * d + M * d
+    heads = M * 2 * d + d * W + W
+    return (embed + 3 * M * d + 2 * T * d + (cfg.n_enc_layers + cfg.n_dec_layers) * block + 2 * d + d * d + d
+            + heads)
+
+
+def memory_estimate(spec: TrajectorySpec, cfg: MTMConfig, batch_size: int = 1) -> int:
+    """Bytes of fp32 parameters plus the largest activations of one forward pass (attention
+    scores of all heads, the MLP hidden layer, a few token tensors) at ``batch_size``."""
+    N, d = spec.num_tokens, cfg.d_model
+    activations = batch_size * (2 * cfg.n_heads * N * N + N * d * (cfg.mlp_ratio + 8))
+    return 4 * (parameter_count(spec, cfg) + activations)
+
+
+__all__ = ["MTM", "MTMConfig", "PRESETS", "PRESET_HORIZON", "HIDDEN_BIAS", "CONFIG_BOUNDS", "MAX_MODEL_BYTES",
+           "build_model", "count_parameters", "parameter_count", "memory_estimate"]

@@ -37,13 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from mtm_runtime.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError
+from mtm_runtime.checkpoint import WEIGHTS_FILE, Checkpoint, CheckpointError, parse_metadata
 from mtm_runtime.fileio import atomic_write, sha256_bytes, sha256_file
+from mtm_runtime.fingerprint import record_fingerprint, torch_runner
+from mtm_runtime.integrity import (Trust, bytes_digest, check_stamp, json_sections, make_stamp, resolve_trust,
+                                   sha256_hex)
 
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(17, 21)  # 17..20, see the module docstring
 METADATA_KEY = "mtm_runtime"
 WEIGHTS_SHA_KEY = "mtm_runtime.weights_sha256"
+INTEGRITY_KEY = "mtm_runtime.integrity"  # the stamp (mtm_runtime.integrity): digest of everything else
 INPUT_NAMES = ("x", "mask")
 OUTPUT_NAME = "y"
 PARITY_TOLERANCE = 1e-4  # fp32 max abs difference, normalised units
@@ -74,10 +78,12 @@ class ExportError(RuntimeError):
 
 # ---- export -----------------------------------------------------------------------------------
 def export_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None, batch_size: int = 1,
-                opset: int = DEFAULT_OPSET) -> bytes:
+                opset: int = DEFAULT_OPSET, trust: Trust | None = None) -> bytes:
     """Export, validate and (if ``path``) atomically write the graph; returns the model bytes.
 
-    Static shapes: B = ``batch_size``, T and D/M from the checkpoint's spec.
+    Static shapes: B = ``batch_size``, T and D/M from the checkpoint's spec. The metadata gets
+    the model's behavioural fingerprint and the file an integrity stamp (signed if ``trust``
+    names a signing key).
     """
     import onnx
     import torch
@@ -112,7 +118,8 @@ def export_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None, batch_s
                       "output": {"y": [batch_size, spec.horizon, spec.packed_width]}}
     validate_onnx(proto, batch_size, spec)
     meta["export"]["parity_max_abs_diff"] = check_parity(proto.SerializeToString(), model, batch_size)
-    set_metadata(proto, meta, weights_sha)
+    meta["fingerprint"] = record_fingerprint(torch_runner(model), spec, batch_size)
+    set_metadata(proto, meta, weights_sha, trust)
     data = proto.SerializeToString()
     if path is not None:
         atomic_write(Path(path), data)
@@ -151,11 +158,73 @@ def weights_sha256(ckpt: Checkpoint) -> str:
     return sha256_bytes(st_save({k: v.contiguous() for k, v in ckpt.state_dict.items()}))
 
 
-def set_metadata(proto: Any, meta: dict[str, Any], weights_sha: str) -> None:
+def set_metadata(proto: Any, meta: dict[str, Any], weights_sha: str, trust: Trust | None = None) -> None:
+    """Replace the metadata entries with ``meta`` (+ the weights' sha256) and stamp the model."""
     del proto.metadata_props[:]
     for key, value in ((METADATA_KEY, json.dumps(meta, sort_keys=True)), (WEIGHTS_SHA_KEY, weights_sha)):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    stamp_onnx(proto, trust)
+
+
+# ---- integrity ------------------------------------------------------------------------------------
+def _pop_stamp(proto: Any) -> str | None:
+    """Remove the stamp entry from ``proto`` (in place); returns its value, or None."""
+    for i, e in enumerate(proto.metadata_props):
+        if e.key == INTEGRITY_KEY:
+            value = e.value
+            del proto.metadata_props[i]
+            return value
+    return None
+
+
+def onnx_digest(proto: Any) -> str:
+    """The digest of a model without its stamp (the model must not carry one: ``_pop_stamp``)."""
+    return bytes_digest(proto.SerializeToString())
+
+
+def onnx_sections(proto: Any) -> dict[str, str]:
+    """Hashes that name what changed: the graph without initializers and metadata, each
+    initializer, each metadata entry (the ``mtm_runtime`` JSON field by field)."""
+    import onnx
+
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(proto)
+    del skeleton.metadata_props[:]
+    del skeleton.graph.initializer[:]
+    out = {"graph": sha256_hex(skeleton.SerializeToString())}
+    for t in proto.graph.initializer:
+        out[f"initializer:{t.name}"] = sha256_hex(t.SerializeToString())
+    for e in proto.metadata_props:
+        try:
+            meta = json.loads(e.value) if e.key == METADATA_KEY else None
+        except json.JSONDecodeError:
+            meta = None
+        if isinstance(meta, dict):
+            out.update(json_sections(meta, prefix=f"{METADATA_KEY}."))
+        else:
+            out[f"metadata_props:{e.key}"] = sha256_hex(e.value.encode())
+    return out
+
+
+def stamp_onnx(proto: Any, trust: Trust | None = None) -> None:
+    """(Re)stamp ``proto`` in place: the stamp entry goes last in ``metadata_props``."""
+    _pop_stamp(proto)
+    stamp = make_stamp(onnx_digest(proto), onnx_sections(proto), trust)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = INTEGRITY_KEY, json.dumps(stamp, sort_keys=True)
+
+
+def verify_onnx_stamp(proto: Any, path: str | os.PathLike, trust: Trust | None = None) -> bool:
+    """Check (and remove from ``proto``) its stamp; CheckpointError naming what changed.
+    False for an accepted unstamped legacy file."""
+    field = f"metadata_props[{INTEGRITY_KEY}]"
+    raw = _pop_stamp(proto)
+    try:
+        stamp = None if raw is None else json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(path, field, f"not valid JSON: {e}") from None
+    return check_stamp(stamp, onnx_digest(proto), lambda: onnx_sections(proto), path, field, trust)
 
 
 # ---- validation ---------------------------------------------------------------------------------
@@ -305,7 +374,8 @@ def quantize_int8(onnx_bytes: bytes) -> bytes:
     check_int8_weight_range(out)
     del out.metadata_props[:]
     for p in src.metadata_props:
-        out.metadata_props.add().CopyFrom(p)
+        if p.key != INTEGRITY_KEY:  # the fp32 graph's stamp does not describe this one
+            out.metadata_props.add().CopyFrom(p)
     q = out.metadata_props.add()
     q.key, q.value = "mtm_runtime.quantization", INT8_QUANTIZATION
     return out.SerializeToString()
@@ -352,15 +422,9 @@ def check_int8_parity(fp32_bytes: bytes, int8_bytes: bytes, spec: Any, batch_siz
 
 
 # ---- reading ---------------------------------------------------------------------------------------
-def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata dict stored by ``export_onnx`` (validate with ``checkpoint.parse_metadata``).
-
-    CheckpointError naming the file when it is missing, not an ONNX model, or carries no
-    (or unparsable) ``mtm_runtime`` metadata.
-    """
+def _load_proto(p: Path) -> Any:
     import onnx
 
-    p = Path(path)
     if not p.is_file():
         raise CheckpointError(p, "(file)", "missing")
     try:
@@ -369,6 +433,10 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(p, "(onnx)", f"not an ONNX model: {type(e).__name__}: {e}") from None
     if not proto.graph.node:
         raise CheckpointError(p, "(onnx)", "not an ONNX model (no graph nodes)")
+    return proto
+
+
+def _metadata_of(proto: Any, p: Path) -> dict[str, Any]:
     props = {e.key: e.value for e in proto.metadata_props}
     if METADATA_KEY not in props:
         raise CheckpointError(p, f"metadata_props[{METADATA_KEY}]",
@@ -382,6 +450,52 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def read_onnx_metadata(path: str | os.PathLike, trust: Trust | None = None) -> dict[str, Any]:
+    """The metadata dict stored by ``export_onnx`` (validate with ``checkpoint.parse_metadata``),
+    after verifying the file's integrity stamp (``verify_onnx_stamp``).
+
+    CheckpointError naming the file when it is missing, not an ONNX model, fails its stamp, or
+    carries no (or unparsable) ``mtm_runtime`` metadata.
+    """
+    p = Path(path)
+    proto = _load_proto(p)
+    meta = _metadata_of(proto, p)  # first: a graph from elsewhere is named as such
+    stamped = verify_onnx_stamp(proto, p, trust)
+    if stamped and meta.get("fingerprint") is None and meta.get("export", {}).get("graph") != "features":
+        raise CheckpointError(p, f"metadata_props[{METADATA_KEY}].fingerprint", "missing from a stamped model")
+    return meta
+
+
+def restamp_onnx(path: str | os.PathLike, trust: Trust | None = None) -> list[str]:
+    """Vouch for an ONNX model as it is now (``checkpoint.restamp_checkpoint``'s counterpart):
+    the metadata is validated, the fingerprint recorded afresh by running the graph in ONNX
+    Runtime (CPU), and the file rewritten with a new stamp. Returns what the old stamp said had
+    changed."""
+    import onnxruntime as ort
+
+    p = Path(path)
+    proto = _load_proto(p)
+    try:
+        verify_onnx_stamp(proto, p, Trust(trusted_keys=resolve_trust(trust).trusted_keys))
+        changed: list[str] = []
+    except CheckpointError as e:
+        changed = [e.field]
+    _pop_stamp(proto)
+    meta = _metadata_of(proto, p)
+    spec = parse_metadata(meta, p)[0]
+    batch = int(meta.get("export", {}).get("batch_size", 1))
+    if meta.get("export", {}).get("graph") != "features":
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        meta["fingerprint"] = record_fingerprint(lambda x, m: sess.run([OUTPUT_NAME], {"x": x, "mask": m})[0],
+                                                 spec, batch)
+    props = {e.key: e.value for e in proto.metadata_props}
+    set_metadata(proto, meta, props.get(WEIGHTS_SHA_KEY, ""), trust)
+    atomic_write(p, proto.SerializeToString())
+    return changed
+
+
 def onnx_sha256(onnx_bytes_or_path: bytes | str | os.PathLike) -> str:
     """sha256 of a model given as bytes or a path."""
     if isinstance(onnx_bytes_or_path, (bytes, bytearray)):
@@ -392,4 +506,5 @@ def onnx_sha256(onnx_bytes_or_path: bytes | str | os.PathLike) -> str:
 __all__ = ["DEFAULT_OPSET", "SUPPORTED_OPSETS", "METADATA_KEY", "TRT_ALLOWED_OPS", "ExportError",
            "export_onnx", "validate_onnx", "check_allowed_ops", "check_parity", "parity_cases",
            "quantize_int8", "check_int8_parity", "check_int8_weight_range", "read_onnx_metadata", "onnx_sha256",
+           "INTEGRITY_KEY", "onnx_digest", "onnx_sections", "stamp_onnx", "verify_onnx_stamp", "restamp_onnx",
            "INT8_TOLERANCE", "INT8_WEIGHT_LIMIT", "INT8_QUANTIZATION"]

@@ -35,7 +35,9 @@ from mtm_runtime import masks as M
 from mtm_runtime import package_paths
 from mtm_runtime.backends import Backend, BackendError, backend_class, source_kind
 from mtm_runtime.buffer import TrajectoryBuffer
-from mtm_runtime.checkpoint import Checkpoint, load_checkpoint, parse_metadata
+from mtm_runtime.checkpoint import Checkpoint, CheckpointError, load_checkpoint, parse_metadata
+from mtm_runtime.fingerprint import check_fingerprint
+from mtm_runtime.integrity import Trust
 from mtm_runtime.normalise import Normaliser
 from mtm_runtime.safety import ActionLimits, UnsafeCommandError, all_finite
 from mtm_runtime.spec import ACTIONS, GOALS, RETURNS, STATES, TrajectorySpec
@@ -65,6 +67,32 @@ def backend_for_checkpoint(ckpt: Checkpoint, backend: str = "torch", batch_size:
         return backend_class(backend)(export_onnx(ckpt, batch_size=batch_size), ckpt.spec,
                                       batch_size=batch_size, **backend_options)
     raise BackendError(f"backend {backend!r} needs a built engine: run export/to_trt.py first")
+
+
+def required_limits(explicit: ActionLimits | None, from_file: ActionLimits | None,
+                    where: str | Path) -> ActionLimits:
+    """The limits a loaded policy runs with: the caller's, else the file's; a file without
+    limits is refused unless the caller passes them."""
+    if explicit is not None:
+        return explicit
+    if from_file is None:
+        raise CheckpointError(where, "action_limits", "missing: this model has no action limits; pass them "
+                              "explicitly (Policy.load(..., limits=ActionLimits(low, high)))")
+    return from_file
+
+
+def verify_behaviour(backend: Backend, fingerprint: Mapping[str, Any] | None, where: str | Path) -> None:
+    """Run the behavioural fingerprint through ``backend`` (within its ``output_tolerance``);
+    on a refusal the backend is closed. No fingerprint (an unstamped file the caller chose to
+    accept, or an in-memory checkpoint): nothing to check."""
+    if fingerprint is None:
+        return
+    try:
+        check_fingerprint(backend.run, backend.spec, fingerprint, backend.output_tolerance, where,
+                          backend.batch_size)
+    except CheckpointError:
+        backend.close()
+        raise
 
 
 class Policy:
@@ -102,41 +130,57 @@ class Policy:
     # ---- construction ---------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, backend: str = "", mode: str = "bc",
-             limits: ActionLimits | None = None, **backend_options: Any) -> "Policy":
+             limits: ActionLimits | None = None, trust: Trust | None = None,
+             **backend_options: Any) -> "Policy":
         """From a checkpoint directory, an ``.onnx`` file or an ``.engine`` file (the spec,
         normaliser and limits travel inside each). ``backend`` defaults to torch for a
         checkpoint, onnxruntime for .onnx, tensorrt for .engine. ``package://mtm_runtime/...``
-        paths are found in the package's share directory (``mtm_runtime.package_paths``)."""
+        paths are found in the package's share directory (``mtm_runtime.package_paths``).
+
+        Refused (``CheckpointError`` naming the file and field): a file whose integrity stamp
+        does not match (``trust``: see ``mtm_runtime.integrity``; default from the environment),
+        metadata out of bounds, a model without action limits unless ``limits`` is given, and a
+        backend whose outputs miss the file's behavioural fingerprint."""
         p = package_paths.resolve(path)
         if p.is_dir():
-            ckpt = load_checkpoint(p)
+            ckpt = load_checkpoint(p, trust=trust, verify_outputs=False)  # the backend runs the fingerprint
             return cls.from_checkpoint(ckpt, backend or "torch", mode, limits, **backend_options)
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such checkpoint directory, .onnx or .engine file")
         if p.suffix == ".onnx":
             from mtm_runtime.onnx_export import read_onnx_metadata
 
-            meta, kind = read_onnx_metadata(p), "onnx"
+            meta, kind = read_onnx_metadata(p, trust), "onnx"
             backend = backend or "onnxruntime"
         elif p.suffix == ".engine":
             from mtm_runtime.trt_engine import read_engine_sidecar
 
-            meta, kind = read_engine_sidecar(p), "engine"
+            meta, kind = read_engine_sidecar(p, trust), "engine"
             backend = backend or "tensorrt"
         else:
             raise InputError(f"{p}: expected a checkpoint directory, a .onnx or a .engine file")
         spec, _cfg, norm, ck_limits, _prov = parse_metadata(meta, p)
+        chosen = required_limits(limits, ck_limits, p)
         if source_kind(backend) != kind:
             raise BackendError(f"backend {backend!r} cannot run a {p.suffix} file; "
                                f"use a checkpoint directory for torch backends")
         be = backend_class(backend)(p, spec, **backend_options)
-        return cls(spec, norm, be, limits or ck_limits, mode, meta)
+        if kind == "engine":
+            from mtm_runtime.trt_engine import engine_output_tolerance
+
+            be.output_tolerance = engine_output_tolerance(meta)
+        verify_behaviour(be, meta.get("fingerprint"), p)
+        return cls(spec, norm, be, chosen, mode, meta)
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, backend: str = "torch", mode: str = "bc",
                         limits: ActionLimits | None = None, **backend_options: Any) -> "Policy":
+        """A policy over ``ckpt`` (limits required as in ``load``; the backend is checked against
+        the checkpoint's fingerprint when it has one)."""
+        chosen = required_limits(limits, ckpt.action_limits, ckpt.meta_path)
         be = backend_for_checkpoint(ckpt, backend, **backend_options)
-        return cls(ckpt.spec, ckpt.normaliser, be, limits or ckpt.action_limits, mode, ckpt.metadata())
+        verify_behaviour(be, ckpt.fingerprint, ckpt.meta_path)
+        return cls(ckpt.spec, ckpt.normaliser, be, chosen, mode, ckpt.metadata())
 
     @property
     def backend_name(self) -> str:

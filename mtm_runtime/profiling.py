@@ -177,13 +177,15 @@ def resolve_model(model: str, workdir: str | os.PathLike | None = None) -> Path:
     from mtm_runtime.checkpoint import save_checkpoint
     from mtm_runtime.model import PRESET_HORIZON, build_model
     from mtm_runtime.normalise import Normaliser
+    from mtm_runtime.safety import ActionLimits
     from mtm_runtime.spec import TrajectorySpec
 
     preset = model.split(":", 1)[1]
     spec = TrajectorySpec.create(PRESET_HORIZON.get(preset, 4), **PRESET_WIDTHS)
     net = build_model(spec, preset)
     out = Path(workdir or tempfile.mkdtemp(prefix="mtm_profile_")) / f"preset_{preset}"
-    return save_checkpoint(out, net, Normaliser.identity(spec), provenance={"preset": preset, "weights": "random init"})
+    return save_checkpoint(out, net, Normaliser.identity(spec), ActionLimits.symmetric(1.0, spec.width("actions")),
+                           provenance={"preset": preset, "weights": "random init"})
 
 
 def profile_backends(model: str, backends: Sequence[str], mode: str = "bc", steps: int = 1000,

@@ -17,9 +17,11 @@ Works with TensorRT 10.x (JetPack 6 ships 10.3) and 11.x through the Python API:
   ``OBEY_PRECISION_CONSTRAINTS``. TensorRT 11 removed the precision flags: the ONNX graph itself
   is rewritten (``onnx_fp16_matmuls``) so that MatMul/Gemm run in fp16 between Casts while
   LayerNormalization, Softmax and everything else stay fp32, and the network is strongly typed.
-* The sidecar ``model.engine.json`` is the checkpoint metadata from the ONNX file plus an
-  ``engine`` record: TensorRT version, GPU name, compute capability, sha256 of the source ONNX
-  and of the engine, build options, parity against ONNX Runtime.
+* The sidecar ``model.engine.json`` is the checkpoint metadata from the ONNX file (its
+  behavioural fingerprint included) plus an ``engine`` record: TensorRT version, GPU name,
+  compute capability, sha256 of the source ONNX and of the engine, build options, parity against
+  ONNX Runtime; and an ``integrity`` stamp over all of it and the engine bytes
+  (``mtm_runtime.integrity``), verified by ``read_engine_sidecar``.
 * ``ensure_engine`` is the cache: it rebuilds only when the ONNX sha256, the TensorRT version,
   the GPU or the build options differ from the sidecar's.
 
@@ -38,6 +40,8 @@ import numpy as np
 
 from mtm_runtime.checkpoint import CheckpointError
 from mtm_runtime.fileio import sha256_bytes, sha256_file
+from mtm_runtime.integrity import Trust, check_json_stamp, stamp_json
+from mtm_runtime.onnx_export import PARITY_TOLERANCE
 
 SIDECAR_SUFFIX = ".json"
 FP32_TOLERANCE = 1e-4  # engine vs ONNX Runtime, max abs diff, normalised units
@@ -169,7 +173,7 @@ def gpu_identity() -> dict[str, Any]:
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, fp16: bool = False,
                  workspace_mib: int = 1024, timing_cache: str | os.PathLike | None = None,
                  version_compatible: bool = False, parity: bool = True,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 log: Callable[[str], None] = print, trust: Trust | None = None) -> dict[str, Any]:
     """Build ``engine_path`` and its sidecar from ``onnx_path``; returns the sidecar dict.
 
     EngineError (after printing every parser error) if TensorRT cannot parse or build, or if
@@ -180,7 +184,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, f
     from mtm_runtime.onnx_export import read_onnx_metadata
 
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    meta = read_onnx_metadata(onnx_path)  # refuses a graph not exported by mtm_runtime
+    meta = read_onnx_metadata(onnx_path, trust)  # refuses a graph not exported by mtm_runtime, or changed
     onnx_bytes = onnx_path.read_bytes()
     has_fp16_flag = hasattr(trt.BuilderFlag, "FP16")  # TensorRT 10 yes, 11 no
     has_strong = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
@@ -248,10 +252,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, f
                                                           "onnx casts" if fp16 else None),
         "build_s": round(build_s, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_sidecar(engine_path, sidecar)
+    _write_sidecar(engine_path, sidecar, trust)
     if parity:
         sidecar["engine"]["parity_max_abs_diff"] = check_engine_parity(engine_path, onnx_bytes, fp16)
-        _write_sidecar(engine_path, sidecar)
+        _write_sidecar(engine_path, sidecar, trust)
     return sidecar
 
 
@@ -259,11 +263,24 @@ def _options(fp16: bool, workspace_mib: int, version_compatible: bool) -> dict[s
     return {"fp16": bool(fp16), "workspace_mib": int(workspace_mib), "version_compatible": bool(version_compatible)}
 
 
-def _write_sidecar(engine_path: Path, sidecar: dict[str, Any]) -> None:
+def _engine_section(engine_path: str | os.PathLike) -> dict[str, str]:
+    """The section the sidecar's stamp adds for the engine bytes."""
+    return {"engine_file": sha256_file(engine_path)}
+
+
+def _write_sidecar(engine_path: Path, sidecar: dict[str, Any], trust: Trust | None = None) -> None:
     p = sidecar_path(engine_path)
     tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    stamped = stamp_json(sidecar, _engine_section(engine_path), trust)
+    tmp.write_text(json.dumps(stamped, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, p)
+
+
+def engine_output_tolerance(sidecar: dict[str, Any]) -> float:
+    """How far an engine's outputs may be from the PyTorch model's (its fingerprint check): the
+    engine's parity bound against ONNX Runtime plus ONNX Runtime's against PyTorch."""
+    fp16 = bool(sidecar.get("engine", {}).get("options", {}).get("fp16"))
+    return (FP16_TOLERANCE if fp16 else FP32_TOLERANCE) + PARITY_TOLERANCE
 
 
 def check_engine_parity(engine_path: str | os.PathLike, onnx_bytes: bytes, fp16: bool = False) -> float:
@@ -334,10 +351,11 @@ def stale_reason(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, t
     return None
 
 
-def read_engine_sidecar(path: str | os.PathLike) -> dict[str, Any]:
+def read_engine_sidecar(path: str | os.PathLike, trust: Trust | None = None) -> dict[str, Any]:
     """The sidecar of ``model.engine`` (``model.engine.json``): checkpoint metadata + ``engine``.
 
-    CheckpointError naming the file when the engine or sidecar is missing or the JSON is bad.
+    CheckpointError naming the file when the engine or sidecar is missing, the JSON is bad, or
+    the stamp does not match the sidecar and the engine bytes.
     """
     p = Path(path)
     if not p.is_file():
@@ -353,9 +371,10 @@ def read_engine_sidecar(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(sp, "(root)", "must be a JSON object")
     if not isinstance(meta.get("engine"), dict):
         raise CheckpointError(sp, "engine", "missing: not an engine sidecar")
+    check_json_stamp(meta, sp, _engine_section(p), trust)
     return meta
 
 
-__all__ = ["EngineError", "build_engine", "ensure_engine", "stale_reason", "check_engine_parity",
+__all__ = ["EngineError", "build_engine", "engine_output_tolerance", "ensure_engine", "stale_reason", "check_engine_parity",
            "read_engine_sidecar", "sidecar_path", "tensorrt_status", "trtexec_command",
            "onnx_fp16_matmuls", "gpu_identity"]

@@ -10,6 +10,7 @@ import torch
 
 from mtm_runtime import masks as M
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mtm_runtime.integrity import stamp_json
 from mtm_runtime.commands import toy
 from mtm_runtime.model import MTMConfig, build_model
 from mtm_runtime.normalise import Normaliser
@@ -98,10 +99,16 @@ def test_missing_files_refused(ckpt_dir):
     (lambda m: m.update(action_limits={"low": [0], "high": [1]}), "action_limits"),
 ])
 def test_tampered_metadata_refused_with_field(ckpt_dir, edit, field):
+    """Each edit is refused by the integrity digest, naming the top-level field; with the digest
+    recomputed (someone who knows the scheme), by the field's own validation."""
     d, _ = ckpt_dir
     meta = json.loads((d / "mtm.json").read_text())
     edit(meta)
     (d / "mtm.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="digest mismatch") as e:
+        load_checkpoint(d)
+    assert "mtm.json: " in str(e.value)
+    (d / "mtm.json").write_text(json.dumps(stamp_json(meta)))
     with pytest.raises(CheckpointError, match=field):
         load_checkpoint(d)
 

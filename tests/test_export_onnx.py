@@ -13,6 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint, parse_metadata
+from mtm_runtime.integrity import stamp_json
 from mtm_runtime.onnx_export import (DEFAULT_OPSET, INT8_QUANTIZATION, INT8_TOLERANCE, INT8_WEIGHT_LIMIT,
                                      METADATA_KEY, TRT_ALLOWED_OPS, ExportError, check_allowed_ops,
                                      check_int8_parity, check_int8_weight_range, check_parity, export_onnx,
@@ -237,7 +238,7 @@ def test_cli_wrong_spec(ckpt_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(ckpt_dir, bad)
     meta = json.loads((bad / "mtm.json").read_text())
     meta["spec"]["modalities"][0]["width"] = 0
-    (bad / "mtm.json").write_text(json.dumps(meta))
+    (bad / "mtm.json").write_text(json.dumps(stamp_json(meta)))  # digest recomputed: validation refuses
     r = _cli("export", "onnx", str(bad), "-o", str(tmp_path / "m.onnx"))
     assert r.returncode == 2 and "spec" in r.stderr and "width" in r.stderr
 

@@ -14,6 +14,7 @@ import pytest
 
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint
 from mtm_runtime.fileio import sha256_file
+from mtm_runtime.integrity import stamp_json
 from mtm_runtime.onnx_export import export_onnx, parity_cases
 from mtm_runtime.trt_engine import (onnx_fp16_matmuls, read_engine_sidecar, sidecar_path, stale_reason,
                                     tensorrt_status, trtexec_command)
@@ -76,7 +77,7 @@ def test_sidecar_and_cache_logic(onnx_path: Path, tmp_path: Path) -> None:
     opts = {"fp16": True, "workspace_mib": 1024, "version_compatible": False}
     side = {"format": "x", "engine": {"source_onnx_sha256": sha256_file(onnx_path), "engine_sha256": sha256_file(eng),
                                       "tensorrt_version": "10.3.0", "gpu": gpu, "options": opts}}
-    sidecar_path(eng).write_text(json.dumps(side))
+    sidecar_path(eng).write_text(json.dumps(stamp_json(side, {"engine_file": sha256_file(eng)})))  # as built
     assert read_engine_sidecar(eng)["engine"]["gpu"] == gpu
     assert stale_reason(onnx_path, eng, "10.3.0", gpu, opts) is None
     assert "TensorRT changed" in stale_reason(onnx_path, eng, "10.4.0", gpu, opts)

@@ -19,6 +19,8 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from fault_helpers import FaultyBackend, record, tiny_checkpoint  # noqa: E402
 from mtm_runtime import safety_contract as contract  # noqa: E402
+from mtm_runtime.fileio import sha256_file  # noqa: E402
+from mtm_runtime.integrity import stamp_json  # noqa: E402
 from ros_harness import DiagnosticsLog, Graph, Parameter, ScriptedPolicy, obs  # noqa: E402
 from ros_nodes.conversions import ns_to_stamp  # noqa: E402
 from ros_nodes.policy_node import EXTERNAL_BACKENDS_ENV, PolicyNode  # noqa: E402
@@ -213,7 +215,8 @@ def test_backend_raising_overrunning_and_nan(ros_env, tmp_path: Path, external_b
 def _engine_files(d: Path, meta: dict[str, Any]) -> Path:
     eng = d / "model.engine"
     eng.write_bytes(b"not really an engine")
-    (d / "model.engine.json").write_text(json.dumps(meta))
+    # stamped as a build would (digest over the sidecar + engine bytes): the field check refuses it
+    (d / "model.engine.json").write_text(json.dumps(stamp_json(meta, {"engine_file": sha256_file(eng)})))
     return eng
 
 

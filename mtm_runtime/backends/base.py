@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from mtm_runtime.fingerprint import FP32_TOLERANCE
 from mtm_runtime.spec import TrajectorySpec
 
 
@@ -28,6 +29,9 @@ class BackendError(RuntimeError):
 class Backend(ABC):
     #: registry name, e.g. "torch", "onnxruntime"
     name: str = "?"
+    #: how far this backend's outputs may be from the fp32 PyTorch model's (max abs, normalised
+    #: units): the bound its behavioural fingerprint check uses (``mtm_runtime.fingerprint``)
+    output_tolerance: float = FP32_TOLERANCE
 
     def __init__(self, spec: TrajectorySpec, batch_size: int = 1) -> None:
         self.spec = spec

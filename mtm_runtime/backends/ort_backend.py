@@ -68,7 +68,7 @@ class OrtBackend(Backend):
         if quantize is not None:
             if quantize != "int8":
                 raise BackendError(f"onnxruntime backend: quantize must be None or 'int8', got {quantize!r}")
-            from mtm_runtime.onnx_export import ExportError, check_int8_parity, quantize_int8
+            from mtm_runtime.onnx_export import INT8_TOLERANCE, ExportError, check_int8_parity, quantize_int8
 
             q = quantize_int8(model)
             try:
@@ -76,6 +76,7 @@ class OrtBackend(Backend):
             except ExportError as e:
                 raise BackendError(f"onnxruntime backend: {e}") from None
             model, self.quantized = q, "int8"
+            self.output_tolerance = INT8_TOLERANCE + self.output_tolerance  # int8 vs fp32 graph vs torch
 
         levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
