@@ -165,6 +165,28 @@ def set_problem(changes: Mapping[str, Any], current: Mapping[str, Any], policy: 
     return _conditioning_problem(policy, dynamic, {**current, **dynamic}) if dynamic else None
 
 
+def update(changes: Mapping[str, Any], current: Mapping[str, Any], policy: Any = None) -> tuple[str, str] | None:
+    """A parameter update as one step: ``set_problem`` on the whole set, then (only if it passed)
+    the dynamic values to the live policy. Returns (name, why) of a refusal, or None."""
+    problem = set_problem(changes, current, policy)
+    dynamic = {k: v for k, v in changes.items() if k in DYNAMIC_PARAMS}
+    if problem is None and policy is not None and dynamic:
+        try:
+            apply_conditioning(policy, dynamic, {**current, **dynamic})
+        except (ValueError, TypeError) as e:  # a rule only the policy knows
+            return next(iter(dynamic)), str(e) or type(e).__name__
+    return problem
+
+
+def checked_values(values: Mapping[str, Any]) -> None:
+    """At configure: every value (overrides and params files never passed the update check)."""
+    problem = set_problem(values, values)
+    if problem:
+        raise ValueError(problem[1])
+    if not values["model_path"]:
+        raise ValueError("parameter model_path is empty")
+
+
 def apply_conditioning(policy: Any, changes: Mapping[str, Any], values: Mapping[str, Any]) -> None:
     """Hand the checked dynamic ``changes`` to the live policy (``values``: all merged values)."""
     if "mask_mode" in changes:

@@ -13,10 +13,11 @@ from typing import Mapping, Sequence
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
-from mtm_runtime.policy_params import JOINT_FIELDS
+from mtm_runtime.policy_params import JOINT_FIELDS, Param
 
 
 class ConversionError(ValueError):
@@ -125,3 +126,16 @@ def diagnostic_status(name: str, level: int, message: str, values: Mapping[str, 
 def diagnostic_values(status: DiagnosticStatus) -> dict[str, str]:
     """KeyValue list -> dict (for tests and tools)."""
     return {kv.key: kv.value for kv in status.values}
+
+
+def parameter_descriptor(prm: Param) -> ParameterDescriptor:
+    """A parameter of a table (``mtm_runtime.policy_params.Param``) as a ROS descriptor: ranges for
+    ROS tools, choices as text for people (the checks read the table, never this text)."""
+    d = ParameterDescriptor(description=prm.text, dynamic_typing=True)
+    if prm.lo is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(prm.lo), to_value=float(prm.hi), step=0.0)]
+    if prm.ilo is not None:
+        d.integer_range = [IntegerRange(from_value=int(prm.ilo), to_value=int(prm.ihi), step=1)]
+    if prm.choices:
+        d.additional_constraints = "one of: " + ", ".join(prm.choices)
+    return d

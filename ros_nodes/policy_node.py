@@ -29,8 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import rclpy
 import rclpy.duration
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from diagnostic_msgs.msg import DiagnosticStatus
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -47,6 +47,7 @@ from mtm_runtime.latency import LoopStats
 from mtm_runtime.policy_params import (EXTERNAL_BACKENDS_ENV, PARAMETERS,  # noqa: F401 - re-exported
                                        load_external_policy)
 from ros_nodes import conversions as conv
+from ros_nodes.diagnostics import DiagnosticsReporter
 from ros_nodes.executors import run_node, settle_heap
 
 NODE_NAME = "mtm_policy"
@@ -61,18 +62,6 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 PolicyLoader = Callable[[str, str, str], Any]
 
 
-def descriptor(prm: pp.Param) -> ParameterDescriptor:
-    """The ROS descriptor of a parameter of the table (ranges for ROS tools; choices as text)."""
-    d = ParameterDescriptor(description=prm.text, dynamic_typing=True)
-    if prm.lo is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=float(prm.lo), to_value=float(prm.hi), step=0.0)]
-    if prm.ilo is not None:
-        d.integer_range = [IntegerRange(from_value=int(prm.ilo), to_value=int(prm.ihi), step=1)]
-    if prm.choices:
-        d.additional_constraints = "one of: " + ", ".join(prm.choices)
-    return d
-
-
 class PolicyNode(LifecycleNode):
     """Lifecycle node running an MTM policy; ``policy_loader(path, backend, mode)`` is injectable."""
 
@@ -82,7 +71,7 @@ class PolicyNode(LifecycleNode):
         super().__init__(node_name, context=context, cli_args=cli_args, parameter_overrides=parameter_overrides)
         self._loader = policy_loader or self._load_policy
         for name, prm in PARAMETERS.items():
-            self.declare_parameter(name, prm.default, descriptor(prm))
+            self.declare_parameter(name, prm.default, conv.parameter_descriptor(prm))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.lifecycle_state = "unconfigured"
         self.loop: ControlLoop | None = None
@@ -91,12 +80,9 @@ class PolicyNode(LifecycleNode):
         self._config_error = ""
         self.param_refusals = 0
         self.config_failures = 0
-        self.faults = FaultLog(on_note=self._on_fault_noted)
-        self._last_diag_t = 0.0
         self._reset_entities()
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_pending = False
-        self._diag_timer = self.create_timer(contract.DIAG_MIN_INTERVAL_S, self._on_diag_timer)
+        self._diag = DiagnosticsReporter(self, f"{self.get_name()}: policy loop", self._diagnostic_status)
+        self.faults = FaultLog(on_note=lambda kind, detail: self._diag.event())  # a fault: report it at once
         self.create_service(Trigger, "~/reset", self._on_reset)
         self._autostart_timer = None
         if self.get_parameter("autostart").value:
@@ -126,13 +112,6 @@ class PolicyNode(LifecycleNode):
     def watchdog(self) -> Any:
         return self.loop.watchdog if self.loop is not None else None
 
-    @property
-    def period_s(self) -> float:
-        return self.loop.period_s if self.loop is not None else 1.0 / float(self.p("control_rate_hz"))
-
-    def active_faults(self) -> list[tuple[str, str]]:
-        return self.faults.active()
-
     # ---- parameters ------------------------------------------------------------------------
     def p(self, name: str) -> Any:
         value = self.get_parameter(name).value
@@ -144,18 +123,14 @@ class PolicyNode(LifecycleNode):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """The whole set is checked first (no side effect); only then applied to the live policy."""
         changes = {prm.name: prm.value for prm in params}
-        problem = pp.set_problem(changes, self._values(), self.policy)
-        dynamic = {k: v for k, v in changes.items() if k in pp.DYNAMIC_PARAMS}
-        if problem is None and self.policy is not None and dynamic:
-            try:
-                pp.apply_conditioning(self.policy, dynamic, {**self._values(), **dynamic})
-                self.get_logger().info(", ".join(f"{name} -> {value!r}" for name, value in dynamic.items()))
-            except (ValueError, TypeError) as e:  # a rule only the policy knows
-                problem = (next(iter(dynamic)), str(e) or type(e).__name__)
+        problem = pp.update(changes, self._values(), self.policy)
         if problem is not None:
             name, reason = problem
-            self.get_logger().warning(f"refused {name}={changes[name]!r}: {reason}")
+            self.get_logger().warning(f"refused {name}={changes.get(name, self.p(name))!r}: {reason}")
             return SetParametersResult(successful=False, reason=reason)
+        live = [f"{k} -> {v!r}" for k, v in changes.items() if k in pp.DYNAMIC_PARAMS and self.policy is not None]
+        if live:
+            self.get_logger().info(", ".join(live))
         return SetParametersResult(successful=True)
 
     def set_parameters(self, parameter_list: list[Parameter]) -> list[SetParametersResult]:
@@ -206,12 +181,8 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
-        values = self._values()  # values from overrides / params files were not seen by the callback
-        problem = pp.set_problem(values, values)
-        if problem:
-            raise ValueError(problem[1])
-        if not values["model_path"]:
-            raise ValueError("parameter model_path is empty")
+        values = self._values()
+        pp.checked_values(values)
         path = str(package_paths.resolve(str(values["model_path"])))  # package://... -> its share directory
         mode = str(values["mask_mode"])
         policy = self._loader(path, str(values["backend"]), mode)
@@ -342,13 +313,9 @@ class PolicyNode(LifecycleNode):
 
     # ---- the loop --------------------------------------------------------------------------
     def _on_tick(self) -> None:
-        """Every control period: the loop's stale check and pending step.
-
-        In ``trigger: state`` the states drive the loop, so this timer is cancelled while it has
-        nothing to do (no deferred state, input fresh for longer than ``_idle_guard_s``): one wake-up
-        and one callback less per period. ``_on_watch`` restarts it in time for the stale check,
-        so the stale bound (``stale_timeout`` + 1 period) is the same as with a timer that never stops.
-        """
+        """Every period: the loop's stale check and pending step. In ``trigger: state`` the timer is
+        cancelled while it has nothing to do (no deferred state, input fresh for longer than
+        ``_idle_guard_s``); ``_on_watch`` restarts it in time, so the stale bound is unchanged."""
         if self.loop is None:
             return
         out = self.loop.on_tick(time.monotonic())
@@ -410,25 +377,8 @@ class PolicyNode(LifecycleNode):
                                    "last_fault_reason": self.stats.last_fault_reason or "none"}
         return {**vals, **self.faults.report()}
 
-    def _on_fault_noted(self, kind: str, detail: str) -> None:
-        """A fault: publish /diagnostics now (at most every DIAG_MIN_INTERVAL_S)."""
-        if time.monotonic() - self._last_diag_t >= contract.DIAG_MIN_INTERVAL_S:
-            self._publish_diagnostics()
-        else:
-            self._diag_pending = True  # the diagnostics timer sends it within DIAG_MIN_INTERVAL_S
-
-    def _on_diag_timer(self) -> None:
-        """Every DIAG_MIN_INTERVAL_S: pending fault reports now, the periodic report at 1 Hz."""
-        if self._diag_pending or time.monotonic() - self._last_diag_t >= 1.0:
-            self._publish_diagnostics()
-
-    def _publish_diagnostics(self) -> None:
-        if getattr(self, "_diag_pub", None) is None:
-            return
-        self._diag_pending = False
-        self._last_diag_t = time.monotonic()
-        vals = self.diagnostics_values()
-        faults = self.active_faults()
+    def _diagnostic_status(self) -> tuple[int, str, dict[str, object], str]:
+        faults = self.faults.active()
         if self._config_error:
             level, text = DiagnosticStatus.ERROR, self._config_error
         elif self.lifecycle_state == "active" and self.loop.watchdog.stale():
@@ -439,11 +389,7 @@ class PolicyNode(LifecycleNode):
             level, text = DiagnosticStatus.OK, self.lifecycle_state
         else:
             level, text = DiagnosticStatus.OK, "running"
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [conv.diagnostic_status(f"{self.get_name()}: policy loop", level, text, vals,
-                                             hardware_id=str(self.p("model_path")))]
-        self._diag_pub.publish(arr)
+        return level, text, self.diagnostics_values(), str(self.p("model_path"))
 
 
 def _stop(node: PolicyNode, executor: Any, signal_name: str) -> None:
