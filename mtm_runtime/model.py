@@ -86,7 +86,7 @@ class MTMConfig:
 CONFIG_BOUNDS: dict[str, tuple[int, int]] = {"d_model": (1, 16384), "n_heads": (1, 256), "n_enc_layers": (1, 128),
                                              "n_dec_layers": (1, 128), "mlp_ratio": (1, 64)}
 #: Parameters (fp32) + activations of one batch: a file asking for more is refused before allocating.
-MAX_MODEL_BYTES = 4 << 30
+MAX_MODEL_BYTES = 2 << 30
 
 
 #: Named presets. ``paper``: the paper's D4RL setting (width 512, 2 encoder + 1 decoder layers,
