@@ -19,6 +19,7 @@ EXTRAS = {
     ],
     "hw": ["pyserial>=3.5"],
     "data": ["h5py>=3.9", "mcap>=1.1", "mcap-ros2-support>=0.5"],
+    "sign": ["cryptography>=42"],  # Ed25519 signatures on model artefacts (MTM_SIGNING_KEY / MTM_TRUSTED_KEYS)
     "dev": ["pytest>=7.4", "pytest-timeout>=2.2", "hypothesis>=6.90", "psutil>=5.9"],
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mtm_runtime.commands.demo", "the quick-start demo that `make demo` runs"),
     "toy": ("mtm_runtime.commands.toy", "train on a toy sinusoid set and show reconstructions"),
     "info": ("mtm_runtime.commands.info", "print a checkpoint's spec, config and provenance"),
+    "verify": ("mtm_runtime.commands.verify", "check a checkpoint / .onnx / .engine as loading does; --restamp, --keygen"),
     "export": ("mtm_runtime.commands.export", "export a checkpoint to ONNX (onnx) or an ONNX file to a TensorRT engine (trt)"),
     "profile": ("mtm_runtime.commands.profile", "latency profile of Policy.act per backend (paced or flat out)"),
     "launch": ("mtm_runtime.commands.launch", "start the ROS 2 node set of launch/policy.launch.py (one process per node)"),

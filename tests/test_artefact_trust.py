@@ -7,6 +7,7 @@ fingerprint refuse it). Refusals are CheckpointErrors whose message names the fi
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import resource
@@ -456,3 +457,38 @@ def test_fuzz_onnx_initializer_mutations(base: dict[str, Path], tmp_path: Path) 
         assert np.array_equal(pol.backend.run(x, m), reference)
         identical += 1
     assert refused > 0, (refused, identical)
+
+
+# ---- the `mtm verify` command -------------------------------------------------------------------------------
+def _mtm(*args: str) -> tuple[int, str, str]:
+    """``mtm ARGS`` in this process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from mtm_runtime.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_mtm_verify_restamp_and_sign(ckpt: Path, base: dict[str, Path], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ALLOW_UNSTAMPED_ENV, raising=False)
+    _edit(ckpt, lambda m: m.pop("integrity"), restamp=False)
+    rc, out, err = _mtm("verify", str(ckpt))
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "mtm.json: integrity: missing" in err
+    rc, out, err = _mtm("verify", str(ckpt), "--restamp")
+    assert rc == 0 and "(unstamped)" in out and "ok:" in out, (out, err)
+    rc, out, err = _mtm("verify", str(base["onnx"]))
+    assert rc == 0 and "fingerprint max abs diff" in out, err
+    if importlib.util.find_spec("cryptography") is None:
+        return
+    rc, out, _ = _mtm("verify", "--keygen", str(tmp_path / "k.pem"), str(tmp_path / "k.pub"))
+    assert rc == 0 and "key id" in out
+    monkeypatch.setenv("MTM_TRUSTED_KEYS", str(tmp_path / "k.pub"))
+    assert _mtm("verify", str(ckpt))[0] == 2
+    rc, out, err = _mtm("verify", str(ckpt), "--restamp", "--sign", str(tmp_path / "k.pem"))
+    assert rc == 0, err
+    Policy.load(ckpt)  # trusted keys from the environment
