@@ -4,7 +4,8 @@ Numbers are in control periods ``P = 1 / control_rate_hz`` unless the name says 
 document ``docs/safety.md`` carries the same table (``tests/test_faults_contract.py`` parses it
 and compares it with ``CONTRACT`` field by field, so the two cannot drift apart).
 
-Bounds a deployment can rely on (the policy node, ``ros_nodes/policy_node.py``):
+Bounds a deployment can rely on (the policy node, ``ros_nodes/policy_node.py``, over its
+``mtm_runtime.control_loop.ControlLoop``):
 
 * ``detect_periods``: the fault is answered (fault action published, or the input dropped) at
   most this many control periods after it starts; for ``stale_input`` the bound is

@@ -3,12 +3,17 @@ scripted policy and fake clocks (no sleeping, no timing asserts)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mtm_runtime import policy_params as pp
 from mtm_runtime import safety_contract as contract
 from mtm_runtime.control_loop import Command, ControlLoop, Fault, FaultLog, LoopConfig
+from mtm_runtime.spec import TrajectorySpec
 from scripted_policy import ScriptedPolicy
 
 RATE = 100.0          # P = 10 ms
@@ -285,3 +290,27 @@ def test_fault_log_holds_a_fault_for_fault_hold_s() -> None:
     log.note("overrun", "again")
     log.clear("overrun")
     assert log.active() == []
+
+
+def test_parameter_update_is_checked_as_a_whole_before_it_is_applied() -> None:
+    """The atomic-set rule without ROS: one bad value refuses the set and changes nothing."""
+    policy = ScriptedPolicy(state_width=3, action_width=2)
+    policy.spec = TrajectorySpec.create(4, states=3, actions=2, returns=1, goals=2)
+    policy.modes = ("bc", "rcbc", "goal")
+    current = {name: prm.default for name, prm in pp.PARAMETERS.items()}
+    assert pp.update({"mask_mode": "rcbc", "goal": [0.1, 0.2, 0.3]}, current, policy) == (
+        "goal", "goal has shape (3,), expected (2,)")
+    assert policy.mode == "bc" and policy.target_return is None
+    assert pp.update({"mask_mode": "rcbc", "target_return": 7.0}, current, policy) is None
+    assert policy.mode == "rcbc" and policy.target_return == 7.0
+    name, reason = pp.update({"mask_mode": "bc", "control_rate_hz": 10.0}, current, policy)  # type: ignore[misc]
+    assert name == "control_rate_hz" and "configure" in reason and policy.mode == "rcbc"
+    assert pp.update({"trigger": "sometimes"}, current)[1] == "trigger must be one of: state, timer, got 'sometimes'"
+
+
+def test_the_loop_modules_import_no_ros() -> None:
+    code = ("import sys, mtm_runtime.control_loop, mtm_runtime.policy_params; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl_interfaces', 'std_msgs')])")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo).stdout
+    assert out.strip() == "[]"
