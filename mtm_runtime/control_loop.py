@@ -33,10 +33,10 @@ from mtm_runtime.safety import (FAULT_KINDS, ActionLimits, FaultAction, RateLimi
                                 UnsafeCommandError, intersect_limits, state_rejection_reason)
 
 TRIGGERS = ("state", "timer")
-Log = Callable[[str, str], None]  # (level "info" | "warning", text)
+Log = Callable[[str, str], None]  # (what: "info" | "rejected" | "fault", text); the last two are warnings
 
 
-def _no_log(level: str, text: str) -> None:
+def _no_log(what: str, text: str) -> None:
     return None
 
 
@@ -207,7 +207,7 @@ class ControlLoop:
         self.stats.rejected_inputs += 1
         self.stats.last_fault_reason = f"rejected input: {reason}"
         self.faults.note("rejected_input", reason)
-        self._log("warning", self.stats.last_fault_reason)
+        self._log("rejected", self.stats.last_fault_reason)
 
     def on_state(self, state: np.ndarray, stamp_ns: int, now: float, *,
                  stamped: bool = False) -> Command | Fault | None:
@@ -303,7 +303,7 @@ class ControlLoop:
     def _fault(self, kind: str, detail: str) -> Fault:
         """The fault action (through the rate limiter), stamped with the clock."""
         self.stats.fault(detail)
-        self._log("warning", detail)
+        self._log("fault", detail)
         self.faults.note(kind, detail)
         cmd = self.rate_limiter.apply(self.fault_action.action(self.last_command))
         self._sent(cmd)

@@ -266,9 +266,12 @@ class PolicyNode(LifecycleNode):
     def _clock_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
-    def _log(self, level: str, text: str) -> None:
-        if level == "info":
+    def _log(self, what: str, text: str) -> None:
+        """The loop's log lines; rejections and faults are throttled separately (one call site each)."""
+        if what == "info":
             self.get_logger().info(text)
+        elif what == "rejected":
+            self.get_logger().warning(text, throttle_duration_sec=1.0)
         else:
             self.get_logger().warning(text, throttle_duration_sec=1.0)
 
