@@ -25,7 +25,7 @@ import numpy as np
 from mtm_runtime.backends import Backend, BackendError
 from mtm_runtime.checkpoint import load_checkpoint
 from mtm_runtime.normalise import Normaliser
-from mtm_runtime.policy import InputError, Policy, backend_for_checkpoint
+from mtm_runtime.policy import InputError, Policy, backend_for_checkpoint, required_limits, verify_behaviour
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import ACTIONS, TrajectorySpec
 
@@ -60,10 +60,14 @@ class PolicyBatch:
     @classmethod
     def load(cls, path: str | Path, size: int, backend: str = "torch", mode: str = "bc",
              limits: ActionLimits | None = None, **backend_options: Any) -> "PolicyBatch":
-        """``size`` members over a checkpoint directory (torch or onnxruntime backend, static batch ``size``)."""
-        ckpt = load_checkpoint(path)
+        """``size`` members over a checkpoint directory (torch or onnxruntime backend, static batch
+        ``size``); refused as ``Policy.load`` refuses (limits required, fingerprint through the
+        batched backend)."""
+        ckpt = load_checkpoint(path, verify_outputs=False)
+        chosen = required_limits(limits, ckpt.action_limits, ckpt.meta_path)
         be = backend_for_checkpoint(ckpt, backend, batch_size=size, **backend_options)
-        return cls(ckpt.spec, ckpt.normaliser, be, limits or ckpt.action_limits, mode, ckpt.metadata())
+        verify_behaviour(be, ckpt.fingerprint, ckpt.meta_path)
+        return cls(ckpt.spec, ckpt.normaliser, be, chosen, mode, ckpt.metadata())
 
     def __len__(self) -> int:
         return len(self.members)

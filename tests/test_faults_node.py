@@ -251,6 +251,9 @@ def test_configure_refuses_corrupt_tampered_and_wrong_spec(ros_env, tmp_path: Pa
     m = json.loads((d / "mtm.json").read_text())
     m["weights"]["file"] = "../../etc/passwd"
     (d / "mtm.json").write_text(json.dumps(m))
+    cases["weights path from metadata (digest)"] = (d, {}, "mtm.json: weights: digest mismatch")
+    d = variant("path_in_meta_restamped")
+    (d / "mtm.json").write_text(json.dumps(stamp_json(m)))  # digest recomputed: the path is still refused
     cases["weights path from metadata"] = (d, {}, "weights.file")
     d = variant("tampered_spec")
     m = json.loads((d / "mtm.json").read_text())
