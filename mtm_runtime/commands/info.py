@@ -23,5 +23,7 @@ def main(args: argparse.Namespace) -> int:
     meta = ckpt.metadata()
     meta["parameters"] = count_parameters(ckpt.build_model())
     meta.pop("normaliser")
+    fp = meta.pop("fingerprint", None)  # verified at load; its numbers are not for reading
+    meta["fingerprint_modes"] = fp["modes"] if fp else None
     print(json.dumps(meta, indent=2))
     return 0
