@@ -25,7 +25,7 @@ from export_fixtures import SPEC, make_checkpoint
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint, restamp_checkpoint
 from mtm_runtime.fileio import sha256_file
 from mtm_runtime.integrity import ALLOW_UNSTAMPED_ENV, Trust, stamp_json
-from mtm_runtime.model import PRESETS, count_parameters, MTM, memory_estimate, parameter_count
+from mtm_runtime.model import MTM, PRESETS, count_parameters, memory_estimate, parameter_count
 from mtm_runtime.onnx_export import (INTEGRITY_KEY, METADATA_KEY, export_onnx, read_onnx_metadata, restamp_onnx,
                                      stamp_onnx)
 from mtm_runtime.policy import Policy
@@ -163,6 +163,18 @@ def test_shapes_must_match_the_weights(ckpt: Path) -> None:
     _edit(ckpt, lambda m: m["model_config"].update(d_model=64, n_heads=2), restamp=True)
     with pytest.raises(REFUSED, match=r"model\.safetensors: enc_modality: shape \(4, 32\) != expected \(4, 64\)"):
         Policy.load(ckpt)
+
+
+def test_policy_batch_load_refuses_alike(ckpt: Path) -> None:
+    from mtm_runtime.policy_batch import PolicyBatch
+
+    assert len(PolicyBatch.load(ckpt, 3, backend="onnxruntime")) == 3  # fingerprint through batch 3
+    _edit(ckpt, _swap_actions_goals, restamp=True)
+    with pytest.raises(REFUSED, match=r"mtm\.json: fingerprint: outputs differ"):
+        PolicyBatch.load(ckpt, 3)
+    _edit(ckpt, lambda m: (_swap_actions_goals(m), m.update(action_limits=None)), restamp=True)
+    with pytest.raises(REFUSED, match=r"mtm\.json: action_limits: missing"):
+        PolicyBatch.load(ckpt, 2)
 
 
 # ---- unstamped (legacy) files, restamping -------------------------------------------------------------------
@@ -371,7 +383,8 @@ def _mutate(rng: random.Random, value: Any) -> Any:
     if isinstance(value, bool):
         choices.append(not value)
     elif isinstance(value, (int, float)):
-        choices += [value * 10, value + 1, float(value) + 1e-6, -value, int(value) if value == int(value) else value * 2]
+        choices += [value * 10, value + 1, float(value) + 1e-6, -value,
+                    int(value) if value == int(value) else value * 2]
     elif isinstance(value, str):
         choices += [value + "x", value.upper()]
     elif isinstance(value, list) and value:
