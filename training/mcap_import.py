@@ -27,10 +27,15 @@ Actions (the command computed from state t):
   takes the first unmatched command received after it and before the bridge's next message of
   the loop (observation t+1 or the episode end); commands received before state t that no
   earlier state took (a fault action published between states) are skipped. Times are the
-  recorder's receive times, and a lockstep bridge answering command t with observation t+1
-  can beat the recorder to it (measured: up to a few ms on a loaded machine), so both window
+  publishers' DDS source timestamps (``mtm record``'s ``publish_time``; receive times in files
+  without them), and where they are receive times a lockstep bridge answering command t with
+  observation t+1 can beat the recorder to it (measured: up to a few ms on a loaded machine), so both window
   edges get a slack of ``race_slack_ns`` (<= 5 ms and <= a quarter of the state interval). A step with no command in
   its window holds the previous action (counted in ``held``; zeros at an episode's first step).
+
+Loss: a recording made by ``mtm record`` / ``mtm rollout`` holds the recorder's own count of
+missed messages per topic (MCAP metadata ``mtm_record``); the report carries it
+(``recorded_loss``; None for a file without that record) and ``mtm import-mcap`` prints it.
 
 ``terminals``: an episode shorter than the task's time limit terminated; otherwise ``timeouts``.
 ``next_observations``: observation t+1; the last step of an episode repeats its own observation
@@ -44,7 +49,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mtm_runtime.recording import RecordingError, read_messages
+from mtm_runtime.recording import RecordingError, read_messages, recorded_loss
 from sim.tasks import Task, get_task
 
 #: Receive-order race allowance: at most this (ns), and at most a quarter of the median interval
@@ -72,6 +77,8 @@ class ImportReport:
     dropped_partial_first: bool = False
     truncated_last: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    #: the recorder's per-topic counts (``mtm_runtime.recording.LossCounter.report``), None if the file has none
+    recorded_loss: dict[str, dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -97,8 +104,8 @@ def _stamp_ns(msg: Any) -> int | None:
 def load_recording(path: str | Path) -> dict[str, list[tuple[int, Any]]]:
     """topic -> [(time_ns, message)] for the loop topics, in publication order.
 
-    ``time_ns`` is the MCAP publish_time (``mtm record``: the receive time; other recorders may
-    store the DDS source timestamp there) or, where that is 0, the log time."""
+    ``time_ns`` is the MCAP publish_time (``mtm record`` and rosbag2: the DDS source timestamp;
+    receive time where the rclpy gives no message info) or, where that is 0, the log time."""
     out: dict[str, list[tuple[int, Any]]] = {t: [] for t in TOPICS}
     for rec in read_messages(path, TOPICS):
         out[rec.topic].append((rec.publish_time_ns or rec.log_time_ns, rec.msg))
@@ -125,7 +132,7 @@ class Segmented:
 def segment(path: str | Path, require_rewards: bool = True) -> Segmented:
     """Read ``path`` and cut it into episodes and paired steps (no task needed)."""
     rec = load_recording(path)
-    rep = ImportReport(counts={t: len(v) for t, v in rec.items()})
+    rep = ImportReport(counts={t: len(v) for t, v in rec.items()}, recorded_loss=recorded_loss(path))
     obs, rewards, stats = rec["/observation"], rec["/reward"], rec["/episode_stats"]
     if not obs:
         raise RecordingError(f"{path}: no messages on /observation (recorded topics: "

@@ -4,7 +4,9 @@ Both recordings are cut into episodes and paired steps by ``training.mcap_import
 (no task needed: ``/observation`` and ``/commands`` as recorded). Episodes are matched by
 index (run both with the same seeds), steps by their index within the episode, each pair cut
 to the shorter length. Per dimension: RMSE, max |a - b|, Pearson correlation over all matched
-steps (NaN when a dimension is constant in either recording).
+steps (NaN when a dimension is constant in either recording). The result carries each file's
+recorder loss count (``recorded_loss``: the ``mtm_record`` metadata, None where the file has
+none) and the table's header says it.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mtm_runtime.recording import loss_note
 from training.mcap_import import segment
 
 
@@ -58,7 +61,8 @@ def matched_steps(path_a: str | Path, path_b: str | Path) -> dict[str, Any]:
         raise ValueError("no episodes to match")
     ia_, ib_ = np.concatenate(ia), np.concatenate(ib)
     return {"states": (sa.states[ia_], sb.states[ib_]), "actions": (sa.actions[ia_], sb.actions[ib_]),
-            "episodes": eps, "first_episode_steps": int(len(ia[0]))}
+            "episodes": eps, "first_episode_steps": int(len(ia[0])),
+            "recorded_loss": {"a": sa.report.recorded_loss, "b": sb.report.recorded_loss}}
 
 
 def compare(path_a: str | Path, path_b: str | Path, png: str | Path | None = None) -> dict[str, Any]:
@@ -66,14 +70,16 @@ def compare(path_a: str | Path, path_b: str | Path, png: str | Path | None = Non
     m = matched_steps(path_a, path_b)
     divs = [_stats(name, *m[name]) for name in ("states", "actions")]
     out = {"a": str(path_a), "b": str(path_b), "episodes": m["episodes"],
-           "matched_steps": int(len(m["states"][0])), "rows": [r for d in divs for r in d.rows()]}
+           "matched_steps": int(len(m["states"][0])), "rows": [r for d in divs for r in d.rows()],
+           "recorded_loss": m["recorded_loss"]}
     if png:
         out["png"] = str(plot(m, divs, Path(png)))
     return out
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = [f"A: {result['a']}", f"B: {result['b']}",
+    loss = result["recorded_loss"]
+    lines = [f"A: {result['a']} ({loss_note(loss['a'])})", f"B: {result['b']} ({loss_note(loss['b'])})",
              f"{len(result['episodes'])} episodes matched, {result['matched_steps']} steps",
              f"{'modality':9s} {'dim':>3s} {'rmse':>10s} {'max|a-b|':>10s} {'corr':>7s}"]
     for r in result["rows"]:

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mtm_runtime.recording import RecordingError
+    from mtm_runtime.recording import RecordingError, loss_note
     from training.rollout_compare import compare, format_table
 
     png = args.png or args.a.with_name("compare.png")
@@ -27,6 +27,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"mtm compare-rollouts: {e}", file=sys.stderr)
         return 1
     print(format_table(result))
+    for name, report in result["recorded_loss"].items():
+        if report and any(r["missed"] for r in report.values()):
+            print(f"mtm compare-rollouts: WARNING: {name.upper()}: {loss_note(report)}", file=sys.stderr)
     print(f"plot: {result['png']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

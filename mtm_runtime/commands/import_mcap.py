@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mtm_runtime.recording import RecordingError
+    from mtm_runtime.recording import RecordingError, loss_note
     from training.mcap_import import import_to_hdf5
 
     try:
@@ -25,7 +25,9 @@ def main(args: argparse.Namespace) -> int:
     except (RecordingError, KeyError) as e:
         print(f"mtm import-mcap: {e}", file=sys.stderr)
         return 1
-    notes = []
+    notes = [loss_note(rep.recorded_loss)]
+    if rep.recorded_loss and any(r["missed"] for r in rep.recorded_loss.values()):
+        print(f"mtm import-mcap: WARNING: {notes[0]}", file=sys.stderr)
     if rep.dropped_partial_first:
         notes.append("dropped a first episode cut by the start of the recording")
     if rep.truncated_last:
