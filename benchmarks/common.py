@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,6 +17,32 @@ def machine() -> dict[str, object]:
     from mtm_runtime.profiling import machine_info
 
     return machine_info()
+
+
+#: A busy loop that also ends when its parent is gone, so a killed run leaves no hog behind.
+_HOG_LOOP = ("import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n"
+             "    for _ in range(1000000):\n        pass\n")
+
+
+class CpuHog:
+    """``n`` busy-loop processes (default: one per core, ``os.cpu_count()``) while in the ``with``
+    block: the "busy machine" of the record tests' load mode and of ``benchmarks/record_loss.py``."""
+
+    def __init__(self, n: int | None = None) -> None:
+        self.n = n or os.cpu_count() or 1
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "CpuHog":
+        self.procs = [subprocess.Popen([sys.executable, "-c", _HOG_LOOP], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait(timeout=10)
+        self.procs = []
 
 
 def emit_json(result: dict, path: "Path | None" = None) -> None:

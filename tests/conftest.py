@@ -3,11 +3,18 @@
 ROS tests: every test gets its own ROS_DOMAIN_ID (derived from the pytest worker pid and a
 counter) and discovery stays on localhost, so parallel runs and leftovers never cross-talk.
 Child processes started by a test inherit the environment set here.
+
+CPU hog: ``pytest --cpu-hog`` (or ``MTM_TEST_CPU_HOG=1``) runs a busy loop on every core beside
+each module whose tests take the ``cpu_hog`` fixture; ``cpu_hog_always`` does so in every run
+(the record tests: a recorder must not lose messages on a busy machine).
 """
 from __future__ import annotations
 
 import itertools
 import os
+import sys
+from pathlib import Path
+from typing import Iterator
 
 # One BLAS/OpenMP thread per process in tests: the suite runs ROS nodes, simulators and training
 # side by side on two cores, where oversubscribed OpenMP spin-waits make torch 10x slower.
@@ -15,6 +22,12 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
+
+REPO = str(Path(__file__).resolve().parents[1])
+if REPO not in sys.path:  # benchmarks.common (the CPU hog) from any working directory
+    sys.path.insert(0, REPO)
+
+from benchmarks.common import CpuHog  # noqa: E402
 
 _counter = itertools.count()
 
@@ -35,8 +48,36 @@ def ros_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
             "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp"}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cpu-hog", action="store_true", default=False,
+                     help="run a busy loop on every core beside the tests that take the cpu_hog fixture "
+                          "(same as MTM_TEST_CPU_HOG=1)")
+
+
+def cpu_hog_requested(config: pytest.Config) -> bool:
+    return bool(config.getoption("--cpu-hog")) or os.environ.get("MTM_TEST_CPU_HOG", "") not in ("", "0")
+
+
+@pytest.fixture(scope="module")
+def cpu_hog(request: pytest.FixtureRequest) -> Iterator[CpuHog | None]:
+    """A busy loop on every core for the rest of the module, if --cpu-hog / MTM_TEST_CPU_HOG=1 (else None)."""
+    if not cpu_hog_requested(request.config):
+        yield None
+        return
+    with CpuHog() as hog:
+        yield hog
+
+
+@pytest.fixture(scope="module")
+def cpu_hog_always() -> Iterator[CpuHog]:
+    """A busy loop on every core for the rest of the module, in every run."""
+    with CpuHog() as hog:
+        yield hog
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    lines = []
+    lines = [f"cpu hog: {'on' if cpu_hog_requested(config) else 'off'} for cpu_hog tests, "
+             f"always on for cpu_hog_always tests ({os.cpu_count()} busy loops)"]
     try:
         import tensorrt  # noqa: F401
         lines.append("tensorrt: importable")

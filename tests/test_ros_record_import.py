@@ -1,12 +1,19 @@
 """Recording and import over real rclpy + Fast DDS: a lockstep rollout through the launch node set
 is recorded to MCAP, imported into our HDF5 layout, loaded with ``load_episodes`` and trained on
-for a few steps; ``mtm compare-rollouts`` on two recordings; ``mtm record`` as a CLI."""
+for a few steps; ``mtm compare-rollouts`` on two recordings; ``mtm record`` as a CLI.
+
+The two lockstep recordings are always made with a busy loop on every core (``cpu_hog_always``):
+nothing may be lost on a busy machine. ``--cpu-hog`` / ``MTM_TEST_CPU_HOG=1`` hog the CLI tests
+too. A recorder starved outright (SIGSTOP) loses messages of a keep-last-1 publisher: that
+recording must say so (warning, exit status 1, counts in the file)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +22,8 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("mcap_ros2")
 
-from mtm_runtime.recording import message_definition, read_messages, summary  # noqa: E402
+from mtm_runtime.recording import (RECORD_METADATA, LossCounter, McapSink, message_definition,  # noqa: E402
+                                   read_messages, recorded_loss, summary)
 
 pytestmark = pytest.mark.ros
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +59,9 @@ def _goal_free_checkpoint(directory: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def recordings(tmp_path_factory: pytest.TempPathFactory):
-    """Two lockstep recordings of the same checkpoint and seeds (deterministic: identical states)."""
+def recordings(tmp_path_factory: pytest.TempPathFactory, cpu_hog_always):
+    """Two lockstep recordings of the same checkpoint and seeds (deterministic: identical states),
+    made beside a busy loop on every core."""
     import os
 
     from conftest import fresh_domain_id
@@ -80,6 +89,27 @@ def test_message_definitions_decode_with_mcap_ros2() -> None:
         text = message_definition(t)
         assert t in generate_dynamic(t, text)
     assert "MSG: builtin_interfaces/Time" in message_definition("sensor_msgs/msg/JointState")
+
+
+def _assert_lossless(result) -> None:
+    """The recorder counted every topic and missed nothing of the loop; the file's metadata says
+    the same. /diagnostics may lose the policy node's first reports, sent at start-up before its
+    writer matched the recorder (nothing in the loop waits for that), but never one after."""
+    assert result.loss and all(r["counted"] for r in result.loss.values()), result.loss
+    assert all(r["missed"] == 0 for t, r in result.loss.items() if t != "/diagnostics"), result.loss
+    diag = result.loss["/diagnostics"]
+    assert diag["missed"] == diag["missed_at_start"], diag
+    assert {t: r["received"] for t, r in result.loss.items()} == {t: n for t, n in result.recorded.items() if n}
+    assert recorded_loss(result.record_path) == result.loss
+
+
+def test_recordings_lose_nothing_under_load(recordings) -> None:
+    _, a, b = recordings
+    for res in (a, b):
+        _assert_lossless(res)
+        assert res.loss["/observation"]["received"] == 100 and res.loss["/commands"]["received"] >= 100
+        meta = summary(res.record_path)["metadata"][RECORD_METADATA]
+        assert meta["missed_total"] == str(res.loss["/diagnostics"]["missed"]) and meta["counted"] == "true"
 
 
 def test_record_import_load_and_train(recordings, tmp_path: Path) -> None:
@@ -129,34 +159,129 @@ def test_compare_rollouts_cli(recordings, tmp_path: Path) -> None:
     assert len([r for r in res["rows"] if r["modality"] == "actions"]) == 2
 
 
-def test_mtm_record_cli(ros_env, tmp_path: Path) -> None:
+@contextmanager
+def _recording_rewards(out: Path, depth: int, duration_s: float, *more_topics: str):
+    """``mtm record`` of /reward (and ``more_topics``) as a CLI process beside a /reward publisher
+    (RELIABLE, keep last ``depth``) it has subscribed to; yields (process, publisher)."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from ros_harness import Graph
-
     from std_msgs.msg import Float64
 
-    out = tmp_path / "r.mcap"
-    proc = subprocess.Popen([sys.executable, "-m", "mtm_runtime.cli", "record", "--topics", "reward", "/nothing_here",
-                             "-o", str(out), "--duration", "6"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "mtm_runtime.cli", "record", "--topics", "reward", *more_topics,
+                             "-o", str(out), "--duration", str(duration_s)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         with Graph() as g:
-            from rclpy.qos import QoSProfile, ReliabilityPolicy
-
-            pub = g.publisher(Float64, "reward", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+            pub = g.publisher(Float64, "reward", QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE))
             g.start()
             deadline = time.monotonic() + 20
-            while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            while pub.get_subscription_count() == 0 and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.05)
             assert pub.get_subscription_count() > 0, "mtm record never subscribed"
             time.sleep(0.3)
-            for i in range(20):
-                pub.publish(Float64(data=float(i)))
-                time.sleep(0.01)
-            text, _ = proc.communicate(timeout=30)
+            yield proc, pub
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, text
-    assert "never published: /nothing_here" in text
+
+
+def _publish(pub, values: range, pause_s: float = 0.01) -> None:
+    from std_msgs.msg import Float64
+
+    for v in values:
+        pub.publish(Float64(data=float(v)))
+        if pause_s:
+            time.sleep(pause_s)
+
+
+def test_mtm_record_cli(ros_env, cpu_hog, tmp_path: Path) -> None:
+    out = tmp_path / "r.mcap"
+    with _recording_rewards(out, 10, 6, "/nothing_here") as (proc, pub):
+        _publish(pub, range(20))
+        text, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, text + err
+    assert "never published: /nothing_here" in text and "/reward 20; 0 missed" in text and not err
     vals = [r.msg.data for r in read_messages(out, ["/reward"])]
     assert vals == [float(i) for i in range(20)]
+    loss = recorded_loss(out)
+    assert loss == {"/reward": {"received": 20, "missed": 0, "missed_at_start": 0, "before_subscribed": 0,
+                                "publishers": 1, "counted": True}}
+
+
+def test_mtm_record_reports_what_a_stalled_recorder_missed(ros_env, cpu_hog, tmp_path: Path) -> None:
+    """A recorder that gets no CPU (SIGSTOP) while a RELIABLE keep-last-1 publisher (the policy's
+    /commands QoS) sends 3000 messages: DDS buffers a few hundred, the rest are overwritten in
+    the writer's history. The gaps in the publication sequence numbers are counted exactly:
+    received + missed = published; stderr names the topic; exit status 1; counts in the file."""
+    out = tmp_path / "lossy.mcap"
+    with _recording_rewards(out, 1, 8) as (proc, pub):
+        _publish(pub, range(10))
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            _publish(pub, range(10, 3010), pause_s=0)
+            time.sleep(0.5)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.5)
+        _publish(pub, range(3010, 3020))
+        text, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, text + err
+    loss = recorded_loss(out)["/reward"]
+    vals = [r.msg.data for r in read_messages(out, ["/reward"])]
+    assert loss["missed"] > 0 and loss["received"] + loss["missed"] == 3020 and loss["received"] == len(vals)
+    assert vals[:10] == [float(i) for i in range(10)] and vals[-10:] == [float(i) for i in range(3010, 3020)]
+    assert f"/reward {loss['received']} ({loss['missed']} missed)" in text
+    assert f"WARNING: /reward: {loss['missed']} of 3020 messages missed" in err
+
+
+def test_loss_counter_gaps_and_late_publishers() -> None:
+    c = LossCounter()
+    c.subscribed("/a", [b"old"])
+    for seq in (41, 42, 44, 45):  # present when subscribed: 1..40 came before the recording
+        c.note("/a", b"old", seq)
+    for seq in (3, 4, 5):  # appeared later: 1 and 2 were published while we listened
+        c.note("/a", b"new", seq)
+    c.note("/b", None, None)
+    rep = c.report()
+    assert rep["/a"] == {"received": 7, "missed": 3, "missed_at_start": 2, "before_subscribed": 40, "publishers": 2,
+                         "counted": True}
+    assert rep["/b"] == {"received": 1, "missed": 0, "missed_at_start": 0, "before_subscribed": 0, "publishers": 0,
+                         "counted": False}
+
+
+def _copy_with_loss(src: str, dst: Path, loss: dict) -> Path:
+    """``src``'s messages (raw, times kept) in a new file whose ``mtm_record`` record says ``loss``."""
+    from mcap.reader import make_reader
+
+    from mtm_runtime.recording import loss_metadata
+
+    with open(src, "rb") as f, McapSink(dst) as sink:
+        for schema, channel, message in make_reader(f).iter_messages():
+            sink.add_topic(channel.topic, schema.name)
+            sink.write(channel.topic, message.data, message.log_time, message.publish_time)
+        sink.add_metadata(RECORD_METADATA, loss_metadata(loss))
+    return dst
+
+
+def test_import_and_compare_report_recorded_loss(recordings, tmp_path: Path) -> None:
+    tmp, a, b = recordings
+    none_missed = {t: dict(r, missed=0, missed_at_start=0) for t, r in a.loss.items()}
+    loss = dict(none_missed, **{"/commands": dict(none_missed["/commands"], missed=2)})
+    lossy = _copy_with_loss(a.record_path, tmp_path / "lossy.mcap", loss)
+    clean = _copy_with_loss(a.record_path, tmp_path / "clean.mcap", none_missed)
+    run = [sys.executable, "-m", "mtm_runtime.cli"]
+    out = subprocess.run(run + ["import-mcap", str(lossy), "--task", "reacher", "-o", str(tmp_path / "d.hdf5")],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "WARNING: the recorder missed 2 messages (/commands 2)" in out.stderr
+    clean = subprocess.run(run + ["import-mcap", str(clean), "--task", "reacher", "-o", str(tmp_path / "e.hdf5")],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0 and "the recorder missed no messages" in clean.stdout and not clean.stderr
+    cmp = subprocess.run(run + ["compare-rollouts", str(lossy), b.record_path, "--png", str(tmp_path / "c.png"),
+                                "--json", str(tmp_path / "c.json")], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert cmp.returncode == 0, cmp.stderr
+    assert "WARNING: A: the recorder missed 2 messages" in cmp.stderr
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert res["recorded_loss"]["a"]["/commands"]["missed"] == 2 and res["recorded_loss"]["b"] == b.loss
