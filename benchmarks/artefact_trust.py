@@ -10,17 +10,20 @@ their ONNX exports), per load, interleaved so machine noise hits every part alik
 * ``fingerprint_torch`` / ``fingerprint_ort``: ``check_fingerprint`` through a built backend;
 * ``policy_load_torch`` / ``policy_load_onnx``: the whole ``Policy.load`` the checks are part of.
 
-Prints JSON (medians, p90, machine info, and the checks' share of a whole load).
+Prints JSON (medians, p90, machine info and load average, and the checks' share of a whole
+load). torch runs ``--threads`` threads (default 1, as the policy node does).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 import onnx
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,8 +60,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the policy node runs 1)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     result: dict[str, object] = {"benchmark": "artefact_trust", "machine": machine(), "models": {},
+                                 "load_average_before": list(os.getloadavg()),
                                  "note": "stats in microseconds; checks_ms_* = medians of the check parts, in ms"}
     with tempfile.TemporaryDirectory() as tmp:
         models = {"reacher_embedded": ROOT / "models" / "reacher_embedded",
@@ -76,6 +82,7 @@ def main() -> None:
                 "checks_ms_torch_load": round(checks_torch, 3), "checks_ms_onnx_load": round(checks_onnx, 3),
                 "checks_share_of_torch_load": round(checks_torch / ms["policy_load_torch"], 3),
                 "checks_share_of_onnx_load": round(checks_onnx / ms["policy_load_onnx"], 3)}
+    result["load_average_after"] = list(os.getloadavg())
     emit_json(result, args.out)
 
 
