@@ -422,13 +422,14 @@ def check_int8_parity(fp32_bytes: bytes, int8_bytes: bytes, spec: Any, batch_siz
 
 
 # ---- reading ---------------------------------------------------------------------------------------
-def _load_proto(p: Path) -> Any:
+def _load_proto(p: Path, data: bytes | None = None) -> Any:
+    """Parse ``p`` (or ``data``, its bytes already read) without following external data."""
     import onnx
 
-    if not p.is_file():
+    if data is None and not p.is_file():
         raise CheckpointError(p, "(file)", "missing")
     try:
-        proto = onnx.load(str(p), load_external_data=False)
+        proto = onnx.load(str(p), load_external_data=False) if data is None else onnx.load_from_string(data)
     except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends
         raise CheckpointError(p, "(onnx)", f"not an ONNX model: {type(e).__name__}: {e}") from None
     if not proto.graph.node:
@@ -450,15 +451,17 @@ def _metadata_of(proto: Any, p: Path) -> dict[str, Any]:
     return meta
 
 
-def read_onnx_metadata(path: str | os.PathLike, trust: Trust | None = None) -> dict[str, Any]:
+def read_onnx_metadata(path: str | os.PathLike, trust: Trust | None = None,
+                       data: bytes | None = None) -> dict[str, Any]:
     """The metadata dict stored by ``export_onnx`` (validate with ``checkpoint.parse_metadata``),
-    after verifying the file's integrity stamp (``verify_onnx_stamp``).
+    after verifying the file's integrity stamp (``verify_onnx_stamp``). ``data``: the file's
+    bytes, if the caller has read them (and will run exactly these: ``Policy.load``).
 
     CheckpointError naming the file when it is missing, not an ONNX model, fails its stamp, or
     carries no (or unparsable) ``mtm_runtime`` metadata.
     """
     p = Path(path)
-    proto = _load_proto(p)
+    proto = _load_proto(p, data)
     meta = _metadata_of(proto, p)  # first: a graph from elsewhere is named as such
     stamped = verify_onnx_stamp(proto, p, trust)
     if stamped and meta.get("fingerprint") is None and meta.get("export", {}).get("graph") != "features":

@@ -147,10 +147,14 @@ class Policy:
             return cls.from_checkpoint(ckpt, backend or "torch", mode, limits, **backend_options)
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such checkpoint directory, .onnx or .engine file")
+        source: Path | bytes = p
         if p.suffix == ".onnx":
             from mtm_runtime.onnx_export import read_onnx_metadata
 
-            meta, kind = read_onnx_metadata(p, trust), "onnx"
+            if not p.is_file():  # a FIFO or a link to /dev/zero is never read
+                raise CheckpointError(p, "(file)", "not a regular file")
+            source = p.read_bytes()  # read once: the backend runs the bytes that were verified
+            meta, kind = read_onnx_metadata(p, trust, source), "onnx"
             backend = backend or "onnxruntime"
         elif p.suffix == ".engine":
             from mtm_runtime.trt_engine import read_engine_sidecar
@@ -164,7 +168,7 @@ class Policy:
         if source_kind(backend) != kind:
             raise BackendError(f"backend {backend!r} cannot run a {p.suffix} file; "
                                f"use a checkpoint directory for torch backends")
-        be = backend_class(backend)(p, spec, **backend_options)
+        be = backend_class(backend)(source, spec, **backend_options)
         if kind == "engine":
             from mtm_runtime.trt_engine import engine_output_tolerance
 

@@ -313,6 +313,22 @@ def test_onnx_restamp_and_int8(base: dict[str, Path], tmp_path: Path, monkeypatc
     assert Policy.load(p, quantize="int8").backend.output_tolerance > 0.1  # int8 runs against its own bound
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_special_files_are_never_read(ckpt: Path, tmp_path: Path, kind: str) -> None:
+    import os
+
+    targets = [tmp_path / "model.onnx", ckpt / "mtm.json", ckpt / "model.safetensors"]
+    for t in targets:
+        t.unlink(missing_ok=True)
+        os.mkfifo(t) if kind == "fifo" else t.symlink_to("/dev/zero")
+    t0 = time.perf_counter()
+    with pytest.raises(REFUSED, match=r"model\.onnx: \(file\)"):
+        Policy.load(tmp_path / "model.onnx")
+    with pytest.raises(REFUSED, match=r"mtm\.json: \(file\)"):
+        Policy.load(ckpt)
+    assert time.perf_counter() - t0 < 1.0
+
+
 # ---- engine sidecar (no TensorRT needed: the stamp is checked before any engine is deserialised) ------------
 def test_engine_sidecar_stamp(base: dict[str, Path], tmp_path: Path) -> None:
     eng = tmp_path / "m.engine"
