@@ -265,5 +265,6 @@ def generate_keypair(private_path: str | os.PathLike, public_path: str | os.Path
 
 __all__ = ["SCHEME", "INTEGRITY_FIELD", "ALLOW_UNSTAMPED_ENV", "TRUSTED_KEYS_ENV", "SIGNING_KEY_ENV",
            "CheckpointError", "Trust", "canonical_json", "json_sections", "sections_digest", "bytes_digest",
-           "make_stamp", "check_stamp", "stamp_json", "check_json_stamp", "changed_sections", "sign_digest", "verify_signature",
+           "make_stamp", "check_stamp", "stamp_json", "check_json_stamp", "changed_sections", "sign_digest",
+           "verify_signature",
            "generate_keypair", "load_private_key", "load_public_key", "resolve_trust"]

@@ -375,6 +375,7 @@ def read_engine_sidecar(path: str | os.PathLike, trust: Trust | None = None) -> 
     return meta
 
 
-__all__ = ["EngineError", "build_engine", "engine_output_tolerance", "ensure_engine", "stale_reason", "check_engine_parity",
+__all__ = ["EngineError", "build_engine", "engine_output_tolerance", "ensure_engine", "stale_reason",
+           "check_engine_parity",
            "read_engine_sidecar", "sidecar_path", "tensorrt_status", "trtexec_command",
            "onnx_fp16_matmuls", "gpu_identity"]
