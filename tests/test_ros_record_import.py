@@ -285,3 +285,19 @@ def test_import_and_compare_report_recorded_loss(recordings, tmp_path: Path) -> 
     assert "WARNING: A: the recorder missed 2 messages" in cmp.stderr
     res = json.loads((tmp_path / "c.json").read_text())
     assert res["recorded_loss"]["a"]["/commands"]["missed"] == 2 and res["recorded_loss"]["b"] == b.loss
+
+
+def test_record_loss_benchmark_quick_json_schema(ros_env, tmp_path: Path) -> None:
+    """benchmarks/record_loss.py end to end at small size (its busy loops included); counts not asserted."""
+    out = tmp_path / "loss.json"
+    r = subprocess.run([sys.executable, "benchmarks/record_loss.py", "--quick", "--duration", "2", "--json", str(out),
+                        "--work-dir", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["cpu_hog_processes"] >= 1 and res["machine"]["cores"] and res["launch_exit_code"] == 0
+    assert set(res["lost_total"]) == {"recorder_count", "recorder_gaps_after_first_message", "recorder_at_start_up",
+                                      "independent"}
+    topics = res["topics"]
+    assert topics["/observation"]["published"] == topics["/joint_states"]["published"] == 1000
+    assert {"received", "missed_by_recorder", "missed_at_start", "lost_independent"} <= set(topics["/observation"])
+    assert "published" in topics["/commands"] and set(res["target"]) >= {"lost_per_topic", "met"}
