@@ -1,9 +1,9 @@
 """mtm_policy_node: the MTM policy as a ROS 2 lifecycle node, an adapter over ``ControlLoop``.
 
 The loop and its safety chain (input and stamp checks, flood guard, episodes, ``act()``, overrun,
-limits, rate limit, fault action, counters, fault log) are ``mtm_runtime.control_loop``'s; the
-parameter table and its checks ``mtm_runtime.policy_params``'s; message conversion
-``ros_nodes.conversions``'. This node converts messages, owns timers, QoS, parameters,
+limits, rate limit, fault action, counters, fault log) live in ``mtm_runtime.control_loop``, the
+parameter table and its checks in ``mtm_runtime.policy_params``, message conversion in
+``ros_nodes.conversions``. This node converts messages, owns timers, QoS, parameters,
 diagnostics and the lifecycle, and publishes what the loop returns.
 
 * configure: load the model, check it against the parameters, build the ControlLoop, warm up;
