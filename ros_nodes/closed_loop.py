@@ -41,7 +41,7 @@ from mtm_runtime.node_processes import NodeFailure, NodeProcesses
 from mtm_runtime.recording import (CLOSED_LOOP_TOPICS, RECORD_METADATA, LossCounter, McapSink, RecordingError,
                                    loss_metadata, loss_summary, loss_warnings)
 from ros_nodes.conversions import diagnostic_values
-from ros_nodes.executors import drain, make_executor, spin_loop
+from ros_nodes.executors import make_executor, spin_loop
 
 
 #: Topics published latched (reliable, transient local) by the node set.
@@ -57,6 +57,8 @@ BRIDGE_TOPICS = ("/joint_states", "/reward", "/episode_stats")
 GATED_AFTER = (*BRIDGE_TOPICS, "/commands")
 #: ``mtm record``: the longest wait for the bridge's other topics before subscribing to /observation.
 RECORD_LAST_WAIT_S = 2.0
+#: At the end of a recording: the longest time spent taking messages sent before the end.
+DRAIN_MAX_S = 5.0
 #: Recorder queue depth of a volatile topic (keep last): 10 s of a 500 Hz stream.
 RECORD_DEPTH = 5000
 #: Recorder queue depth of a latched topic (what a transient-local publisher keeps is less).
@@ -110,6 +112,8 @@ class LoopMonitor(Node):
         self.policy_error = ""
         self.policy_diag_count = 0
         self.loss = LossCounter()
+        #: topic -> (source timestamp ns of the newest message taken, time.monotonic() when taken)
+        self.latest: dict[str, tuple[int, float]] = {}
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
         self.create_subscription(Float64MultiArray, "/episode_stats", self._on_stats,
                                  QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
@@ -166,18 +170,33 @@ class LoopMonitor(Node):
     def _writer(self, topic: str):
         """Raw callback for ``topic``: queue the bytes with the DDS receive and source times, count
         the publisher's sequence number. Nothing slower runs per message (no lock, no file I/O)."""
-        write, note = self.sink.write, self.loss.note
+        write, note, latest, now = self.sink.write, self.loss.note, self.latest, time.monotonic
         if not MESSAGE_INFO:
             def on_message(data: bytes) -> None:
                 write(topic, data, time.time_ns())
                 note(topic, None, None)
+                latest[topic] = (0, now())
             return on_message
 
         def on_message_with_info(data: bytes, info: dict[str, Any]) -> None:
-            gid = info.get("publisher_gid")
-            write(topic, data, info.get("received_timestamp") or time.time_ns(), info.get("source_timestamp") or None)
+            gid, source = info.get("publisher_gid"), info.get("source_timestamp") or 0
+            write(topic, data, info.get("received_timestamp") or time.time_ns(), source or None)
             note(topic, gid["data"] if gid else None, info.get("publication_sequence_number"))
+            latest[topic] = (source, now())
         return on_message_with_info
+
+    def caught_up(self, stop_ns: int, quiet_s: float = 0.2) -> bool:
+        """Every recorded topic has delivered a message sent at or after ``stop_ns`` (wall clock ns) or
+        has been quiet for ``quiet_s``: nothing sent before the stop is still waiting in our queues."""
+        t = time.monotonic()
+        return all(source >= stop_ns or t - taken >= quiet_s for source, taken in list(self.latest.values()))
+
+    def drain(self, spin: Any, stop_ns: int, max_s: float = DRAIN_MAX_S) -> None:
+        """Call ``spin()`` (one spin_once, or a sleep while another thread spins) until ``caught_up``
+        or ``max_s``: a recorder running behind empties its queues before the file is closed."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline and not self.caught_up(stop_ns):
+            spin()
 
     def finish_recording(self) -> dict[str, dict[str, Any]]:
         """Write the per-topic received/missed counts into the file (metadata ``mtm_record``) and
@@ -360,6 +379,7 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
                               + procs.tail("mtm_policy"))
     finally:
         codes = procs.stop()
+        monitor.drain(lambda: time.sleep(0.02), time.time_ns())  # the spin thread takes what is still queued
         stop.set()
         thread.join(timeout=5)
         executor.shutdown(timeout_sec=1.0)
@@ -377,8 +397,6 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
 
 
 # ---- mtm record ------------------------------------------------------------------------------
-#: After the recording time is up: keep spinning this long for messages still in flight.
-DRAIN_S = 0.3
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
@@ -388,8 +406,9 @@ def _interrupt(signum: int, _frame: Any) -> None:
 def record_main(output: Path, topics: list[str] | None, duration_s: float) -> int:
     """Record ``topics`` (default: the closed-loop set) until Ctrl-C/SIGTERM or ``duration_s``.
 
-    Prints one summary line (messages per topic, how many were missed); every topic that lost
-    messages gets a warning line on stderr. Exit status 0, or 1 when messages were missed (the
+    At the end it keeps taking what is queued until every topic has delivered a message sent
+    after the end or gone quiet (``LoopMonitor.drain``). Prints one summary line (messages per
+    topic, how many were missed); every topic that lost messages gets a warning line on stderr. Exit status 0, or 1 when messages were missed (the
     file is complete either way and holds the counts in its ``mtm_record`` metadata)."""
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -418,8 +437,9 @@ def record_main(output: Path, topics: list[str] | None, duration_s: float) -> in
             spin_loop(executor, context, keep_going=lambda: time.monotonic() < t_end, period_s=0.05)
         except KeyboardInterrupt:
             pass
+        stop_ns = time.time_ns()
         if context.ok():
-            drain(executor, DRAIN_S)
+            node.drain(lambda: executor.spin_once(timeout_sec=0.02), stop_ns)
     except KeyboardInterrupt:  # a second signal: stop draining, still finish the file
         pass
     finally:

@@ -214,7 +214,7 @@ def test_mtm_record_reports_what_a_stalled_recorder_missed(ros_env, cpu_hog, tmp
     the writer's history. The gaps in the publication sequence numbers are counted exactly:
     received + missed = published; stderr names the topic; exit status 1; counts in the file."""
     out = tmp_path / "lossy.mcap"
-    with _recording_rewards(out, 1, 8) as (proc, pub):
+    with _recording_rewards(out, 1, 0) as (proc, pub):  # until SIGINT: the stop must not end the recording
         _publish(pub, range(10))
         time.sleep(0.3)
         proc.send_signal(signal.SIGSTOP)
@@ -225,6 +225,8 @@ def test_mtm_record_reports_what_a_stalled_recorder_missed(ros_env, cpu_hog, tmp
             proc.send_signal(signal.SIGCONT)
         time.sleep(0.5)
         _publish(pub, range(3010, 3020))
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
         text, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, text + err
     loss = recorded_loss(out)["/reward"]
