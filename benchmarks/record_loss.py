@@ -74,6 +74,17 @@ def _cpu_s(pid: int) -> float | None:
         return None
 
 
+def _launch(argv: list[str], env: dict[str, str], log: Any, timeout_s: float) -> int:
+    """Run ``mtm launch`` until its node set ends (the bridge's episodes); SIGINT it after ``timeout_s``."""
+    launch = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        return launch.wait(timeout=timeout_s)
+    finally:
+        if launch.poll() is None:
+            launch.send_signal(signal.SIGINT)
+            launch.wait(timeout=30)
+
+
 def run(rate: float, duration: float, episode_s: float, work: Path, backend: str, env: dict[str, str]) -> dict[str, Any]:
     """Record beside the launched loop; returns the recorder's output and the two counts."""
     episodes = max(1, round(duration / episode_s))
@@ -82,30 +93,22 @@ def run(rate: float, duration: float, episode_s: float, work: Path, backend: str
     backend, why = pick_backend(model, backend)
     record_file = work / "loop.mcap"
     cli = [sys.executable, "-m", "mtm_runtime.cli"]
-    rec_log, launch_log = open(work / "record.log", "w"), open(work / "launch.log", "w")
     recorder = subprocess.Popen(cli + ["record", "-o", str(record_file)], cwd=REPO, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(RECORDER_HEAD_START_S)
-    t0 = time.monotonic()
-    cpu0 = _cpu_s(recorder.pid)
-    launch = subprocess.Popen(cli + ["launch", "--model", str(model), "--backend", backend, "--rate", f"{rate:g}",
-                                     "--params-file", str(params), "--target", "sim", "--task", "reacher",
-                                     "--sim-mode", "realtime"], cwd=REPO, env=env, stdout=launch_log,
-                              stderr=subprocess.STDOUT)
     try:
-        launch_rc = launch.wait(timeout=duration * 3 + 120)
+        time.sleep(RECORDER_HEAD_START_S)
+        t0, cpu0 = time.monotonic(), _cpu_s(recorder.pid)
+        with open(work / "launch.log", "w") as launch_log:
+            launch_rc = _launch(cli + ["launch", "--model", str(model), "--backend", backend, "--rate", f"{rate:g}",
+                                       "--params-file", str(params), "--target", "sim", "--task", "reacher",
+                                       "--sim-mode", "realtime"], env, launch_log, timeout_s=duration * 3 + 120)
+        wall = time.monotonic() - t0
+        time.sleep(1.0)
+        cpu1 = _cpu_s(recorder.pid)
     finally:
-        if launch.poll() is None:
-            launch.send_signal(signal.SIGINT)
-            launch.wait(timeout=30)
-    wall = time.monotonic() - t0
-    time.sleep(1.0)
-    cpu1 = _cpu_s(recorder.pid)
-    recorder.send_signal(signal.SIGINT)
-    out, err = recorder.communicate(timeout=60)
-    rec_log.write(out + err)
-    rec_log.close()
-    launch_log.close()
+        recorder.send_signal(signal.SIGINT)
+        out, err = recorder.communicate(timeout=60)
+        (work / "record.log").write_text(out + err)
     if not record_file.exists():
         raise SystemExit(f"record_loss: mtm record wrote no file (exit {recorder.returncode}):\n{out}{err}")
     return {"episodes": episodes, "episode_steps": max(1, round(rate * episode_s)), "backend": backend,

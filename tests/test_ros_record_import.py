@@ -267,7 +267,7 @@ def _copy_with_loss(src: str, dst: Path, loss: dict) -> Path:
 
 
 def test_import_and_compare_report_recorded_loss(recordings, tmp_path: Path) -> None:
-    tmp, a, b = recordings
+    _, a, b = recordings
     none_missed = {t: dict(r, missed=0, missed_at_start=0) for t, r in a.loss.items()}
     loss = dict(none_missed, **{"/commands": dict(none_missed["/commands"], missed=2)})
     lossy = _copy_with_loss(a.record_path, tmp_path / "lossy.mcap", loss)
