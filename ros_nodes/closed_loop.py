@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import signal
 import sys
 import threading
 import time
@@ -41,7 +40,7 @@ from mtm_runtime.node_processes import NodeFailure, NodeProcesses
 from mtm_runtime.recording import (CLOSED_LOOP_TOPICS, RECORD_METADATA, LossCounter, McapSink, RecordingError,
                                    loss_metadata, loss_summary, loss_warnings)
 from ros_nodes.conversions import diagnostic_values
-from ros_nodes.executors import make_executor, spin_loop
+from ros_nodes.executors import StopSignals, close, init_context, make_executor, spin_loop
 
 
 #: Topics published latched (reliable, transient local) by the node set.
@@ -399,8 +398,8 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
 # ---- mtm record ------------------------------------------------------------------------------
 
 
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+class _DrainStopped(Exception):
+    """A second SIGINT/SIGTERM while ``mtm record`` drains its queues."""
 
 
 def record_main(output: Path, topics: list[str] | None, duration_s: float) -> int:
@@ -410,8 +409,7 @@ def record_main(output: Path, topics: list[str] | None, duration_s: float) -> in
     after the end or gone quiet (``LoopMonitor.drain``). Prints one summary line (messages per
     topic, how many were missed); every topic that lost messages gets a warning line on stderr. Exit status 0, or 1 when messages were missed (the
     file is complete either way and holds the counts in its ``mtm_record`` metadata)."""
-    context = rclpy.Context()
-    rclpy.init(context=context)
+    context = init_context(None)
     wanted = CLOSED_LOOP_TOPICS if not topics else {t if t.startswith("/") else "/" + t:
                                                    CLOSED_LOOP_TOPICS.get(t if t.startswith("/") else "/" + t, "")
                                                    for t in topics}
@@ -431,24 +429,25 @@ def record_main(output: Path, topics: list[str] | None, duration_s: float) -> in
     t_end = time.monotonic() + duration_s if duration_s > 0 else math.inf
     print(f"mtm record: recording {', '.join(wanted)} to {output}"
           + (f" for {duration_s:g} s" if duration_s > 0 else " until Ctrl-C"), flush=True)
-    old_term = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    with StopSignals() as stop:  # rclpy's own handlers are off: the context stays up to drain
         try:
-            spin_loop(executor, context, keep_going=lambda: time.monotonic() < t_end, period_s=0.05)
-        except KeyboardInterrupt:
+            spin_loop(executor, context, keep_going=lambda: time.monotonic() < t_end and not stop.requested,
+                      period_s=0.05)
+            stop_ns, signals_at_stop = time.time_ns(), len(stop.received)
+
+            def spin_until_second_signal() -> None:  # a second signal: stop draining, still finish the file
+                if len(stop.received) > signals_at_stop:
+                    raise _DrainStopped
+                executor.spin_once(timeout_sec=0.02)
+
+            node.drain(spin_until_second_signal, stop_ns)
+        except _DrainStopped:
             pass
-        stop_ns = time.time_ns()
-        if context.ok():
-            node.drain(lambda: executor.spin_once(timeout_sec=0.02), stop_ns)
-    except KeyboardInterrupt:  # a second signal: stop draining, still finish the file
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        report = node.finish_recording()
-        if context.ok():
-            rclpy.shutdown(context=context)
+        finally:
+            executor.shutdown(timeout_sec=1.0)
+            node.destroy_node()
+            report = node.finish_recording()
+            close(None, None, context)
     missing = [t for t in wanted if t not in report and t not in node.unrecordable]
     print(f"mtm record: wrote {output}: {loss_summary(report)}"
           + (f"; never published: {', '.join(missing)}" if missing else "")
