@@ -28,8 +28,10 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     description="Masked Trajectory Model runtime: offline training to a ROS 2 control loop",
-    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*", "export",
-                                    "export.*", "sim", "sim.*", "ros_nodes", "ros_nodes.*"]),
+    # One installed namespace: training/, sim/, export/ and ros_nodes/ stay top-level folders of the
+    # repository and are reached as mtm_runtime.training etc. through the links in mtm_runtime/
+    # (package_dir cannot do it: colcon's --symlink-install maps only top-level packages).
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     python_requires=">=3.10",
     # torch: pin to the build your platform needs (CPU wheel here, JetPack wheel on a Jetson).
     install_requires=["numpy>=1.24", "safetensors>=0.4", "torch>=2.1", "tqdm>=4.60",
@@ -44,14 +46,14 @@ setup(
         (f"share/{PACKAGE}/models/reacher_embedded",
          [f"models/reacher_embedded/{f}" for f in ("model.safetensors", "mtm.json")]),
     ],
-    package_data={"sim": ["*.json"]},  # reference returns (normalised scores), the Hopper expert
+    package_data={f"{PACKAGE}.sim": ["*.json"]},  # reference returns (normalised scores), the Hopper expert
     zip_safe=True,
     entry_points={
         "console_scripts": [
             "mtm = mtm_runtime.cli:main",
-            "mtm_policy_node = ros_nodes.policy_node:main",
-            "mtm_serial_bridge = ros_nodes.serial_bridge:main",
-            "mtm_sim_bridge = sim.ros_bridge:main",
+            "mtm_policy_node = mtm_runtime.ros_nodes.policy_node:main",
+            "mtm_serial_bridge = mtm_runtime.ros_nodes.serial_bridge:main",
+            "mtm_sim_bridge = mtm_runtime.ros_nodes.sim_bridge:main",
         ],
     },
 )

@@ -26,7 +26,7 @@ dynamics and trains uniformly over all); and the MLP-ID -> MLP-BC pipeline (``tr
 which uses the state-only episodes without MTM. All train on the same labelled episodes (those in
 the training split) and are evaluated in BC. With 1% labelled
 (one or two episodes) the score depends on which episodes carry actions, so the job is repeated for
-``hetero_draws`` (label seeds of ``training.datasets.collect``: same rollouts, other labels) and the
+``hetero_draws`` (label seeds of ``mtm_runtime.training.datasets.collect``: same rollouts, other labels) and the
 report gives the mean and spread over the draws.
 
 Seeds: one training run per model (training seed 0); evaluation over ``seeds`` (>= 3) x
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--masks", default="", help="MTM training masks, comma list (default: MTM_MASKS); e.g. 'auto' "
                                                "for the AUTO_MASK-only ablation (pass --results elsewhere)")
     p.add_argument("--self-label", type=float, default=-1.0, help="heteromodal MTM: at this fraction of the steps, "
-                   "label the action-free episodes with its own inverse dynamics (training.train --self-label-at); "
+                   "label the action-free episodes with its own inverse dynamics (mtm_runtime.training.train --self-label-at); "
                    f"0 = off (default from the config: {HETERO_SELF_LABEL:g})")
     p.add_argument("--draws", default="", help="heteromodal label seeds, comma list (default from the config): "
                    "fresh draws confirm a choice made on the default ones")
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.draws:
         cfg["hetero_draws"] = tuple(int(d) for d in a.draws.split(","))
     if a.tiers:
-        from training.datasets import TIERS
+        from mtm_runtime.training.datasets import TIERS
 
         cfg["tiers"] = tuple(t.strip() for t in a.tiers.split(",") if t.strip())
         unknown = sorted(set(cfg["tiers"]) - set(TIERS))

@@ -43,7 +43,7 @@ HETERO_LEFT_OUT = {"hopper": "with one or two labelled episodes the MLP-BC alrea
 
 
 #: Heteromodal MTM: fraction of its steps after which it labels the action-free episodes with its
-#: own inverse dynamics (``training.train --self-label-at``) and trains uniformly over all episodes.
+#: own inverse dynamics (``mtm_runtime.training.train --self-label-at``) and trains uniformly over all episodes.
 #: On InvertedDoublePendulum, label draws 0-2 / 3-5: gap to MLP-BC +24.3 / +20.8 with it, +10.8 /
 #: +14.1 without (README, "Self-labelling"; draws 3-5 drawn after the choice).
 HETERO_SELF_LABEL = 0.5
@@ -95,7 +95,7 @@ def adds_goal(masks: tuple[str, ...]) -> bool:
 
 def mtm_masks(cfg: dict[str, Any], task_name: str) -> tuple[str, ...]:
     """The config's MTM training masks, plus ``goal`` on a task with a goal modality (``adds_goal``)."""
-    from sim.tasks import get_task
+    from mtm_runtime.sim.tasks import get_task
 
     kinds = tuple(cfg["masks"])
     return kinds + ("goal",) if adds_goal(kinds) and get_task(task_name).has_goal else kinds
@@ -108,7 +108,7 @@ def warmup_steps(cfg: dict[str, Any]) -> int:
 
 def mlp_budget(cfg: dict[str, Any]) -> dict[str, Any]:
     """``train_baseline`` keyword arguments giving an MLP the MTM's step budget, batch and schedule."""
-    from training.train import PRESET_LR
+    from mtm_runtime.training.train import PRESET_LR
 
     return {"steps": cfg["steps"], "batch_size": cfg["batch_size"], "lr": PRESET_LR[cfg["preset"]],
             "warmup_steps": warmup_steps(cfg)}
@@ -119,7 +119,7 @@ def config_digest(cfg: dict[str, Any]) -> str:
     commit of the code (commit before rerunning: uncommitted edits do not change it)."""
     import hashlib
 
-    from training.train import git_commit
+    from mtm_runtime.training.train import git_commit
 
     keep = {k: v for k, v in cfg.items() if k != "workers"}
     keep["git_commit"] = git_commit()

@@ -19,8 +19,8 @@ def dataset(out: Path, cfg: dict[str, Any], task: str, tier: str, episodes: int,
     """Collect (or reuse) ``out/data/<config digest>/<task>_<tier>[_fF_dD]_<episodes>.hdf5``: reused
     only by jobs of the same config and commit, so a changed expert or tier definition never trains
     on the data of an old one. ``draw`` is the label seed of a heteromodal file (``fraction < 1``)."""
-    from sim.tasks import get_task
-    from training.datasets import collect, write_hdf5
+    from mtm_runtime.sim.tasks import get_task
+    from mtm_runtime.training.datasets import collect, write_hdf5
 
     tag = "" if fraction >= 1.0 else f"_f{fraction:g}_d{draw}"
     path = out / "data" / config_digest(cfg) / f"{task}_{tier}{tag}_{episodes}.hdf5"
@@ -33,7 +33,7 @@ def dataset(out: Path, cfg: dict[str, Any], task: str, tier: str, episodes: int,
 
 def train_mtm(cfg: dict[str, Any], data: Path, out: Path, task_name: str, labelled_only: bool = False,
               labelled_share: float = 0.0, self_label_at: int = 0) -> dict[str, Any]:
-    from training.train import Args, run
+    from mtm_runtime.training.train import Args, run
 
     args = Args(data=str(data), out=str(out), preset=cfg["preset"], steps=cfg["steps"], batch_size=cfg["batch_size"],
                 masks=mtm_masks(cfg, task_name),
@@ -47,7 +47,7 @@ def train_mtm(cfg: dict[str, Any], data: Path, out: Path, task_name: str, labell
 
 
 def eval_policy(path: Path, task: str, mode: str, cfg: dict[str, Any], target: float | None = None) -> dict[str, Any]:
-    from training.evaluate import evaluate_agent_path
+    from mtm_runtime.training.evaluate import evaluate_agent_path
 
     return evaluate_agent_path(path, task, mode, cfg["eval_episodes"], cfg["seeds"], target, workers=1)
 
@@ -82,8 +82,8 @@ def job_main(job: tuple[str, str, str, int, dict[str, Any], str]) -> dict[str, A
 
 def main_job(task_name: str, tier: str, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     from mtm_runtime.checkpoint import load_checkpoint
-    from sim.tasks import get_task
-    from training.loaders import load_episodes, split_episodes
+    from mtm_runtime.sim.tasks import get_task
+    from mtm_runtime.training.loaders import load_episodes, split_episodes
 
     task = get_task(task_name)
     data = dataset(out, cfg, task_name, tier, episodes_for(cfg, task_name, tier))
@@ -123,7 +123,7 @@ def train_baselines(kinds: Sequence[str], task: Any, train_eps: Sequence[Any], c
                     run_dir: Path) -> dict[str, dict[str, Any]]:
     """The MLP baselines ``kinds`` on the MTM's training episodes, normaliser, step budget and batch
     size, written to ``run_dir/mlp_<kind>``."""
-    from training.baselines import train_baseline
+    from mtm_runtime.training.baselines import train_baseline
 
     return {k: train_baseline(k, task, train_eps, ckpt.normaliser, out=run_dir / f"mlp_{k}", **mlp_budget(cfg),
                               provenance={"val_fraction": 0.1, "seed": 0, "horizon": ckpt.spec.horizon})
@@ -136,8 +136,8 @@ def id_fd_table(run_dir: Path, val_eps: Sequence[Any]) -> dict[str, dict[str, fl
     import torch
 
     from mtm_runtime.checkpoint import load_checkpoint
-    from training.baselines import baseline_errors, load_baseline
-    from training.evaluate import id_fd_errors, validation_windows
+    from mtm_runtime.training.baselines import baseline_errors, load_baseline
+    from mtm_runtime.training.evaluate import id_fd_errors, validation_windows
 
     ckpt = load_checkpoint(run_dir / "mtm")
     x, _ = validation_windows(val_eps, ckpt.spec, ckpt.normaliser)
@@ -163,9 +163,9 @@ def train_mlp_pipeline(task: Any, all_eps: Sequence[Any], cfg: dict[str, Any], r
     import torch
 
     from mtm_runtime.spec import ACTIONS, STATES, TrajectorySpec
-    from training.baselines import load_baseline, train_baseline
-    from training.loaders import Episode, split_episodes
-    from training.train import fit_normaliser
+    from mtm_runtime.training.baselines import load_baseline, train_baseline
+    from mtm_runtime.training.loaders import Episode, split_episodes
+    from mtm_runtime.training.train import fit_normaliser
 
     train_eps, _ = split_episodes(all_eps, 0.1, seed=0)
     labelled, _ = split_episodes(all_eps, 0.1, seed=0, labelled_only=True)
@@ -187,9 +187,9 @@ def train_mlp_pipeline(task: Any, all_eps: Sequence[Any], cfg: dict[str, Any], r
 
 def hetero_job(task_name: str, tier: str, draw: int, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     from mtm_runtime.checkpoint import load_checkpoint
-    from sim.tasks import get_task
-    from training.baselines import train_baseline
-    from training.loaders import load_episodes, split_episodes
+    from mtm_runtime.sim.tasks import get_task
+    from mtm_runtime.training.baselines import train_baseline
+    from mtm_runtime.training.loaders import load_episodes, split_episodes
 
     task = get_task(task_name)
     frac = cfg["hetero_fraction"][task_name]

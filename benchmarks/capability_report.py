@@ -155,7 +155,7 @@ def main_job_tables(res: list[dict[str, Any]], tasks: Sequence[str], level: str 
 def do_nothing_floors(tasks: Sequence[str]) -> dict[str, str]:
     """Per task, the normalised score of the zero action on the reference seeds
     (``sim/reference_returns.json``), with its success rate where the task has one."""
-    from sim.tasks import get_task, load_reference_returns
+    from mtm_runtime.sim.tasks import get_task, load_reference_returns
 
     table = load_reference_returns()
     out = {}

@@ -124,7 +124,7 @@ def _run(nodes: list, log_dir: Path, env: dict[str, str], overrides: dict[str, s
          limit_s: float, finisher: str, monitor: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Start ``nodes``, wait for ``finisher`` to exit (it writes ``result_file``), stop the rest.
     CPU use of the other processes is sampled every 0.1 s and read over the measured window."""
-    from mtm_runtime.node_processes import NodeFailure, NodeProcesses
+    from mtm_runtime.ros_nodes.node_processes import NodeFailure, NodeProcesses
 
     procs = NodeProcesses(nodes, log_dir, env=env, module_override=overrides)
     samples: list[tuple[float, dict[str, Any]]] = []
@@ -161,7 +161,7 @@ def _run(nodes: list, log_dir: Path, env: dict[str, str], overrides: dict[str, s
 
 
 def echo_baseline(rate: float, executor: str, duration: float, work: Path, env: dict[str, str]) -> dict[str, Any]:
-    from mtm_runtime.launch_description import NodeSpec
+    from mtm_runtime.ros_nodes.launch_description import NodeSpec
 
     out = work / f"echo_{executor}_{int(rate)}.json"
     e = dict(env, MTM_EXECUTOR=executor, MTM_BENCH_RATE=str(rate), MTM_BENCH_DURATION=str(duration),
@@ -170,7 +170,7 @@ def echo_baseline(rate: float, executor: str, duration: float, work: Path, env: 
              NodeSpec("mtm_echo_client", "", "benchmarks.loop_probe")]
     env_server = dict(e, MTM_BENCH_ROLE="echo-server")
     # one env per process: run the server with its role, the client with its own
-    from mtm_runtime.node_processes import NodeProcesses
+    from mtm_runtime.ros_nodes.node_processes import NodeProcesses
 
     server = NodeProcesses(nodes[:1], work / "logs" / f"echo_{executor}_{int(rate)}", env=env_server)
     server.start()
@@ -185,8 +185,8 @@ def echo_baseline(rate: float, executor: str, duration: float, work: Path, env: 
 
 def policy_loop(rate: float, model: Path, backend: str, duration: float, work: Path, env: dict[str, str],
                 episode_reset: bool, episode_s: float) -> dict[str, Any]:
-    from mtm_runtime.launch_description import describe
-    from ros_nodes.closed_loop import write_params
+    from mtm_runtime.ros_nodes.launch_description import describe
+    from mtm_runtime.ros_nodes.closed_loop import write_params
 
     out = work / f"policy_{int(rate)}.json"
     policy = {"input_type": "joint_state", "joint_names": ["joint0", "joint1"], "state_fields": ["position", "velocity"],
@@ -206,8 +206,8 @@ def policy_loop(rate: float, model: Path, backend: str, duration: float, work: P
 
     import rclpy
 
-    from ros_nodes.closed_loop import LoopMonitor
-    from ros_nodes.executors import spin_loop
+    from mtm_runtime.ros_nodes.closed_loop import LoopMonitor
+    from mtm_runtime.ros_nodes.executors import spin_loop
 
     # the policy node's own /diagnostics (act and in-node latency), listened to from here
     ctx = rclpy.Context()

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import emit_json, machine  # noqa: E402
-from training.evaluate import task_of, evaluate_agent_path  # noqa: E402
+from mtm_runtime.training.evaluate import task_of, evaluate_agent_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

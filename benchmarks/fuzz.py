@@ -72,7 +72,7 @@ def conversion_case(rng: np.random.Generator) -> None:
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray
 
-    from ros_nodes import conversions as conv
+    from mtm_runtime.ros_nodes import conversions as conv
 
     width = int(rng.integers(1, 8))
     msg = Float64MultiArray(data=_weird_floats(rng, int(rng.integers(0, 12))))
@@ -89,7 +89,7 @@ def conversion_case(rng: np.random.Generator) -> None:
 
 
 def _check(fn: Callable[[], np.ndarray], width: int) -> None:
-    from ros_nodes.conversions import ConversionError
+    from mtm_runtime.ros_nodes.conversions import ConversionError
 
     try:
         a = fn()

@@ -5,7 +5,7 @@
 Per (task, label draw), on the capability benchmark's heteromodal dataset (same file, split, step
 budget and batch as ``capability_jobs.hetero_job``): ``capability_jobs.train_mlp_pipeline`` (an MLP-ID
 labels the state-only episodes, an MLP-BC trains on all), evaluated in BC mode over the config's
-seeds. This is what ``training.train --self-label-at`` does inside one MTM, done with two
+seeds. This is what ``mtm_runtime.training.train --self-label-at`` does inside one MTM, done with two
 specialised networks. The capability benchmark's heteromodal job runs the same pipeline next to its
 MTMs; this script runs it alone (seconds per draw), e.g. on more label draws. Prints one JSON object
 (and writes ``--json``).
@@ -29,8 +29,8 @@ from benchmarks.common import emit_json, machine  # noqa: E402
 def pipeline_job(job: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
     import torch
 
-    from sim.tasks import get_task
-    from training.loaders import load_episodes
+    from mtm_runtime.sim.tasks import get_task
+    from mtm_runtime.training.loaders import load_episodes
 
     task_name, draw, cfg, out_s = job
     torch.set_num_threads(1)

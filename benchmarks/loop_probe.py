@@ -4,7 +4,7 @@ Roles (``MTM_BENCH_ROLE``; results go to the JSON file ``MTM_BENCH_OUT`` when th
 after ``MTM_BENCH_DURATION`` seconds of measurement, which begin ``MTM_BENCH_WARMUP`` s after
 the first reply):
 
-* ``bridge``: ``sim.ros_bridge.SimBridge`` with timing probes added by subclassing (the bridge
+* ``bridge``: ``mtm_runtime.ros_nodes.sim_bridge.SimBridge`` with timing probes added by subclassing (the bridge
   itself is unchanged): every published state is remembered by its stamp with the wall time
   (``time.monotonic``) just before publication; a JointState command carrying that stamp (the
   policy node's ``command_type: joint_state`` copies the state's stamp) gives the state->command
@@ -29,8 +29,8 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
-from ros_nodes import conversions as conv
-from ros_nodes.executors import make_executor, settle_heap, spin_loop
+from mtm_runtime.ros_nodes import conversions as conv
+from mtm_runtime.ros_nodes.executors import make_executor, settle_heap, spin_loop
 
 RELIABLE_1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -140,7 +140,7 @@ def _write(out: str, data: dict[str, Any]) -> None:
 
 # ---- the instrumented sim bridge -------------------------------------------------------------
 def run_bridge(argv: list[str]) -> int:
-    from sim.ros_bridge import SimBridge
+    from mtm_runtime.ros_nodes.sim_bridge import SimBridge
 
     duration, warmup, out = _settings()
 

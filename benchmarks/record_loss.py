@@ -53,7 +53,7 @@ RECORDER_HEAD_START_S = 2.0
 
 
 def _params(work: Path, rate: float, episodes: int, episode_s: float) -> Path:
-    from ros_nodes.closed_loop import write_params
+    from mtm_runtime.ros_nodes.closed_loop import write_params
 
     policy = {"input_type": "joint_state", "joint_names": ["joint0", "joint1"], "state_fields": ["position", "velocity"],
               "command_type": "joint_state", "command_interface": "effort", "trigger": "state", "mask_mode": "goal",

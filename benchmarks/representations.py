@@ -14,10 +14,10 @@
     python -m benchmarks.representations --report --extra benchmarks/results/long
 
 For each task (default reacher, inverted_double_pendulum):
- 1. a ``medium`` dataset from the scripted expert (``training.datasets.collect``), kept in ``--work``;
- 2. an MTM pretrained on it with the project's trainer (``training.train.run``, ``embedded``
+ 1. a ``medium`` dataset from the scripted expert (``mtm_runtime.training.datasets.collect``), kept in ``--work``;
+ 2. an MTM pretrained on it with the project's trainer (``mtm_runtime.training.train.run``, ``embedded``
     preset, AUTO_MASK, ``pretrain_steps``);
- 3. offline TD3+BC (``training.offline_rl``) with the task's *relabelled* reward
+ 3. offline TD3+BC (``mtm_runtime.training.offline_rl``) with the task's *relabelled* reward
     (``DEFAULT_RELABEL``) on three observation variants x ``seeds``:
     ``raw`` (env observation), ``frozen`` (MTM states-token feature at T-1, precomputed),
     ``finetune`` (same feature, encoder trained by the critic loss);
@@ -71,8 +71,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def ensure_dataset(work: Path, task: str, episodes: int) -> Path:
-    from sim.tasks import get_task
-    from training.datasets import collect, write_hdf5
+    from mtm_runtime.sim.tasks import get_task
+    from mtm_runtime.training.datasets import collect, write_hdf5
 
     path = work / f"{task}_medium_{episodes}.hdf5"
     if not path.exists():
@@ -82,8 +82,8 @@ def ensure_dataset(work: Path, task: str, episodes: int) -> Path:
 
 
 def ensure_mtm(work: Path, task: str, data: Path, steps: int, batch: int, device: str) -> Path:
-    """Pretrain (once) with training.train; returns the checkpoint directory."""
-    from training.train import PRESET_LR, Args, run
+    """Pretrain (once) with mtm_runtime.training.train; returns the checkpoint directory."""
+    from mtm_runtime.training.train import PRESET_LR, Args, run
 
     out = work / f"mtm_{task}_{steps}x{batch}"
     if not (out / "mtm.json").exists():
@@ -222,7 +222,7 @@ def write_markdown(result: dict[str, Any], path: Path | None = None,
             f"`{result['command']}` ({result['config_name']} config, {result['wall_min']:.0f} min on "
             f"{result['machine'].get('cpu', '?')}, torch threads 1). Datasets: scripted-expert `medium` tier "
             f"({', '.join(f'{k} {v} episodes' for k, v in c['episodes'].items())}); MTM: `embedded` preset "
-            f"pretrained {c['pretrain_steps']} steps x batch {c['pretrain_batch']} with `training.train`; TD3+BC {c['steps']} steps, batch "
+            f"pretrained {c['pretrain_steps']} steps x batch {c['pretrain_batch']} with `mtm_runtime.training.train`; TD3+BC {c['steps']} steps, batch "
             f"{c['batch_size']}, {c['hidden']} hidden units, {result['seeds']} seeds, evaluation every "
             f"{c['eval_every']} steps on {c['eval_episodes']} episodes. Rewards relabelled: "
             + "; ".join(f"{t}: {vs['relabel']}" for t, vs in result["tasks"].items()) + ".",
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.common import machine
-    from training.offline_rl import DEFAULT_RELABEL, RELABELS, Config, train
+    from mtm_runtime.training.offline_rl import DEFAULT_RELABEL, RELABELS, Config, train
 
     torch.set_num_threads(1)
     cfg = dict(CONFIGS[args.config])

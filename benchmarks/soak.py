@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     common = dict(cwd=REPO, env=env, start_new_session=True, stderr=subprocess.STDOUT)
     procs = {
-        "policy_node": subprocess.Popen([sys.executable, "-m", "ros_nodes.policy_node", "--ros-args",
+        "policy_node": subprocess.Popen([sys.executable, "-m", "mtm_runtime.ros_nodes.policy_node", "--ros-args",
                                          "-p", f"model_path:={model}", "-p", f"control_rate_hz:={a.rate}",
                                          "-p", "autostart:=true", "-p", "stale_timeout:=0.1",
                                          "-p", "fault_action:=zeros"], stdout=(tmp / "node.log").open("w"), **common),
-        "sim_bridge": subprocess.Popen([sys.executable, "-m", "sim.ros_bridge", "--ros-args", "-p", "mode:=realtime",
+        "sim_bridge": subprocess.Popen([sys.executable, "-m", "mtm_runtime.ros_nodes.sim_bridge", "--ros-args", "-p", "mode:=realtime",
                                         "-p", f"control_rate_hz:={a.rate}", "-p", "publish_joint_states:=false"],
                                        stdout=(tmp / "sim.log").open("w"), **common),
     }
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
 
-    from ros_nodes.conversions import diagnostic_values
+    from mtm_runtime.ros_nodes.conversions import diagnostic_values
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)

@@ -1,6 +1,6 @@
 """ros2 launch mtm_runtime policy.launch.py model:=<checkpoint> target:=sim|serial|none ...
 
-The node set comes from ``mtm_runtime.launch_description`` (the same description ``mtm launch``
+The node set comes from ``mtm_runtime.ros_nodes.launch_description`` (the same description ``mtm launch``
 uses); this file only maps it onto the ROS 2 launch API.
 """
 from launch import LaunchDescription
@@ -8,7 +8,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from mtm_runtime.launch_description import LAUNCH_ARGUMENTS, describe, launch_node_kwargs
+from mtm_runtime.ros_nodes.launch_description import LAUNCH_ARGUMENTS, describe, launch_node_kwargs
 
 
 def make_nodes(context, *args, **kwargs):

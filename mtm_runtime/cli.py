@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("mtm_runtime.commands.profile", "latency profile of Policy.act per backend (paced or flat out)"),
     "launch": ("mtm_runtime.commands.launch", "start the ROS 2 node set of launch/policy.launch.py (one process per node)"),
     "collect": ("mtm_runtime.commands.collect", "roll out a scripted expert into a D4RL-style HDF5 dataset"),
-    "offline-rl": ("training.offline_rl", "offline TD3+BC on raw states or MTM features, with a relabelled reward"),
+    "offline-rl": ("mtm_runtime.training.offline_rl", "offline TD3+BC on raw states or MTM features, with a relabelled reward"),
     "train": ("mtm_runtime.commands.train", "train an MTM on a dataset (training/train.py; torchrun for DDP)"),
     "eval": ("mtm_runtime.commands.eval", "evaluate a checkpoint in the simulator (bc/rcbc/goal; ID/FD errors)"),
     "record": ("mtm_runtime.commands.record", "record the closed-loop ROS 2 topics to an MCAP file (rosbag2-compatible)"),

@@ -56,6 +56,8 @@ class LoopConfig:
     safe_action: Sequence[float] = ()
     action_low: Sequence[float] = ()   # narrow the policy's limits (empty = keep)
     action_high: Sequence[float] = ()
+    saturation_s: float = 0.0       # > 0: a command pinned at a limit longer than this is a fault
+    saturation_fault: bool = False  # answer saturation with the fault action (else: report only)
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be {what}, got {getattr(self, name)!r}" for name, ok, what in (
@@ -68,6 +70,7 @@ class LoopConfig:
             ("max_future_s", self.max_future_s >= 0, ">= 0"),
             ("max_rate", self.max_rate >= 0, ">= 0 (0 = off)"),
             ("fault_action", self.fault_action in FAULT_KINDS, f"one of {FAULT_KINDS}"),
+            ("saturation_s", math.isfinite(self.saturation_s) and self.saturation_s >= 0, ">= 0 (0 = off)"),
         ) if not ok]
         if problems:
             raise ValueError("loop config: " + "; ".join(problems))
@@ -139,6 +142,7 @@ class _Episode:
     last_stamp_ns: int | None = None
     pending: _Pending | None = None
     last_arrival: float = -math.inf
+    pinned_since: float | None = None  # arrival time of the first of a run of saturated commands
 
 
 class ControlLoop:
@@ -292,13 +296,42 @@ class ControlLoop:
             return self._fault("overrun", f"inference overrun: act() took {dt * 1e3:.2f} ms > period "
                                           f"{self.period_s * 1e3:.2f} ms")
         try:
-            cmd = self.rate_limiter.apply(self.limits.clip(np.asarray(action, dtype=np.float32)))
+            clipped = self.limits.clip(np.asarray(action, dtype=np.float32))
         except UnsafeCommandError as e:
             self.stats.act_errors += 1
             return self._fault("unsafe_output", f"unsafe command from the policy: {e}")
+        if self.config.saturation_s > 0:
+            fault = self._saturation(clipped, arrival)
+            if fault is not None:
+                return fault
+        cmd = self.rate_limiter.apply(clipped)
         self.stats.ticks += 1
         self._sent(cmd)
         return Command(cmd, stamp_ns, arrival)
+
+    def _saturation(self, clipped: np.ndarray, now: float) -> Fault | None:
+        """A command at a limit (any dimension) for longer than ``saturation_s``: counted and in
+        the fault log; answered with the fault action if ``saturation_fault``. A model whose
+        outputs blew up (or a limit set too tight) shows here, not as a robot pushing a stop."""
+        pinned = (clipped >= self.limits.high) | (clipped <= self.limits.low)
+        ep = self._ep
+        if not pinned.any():
+            ep.pinned_since = None
+            return None
+        if ep.pinned_since is None:
+            ep.pinned_since = now
+        held = now - ep.pinned_since
+        if held <= self.config.saturation_s:
+            return None
+        self.stats.saturated_steps += 1
+        detail = (f"command pinned at its limit for {held:.3f} s (> saturation_s {self.config.saturation_s} s) "
+                  f"on action dims {np.flatnonzero(pinned).tolist()}")
+        if self.config.saturation_fault:
+            return self._fault("saturated", detail)
+        if self.stats.saturated_steps == 1 or "saturated" not in dict(self.faults.active(now)):
+            self._log("fault", detail)  # once per run of saturation, not every step
+        self.faults.note("saturated", detail)
+        return None
 
     def _fault(self, kind: str, detail: str) -> Fault:
         """The fault action (through the rate limiter), stamped with the clock."""

@@ -132,7 +132,7 @@ def episode_windows(episodes: Sequence[dict], spec: TrajectorySpec, normaliser: 
 
     Returns ``x [N, T, D]`` (normalised; hidden entries 0) and ``mask [N, T, M]`` =
     ``feature_mask(kind)`` AND availability (steps before the episode start are hidden, as in the
-    runtime buffer). Episodes are dicts ``name -> [L, width]`` (``training.loaders.Episode``);
+    runtime buffer). Episodes are dicts ``name -> [L, width]`` (``mtm_runtime.training.loaders.Episode``);
     modalities an episode lacks (``present[name]`` False, or absent) are hidden.
     """
     T, D = spec.horizon, spec.packed_width

@@ -120,6 +120,7 @@ class LoopStats:
     act_errors: int = 0         # act() raised
     faults: int = 0             # fault actions published (any reason)
     episode_resets: int = 0     # policy history resets (service, long gap)
+    saturated_steps: int = 0    # commands pinned at a limit for longer than saturation_s
     last_fault_reason: str = ""
     act_latency: LatencyRing = field(default_factory=LatencyRing)
     e2e_latency: LatencyRing = field(default_factory=LatencyRing)
@@ -139,4 +140,5 @@ class LoopStats:
 
     def counters(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in ("ticks", "published", "overruns", "stale_ticks",
-                                              "rejected_inputs", "act_errors", "faults", "episode_resets")}
+                                              "rejected_inputs", "act_errors", "faults", "episode_resets",
+                                              "saturated_steps")}

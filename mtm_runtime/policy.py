@@ -39,7 +39,7 @@ from mtm_runtime.checkpoint import Checkpoint, CheckpointError, load_checkpoint,
 from mtm_runtime.fingerprint import check_fingerprint
 from mtm_runtime.integrity import Trust
 from mtm_runtime.normalise import Normaliser
-from mtm_runtime.safety import ActionLimits, UnsafeCommandError, all_finite
+from mtm_runtime.safety import ActionLimits, UnsafeCommandError, all_finite, intersect_limits
 from mtm_runtime.spec import ACTIONS, GOALS, RETURNS, STATES, TrajectorySpec
 
 #: Modes ``act`` can run. ``id``/``fd`` are offered as helpers (infer_actions, predict_next_state).
@@ -71,8 +71,13 @@ def backend_for_checkpoint(ckpt: Checkpoint, backend: str = "torch", batch_size:
 
 def required_limits(explicit: ActionLimits | None, from_file: ActionLimits | None,
                     where: str | Path) -> ActionLimits:
-    """The limits a loaded policy runs with: the caller's, else the file's; a file without
-    limits is refused unless the caller passes them."""
+    """The limits a loaded policy runs with: the file's narrowed by the caller's (never wider
+    than the file's), or the caller's alone for a file without limits (refused without them)."""
+    if explicit is not None and from_file is not None:
+        try:
+            return intersect_limits(from_file, explicit.low.tolist(), explicit.high.tolist())
+        except ValueError as e:
+            raise CheckpointError(where, "action_limits", f"the limits passed do not fit the file's: {e}") from None
     if explicit is not None:
         return explicit
     if from_file is None:

@@ -21,7 +21,8 @@ import numpy as np
 
 from mtm_runtime import safety_contract as contract
 from mtm_runtime.control_loop import TRIGGERS, LoopConfig
-from mtm_runtime.safety import FAULT_KINDS
+from mtm_runtime.integrity import CheckpointError
+from mtm_runtime.safety import FAULT_KINDS, ActionLimits
 
 JOINT_FIELDS = ("position", "velocity", "effort")
 COMMAND_TYPES = ("float64_multiarray", "joint_state")
@@ -83,6 +84,9 @@ PARAMETERS: dict[str, Param] = {
                            "only needs stamps to increase)", lo=0.0, hi=3600.0),
     "max_future_s": Param(0.05, "with max_state_age > 0: reject stamps this far ahead of the node clock (s)",
                           lo=0.0, hi=3600.0),
+    "saturation_s": Param(0.0, "a command pinned at a limit longer than this (s) is reported as the fault "
+                          "'saturated' (0 = off)", lo=0.0, hi=3600.0),
+    "saturation_fault": Param(False, "answer 'saturated' with the fault action (else: diagnostics only)"),
     "max_input_rate_factor": Param(contract.MAX_INPUT_RATE_FACTOR,
                                    "trigger=state: at most this many steps per control period", lo=1.0, hi=100.0),
 }
@@ -223,7 +227,8 @@ def loop_config(values: Mapping[str, Any]) -> LoopConfig:
         max_state_age=float(values["max_state_age"]), max_future_s=float(values["max_future_s"]),
         max_rate=float(values["max_rate"]), fault_action=str(values["fault_action"]),
         safe_action=tuple(floats(values["safe_action"])), action_low=tuple(floats(values["action_low"])),
-        action_high=tuple(floats(values["action_high"])))
+        action_high=tuple(floats(values["action_high"])),
+        saturation_s=float(values["saturation_s"]), saturation_fault=bool(values["saturation_fault"]))
 
 
 def load_external_policy(path: str, spec_str: str, mode: str) -> Any:
@@ -245,14 +250,31 @@ def load_external_policy(path: str, spec_str: str, mode: str) -> Any:
     return Policy(ckpt.spec, ckpt.normaliser, cls(ckpt.spec), ckpt.action_limits, mode, ckpt.metadata())
 
 
-def load_policy(path: str, backend: str, mode: str, threads: int) -> Any:
+def configured_limits(values: Mapping[str, Any]) -> ActionLimits | None:
+    """The node's own limits when ``action_low`` and ``action_high`` both give every dimension
+    (more than one value each): a model without limits runs with them, a model with limits
+    with the intersection (never wider than the file's). None otherwise."""
+    low, high = floats(values["action_low"]), floats(values["action_high"])
+    if len(low) < 2 and len(high) < 2 or len(low) != len(high):
+        return None
+    return ActionLimits(np.asarray(low), np.asarray(high))
+
+
+def load_policy(path: str, backend: str, mode: str, threads: int, limits: ActionLimits | None = None) -> Any:
     """Default loader: ``Policy.load``; torch backends on a checkpoint get ``threads`` threads
-    (1 by default: on a couple of shared cores one thread has the lowest jitter)."""
-    from mtm_runtime.policy import Policy
+    (1 by default: on a couple of shared cores one thread has the lowest jitter). ``limits``:
+    ``configured_limits`` (required for a model that carries none)."""
+    from mtm_runtime.policy import Policy  # torch: only where a model is loaded, not in the bridges
 
     if backend.startswith(EXTERNAL_PREFIX):
         return load_external_policy(path, backend, mode)
     opts: dict[str, Any] = {}
     if threads and (backend or "torch").startswith("torch") and not path.endswith((".onnx", ".engine")):
         opts["threads"] = threads
-    return Policy.load(path, backend=backend, mode=mode, **opts)
+    try:
+        return Policy.load(path, backend=backend, mode=mode, limits=limits, **opts)
+    except CheckpointError as e:
+        if e.field != "action_limits" or limits is not None:
+            raise
+        raise CheckpointError(e.path, e.field, "missing: this model has no action limits; set the node's "
+                              "action_low and action_high (one value per action dimension)") from None

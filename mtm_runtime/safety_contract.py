@@ -9,7 +9,7 @@ Bounds a deployment can rely on (the policy node, ``ros_nodes/policy_node.py``, 
 
 * ``detect_periods``: the fault is answered (fault action published, or the input dropped) at
   most this many control periods after it starts; for ``stale_input`` the bound is
-  ``stale_timeout`` **plus** this many periods.
+  ``stale_timeout`` **plus** this many periods, for ``saturated`` ``saturation_s`` plus them.
 * ``report_s``: the fault appears in ``/diagnostics`` (``diag_key`` = ``fault`` value
   ``kind``, at ``level``) at most this many seconds after it is detected.
 * ``recover_periods``: after the cause is gone, policy commands resume within this many periods
@@ -61,6 +61,8 @@ CONTRACT: dict[str, FaultRow] = {r.kind: r for r in (
              "next step within the period"),
     FaultRow("unsafe_output", "ERROR", "act_errors", 0, 1.0, 1, "fault action for that step",
              "next finite action"),
+    FaultRow("saturated", "WARN", "saturated_steps", 1, 1.0, 1,
+             "reported; fault action if saturation_fault", "first command off the limits"),
     FaultRow("param_refused", "WARN", "param_refusals", 0, 1.0, 0, "value refused, old value kept",
              "nothing to recover: the loop never stopped"),
     FaultRow("configure_failed", "ERROR", "config_failures", 0, 1.0, 0, "stays unconfigured, nothing published",

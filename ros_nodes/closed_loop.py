@@ -35,12 +35,12 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.subscription import Subscription
 from std_msgs.msg import Float64MultiArray
 
-from mtm_runtime.launch_description import describe
-from mtm_runtime.node_processes import NodeFailure, NodeProcesses
+from mtm_runtime.ros_nodes.launch_description import describe
+from mtm_runtime.ros_nodes.node_processes import NodeFailure, NodeProcesses
 from mtm_runtime.recording import (CLOSED_LOOP_TOPICS, RECORD_METADATA, LossCounter, McapSink, RecordingError,
                                    loss_metadata, loss_summary, loss_warnings)
-from ros_nodes.conversions import diagnostic_values
-from ros_nodes.executors import StopSignals, close, init_context, make_executor, spin_loop
+from mtm_runtime.ros_nodes.conversions import diagnostic_values
+from mtm_runtime.ros_nodes.executors import StopSignals, close, init_context, make_executor, spin_loop
 
 
 #: Topics published latched (reliable, transient local) by the node set.

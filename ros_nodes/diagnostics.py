@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 from diagnostic_msgs.msg import DiagnosticArray
 
 from mtm_runtime.safety_contract import DIAG_MIN_INTERVAL_S
-from ros_nodes.conversions import diagnostic_status
+from mtm_runtime.ros_nodes.conversions import diagnostic_status
 
 Status = Callable[[], "tuple[int, str, Mapping[str, object], str]"]
 REPORT_PERIOD_S = 1.0

@@ -3,7 +3,7 @@
 The loop and its safety chain (input and stamp checks, flood guard, episodes, ``act()``, overrun,
 limits, rate limit, fault action, counters, fault log) live in ``mtm_runtime.control_loop``, the
 parameter table and its checks in ``mtm_runtime.policy_params``, message conversion in
-``ros_nodes.conversions``. This node converts messages, owns timers, QoS, parameters,
+``mtm_runtime.ros_nodes.conversions``. This node converts messages, owns timers, QoS, parameters,
 diagnostics and the lifecycle, and publishes what the loop returns.
 
 * configure: load the model, check it against the parameters, build the ControlLoop, warm up;
@@ -46,9 +46,9 @@ from mtm_runtime.control_loop import Command, ControlLoop, Fault, FaultLog
 from mtm_runtime.latency import LoopStats
 from mtm_runtime.policy_params import (EXTERNAL_BACKENDS_ENV, PARAMETERS,  # noqa: F401 - re-exported
                                        load_external_policy)
-from ros_nodes import conversions as conv
-from ros_nodes.diagnostics import DiagnosticsReporter
-from ros_nodes.executors import run_node, settle_heap
+from mtm_runtime.ros_nodes import conversions as conv
+from mtm_runtime.ros_nodes.diagnostics import DiagnosticsReporter
+from mtm_runtime.ros_nodes.executors import run_node, settle_heap
 
 NODE_NAME = "mtm_policy"
 #: ``trigger: state``: how often a coarse timer checks whether the idle control-rate timer must
@@ -153,7 +153,8 @@ class PolicyNode(LifecycleNode):
             self.faults.note("param_refused", f"{names}: {res.reason}")
 
     def _load_policy(self, path: str, backend: str, mode: str) -> Any:
-        return pp.load_policy(path, backend, mode, int(self.p("inference_threads")))
+        return pp.load_policy(path, backend, mode, int(self.p("inference_threads")),
+                              pp.configured_limits(self._values()))
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _autostart(self) -> None:

@@ -41,7 +41,7 @@ from mtm_runtime import safety_contract as contract
 from mtm_runtime import serial_protocol as sp
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.serial_link import SerialLink
-from ros_nodes.executors import run_node
+from mtm_runtime.ros_nodes.executors import run_node
 
 STATE_TYPES = ("observation", "joint_state", "both")
 

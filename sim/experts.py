@@ -1,7 +1,7 @@
 """Scripted, noise-free experts for the MuJoCo tasks (obs -> action, numpy only).
 
 Each expert is built from the environment's MuJoCo model *at construction time* (a private deep
-copy), so domain randomisation applied later by ``sim.tasks.RandomisationWrapper`` is not known
+copy), so domain randomisation applied later by ``mtm_runtime.sim.tasks.RandomisationWrapper`` is not known
 to the expert: it behaves like a controller designed on the nominal model.
 
 * Reacher-v5: damped-least-squares (DLS) Jacobian controller. A desired fingertip velocity

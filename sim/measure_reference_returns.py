@@ -1,6 +1,6 @@
 """Measure and freeze the reference returns of every task into ``sim/reference_returns.json``.
 
-    python -m sim.measure_reference_returns [--episodes 20] [--tasks reacher hopper ...]
+    python -m mtm_runtime.sim.measure_reference_returns [--episodes 20] [--tasks reacher hopper ...]
 
 random = uniform-random actions (action space seeded per episode); expert = the noise-free
 scripted expert of ``sim/experts.py``; zero = the do-nothing floor (zeros clipped into the action
@@ -8,7 +8,7 @@ space, the ``zeros`` fault action), stored for context only: the normalised scor
 0 = random, 100 = expert. On Reacher the floor scores ~90, because the random policy's return is
 mostly its control cost, so there a score near 100 says little and the success rate is the
 informative number. Episode ``i`` resets with seed ``SEED_BASE + i``. Run once; the numbers are
-then read (never recomputed) by ``sim.tasks``.
+then read (never recomputed) by ``mtm_runtime.sim.tasks``.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import json
 import numpy as np
 
 from mtm_runtime.safety import ActionLimits, FaultAction
-from sim.tasks import REFERENCE_RETURNS_PATH, TASKS, Task
+from mtm_runtime.sim.tasks import REFERENCE_RETURNS_PATH, TASKS, Task
 
 SEED_BASE = 10_000
 

@@ -1,6 +1,6 @@
 """Find a linear locomotion expert by Augmented Random Search (ARS, Mania et al. 2018).
 
-    python -m sim.search_linear_expert hopper --iterations 400 --out sim/hopper_expert.json
+    python -m mtm_runtime.sim.search_linear_expert hopper --iterations 400 --out sim/hopper_expert.json
 
 No hand-written controller makes Hopper hop, and there is no GPU here for SAC. ARS (the paper's
 "V2-t" variant) finds a *linear* policy on whitened observations with nothing but rollouts:
@@ -18,7 +18,7 @@ observation seen so far (updated after each iteration, frozen in the output).
 
 Deterministic for a given ``--seed`` and worker count 1..K (rollout seeds come from the
 iteration's generator, workers only evaluate). The result is a JSON file (no pickle) read by
-``sim.experts.LinearExpert``: ``{"M", "mu", "sigma", "task", "provenance"}``.
+``mtm_runtime.sim.experts.LinearExpert``: ``{"M", "mu", "sigma", "task", "provenance"}``.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.experts import LinearExpert
-from sim.tasks import get_task
+from mtm_runtime.sim.experts import LinearExpert
+from mtm_runtime.sim.tasks import get_task
 
 _ENV: dict[str, object] = {}
 
@@ -114,11 +114,11 @@ def search(task_name: str, iterations: int, directions: int = 8, top: int = 4, s
                            "directions": directions, "top": top, "step": step, "noise": noise, "shift": shift,
                            "seed": seed, "env_steps": total_steps,
                            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           "command": " ".join(["python -m sim.search_linear_expert"] + sys.argv[1:])}}
+                           "command": " ".join(["python -m mtm_runtime.sim.search_linear_expert"] + sys.argv[1:])}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sim.search_linear_expert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mtm_runtime.sim.search_linear_expert", description=__doc__.split("\n\n")[0])
     p.add_argument("task")
     p.add_argument("--iterations", type=int, default=400)
     p.add_argument("--directions", type=int, default=8)

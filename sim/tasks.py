@@ -18,17 +18,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import gymnasium
-import mujoco
 import numpy as np
 
-from sim import experts
-from sim.randomisation import Randomisation, RandomisationWrapper
+if TYPE_CHECKING:  # gymnasium and MuJoCo load only where an environment is made
+    import gymnasium
 
-__all__ = ["Task", "TASKS", "get_task", "Randomisation", "RandomisationWrapper", "REFERENCE_RETURNS_PATH",
-           "load_reference_returns"]
+    from mtm_runtime.sim.randomisation import Randomisation
+
+__all__ = ["Task", "TASKS", "get_task", "REFERENCE_RETURNS_PATH", "load_reference_returns"]
 
 REFERENCE_RETURNS_PATH = Path(__file__).with_name("reference_returns.json")
 #: Reacher success: fingertip within this distance of the target at episode end (m).
@@ -68,6 +67,10 @@ class Task:
         steps = self.episode_steps if not episode_steps else int(episode_steps)
         if steps < 1:
             raise ValueError(f"{self.name}: episode_steps must be >= 1, got {steps}")
+        import gymnasium
+
+        from mtm_runtime.sim.randomisation import RandomisationWrapper
+
         env = gymnasium.make(self.env_id, max_episode_steps=steps)
         if randomisation is not None:
             env = RandomisationWrapper(env, randomisation, seed=seed)
@@ -111,6 +114,8 @@ class Task:
     # ---- expert and scoring ---------------------------------------------------------------
     def make_expert(self, env: gymnasium.Env) -> Callable[[np.ndarray], np.ndarray]:
         """Noise-free scripted expert, ``obs [obs_dim] -> action [action_dim]`` (see sim/experts.py)."""
+        from mtm_runtime.sim import experts  # MuJoCo: only with an environment
+
         return experts.make_expert(env)
 
     def normalised_score(self, episode_return: float) -> float:
@@ -118,7 +123,7 @@ class Task:
         lo, hi = self.reference_returns.get("random"), self.reference_returns.get("expert")
         if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
             raise RuntimeError(f"{self.name}: no reference returns in {REFERENCE_RETURNS_PATH}; "
-                               "run `python -m sim.measure_reference_returns`")
+                               "run `python -m mtm_runtime.sim.measure_reference_returns`")
         return 100.0 * (episode_return - lo) / (hi - lo)
 
     def success(self, env: gymnasium.Env, info: dict | None = None) -> bool | None:
@@ -132,6 +137,8 @@ class Task:
 
 def actuated_joint_names(env: gymnasium.Env) -> tuple[str, ...]:
     """Names of the joints driven by the env's actuators, in actuator order."""
+    import mujoco
+
     m = env.unwrapped.model
     return tuple(mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, int(m.actuator_trnid[i, 0])) for i in range(m.nu))
 

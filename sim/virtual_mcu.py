@@ -18,7 +18,7 @@ Behaviour (what real firmware must do too)
 ``close_port()`` / ``open_port()`` make the port vanish and return (new pty, symlink re-pointed),
 which is how the host's reconnect logic is tested.
 
-Run: ``python -m sim.virtual_mcu --task reacher --rate 100`` prints the pty path.
+Run: ``python -m mtm_runtime.sim.virtual_mcu --task reacher --rate 100`` prints the pty path.
 """
 from __future__ import annotations
 
@@ -95,12 +95,12 @@ class _Plant:
 
 def make_task_env(task: str, seed: int, state_part: str = "observation"
                   ) -> tuple[Any, Callable[[], np.ndarray]]:
-    """The one place that builds the device's environment (task registry ``sim.tasks``).
+    """The one place that builds the device's environment (task registry ``mtm_runtime.sim.tasks``).
 
     Returns ``(env, state_fn)``; ``state_fn()`` reads the current observation
     (``state_part="observation"``) or only its ``"states"`` part (goal removed).
     """
-    from sim.tasks import get_task
+    from mtm_runtime.sim.tasks import get_task
 
     spec = get_task(task)
     env = spec.make_env(seed=seed)
@@ -360,7 +360,7 @@ class VirtualMCU:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: run a virtual MCU until Ctrl-C; prints the pty path (and link path) first."""
-    p = argparse.ArgumentParser(prog="python -m sim.virtual_mcu", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mtm_runtime.sim.virtual_mcu", description=__doc__.split("\n")[0])
     p.add_argument("--task", default="reacher")
     p.add_argument("--rate", type=float, default=100.0, help="control rate, Hz (real-time mode)")
     p.add_argument("--lockstep", action="store_true", help="one physics step per COMMAND")

@@ -27,8 +27,8 @@ from std_srvs.srv import Trigger
 
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import TrajectorySpec
-from ros_nodes.conversions import diagnostic_values
-from ros_nodes.executors import make_executor, spin_loop
+from mtm_runtime.ros_nodes.conversions import diagnostic_values
+from mtm_runtime.ros_nodes.executors import make_executor, spin_loop
 from scripted_policy import ScriptedPolicy  # noqa: F401 - re-exported for the ROS tests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def make_tiny_checkpoint(directory: Path, task_name: str = "reacher", seed: int 
     from mtm_runtime.checkpoint import save_checkpoint
     from mtm_runtime.model import MTM, MTMConfig
     from mtm_runtime.normalise import Normaliser
-    from sim.tasks import get_task
+    from mtm_runtime.sim.tasks import get_task
 
     task = get_task(task_name)
     spec = TrajectorySpec.create(4, **task.modality_widths())

@@ -127,7 +127,7 @@ def test_id_fd_probe_runs_the_id_fd_part_and_renders_its_section_in_place(tmp_pa
 
 def test_hetero_mlp_pipeline_labels_state_only_episodes_and_trains_bc_on_all(tmp_path: Path) -> None:
     from benchmarks import hetero_mlp_pipeline
-    from training.baselines import load_baseline
+    from mtm_runtime.training.baselines import load_baseline
 
     js = tmp_path / "pipe.json"
     assert hetero_mlp_pipeline.main(["--config", "smoke", "--tasks", "reacher", "--draws", "0", "--workers", "1",

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from mtm_runtime import cli
-from sim.tasks import get_task
-from training.datasets import collect, episode_returns, write_hdf5
-from training.loaders import DatasetError, load_episodes, load_hdf5, load_minari, read_metadata
+from mtm_runtime.sim.tasks import get_task
+from mtm_runtime.training.datasets import collect, episode_returns, write_hdf5
+from mtm_runtime.training.loaders import DatasetError, load_episodes, load_hdf5, load_minari, read_metadata
 
 REACHER = get_task("reacher")
 

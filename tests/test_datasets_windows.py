@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtm_runtime.spec import TrajectorySpec
-from training.loaders import Episode, WindowSampler, split_episodes
+from mtm_runtime.training.loaders import Episode, WindowSampler, split_episodes
 
 
 def _episode(eid: int, L: int, actions: bool = True) -> Episode:
@@ -88,7 +88,7 @@ def test_start_windows_end_at_every_step_with_the_past_absent(lengths: list[int]
 @pytest.mark.parametrize("start_windows", [False, True])
 def test_normalised_sampler_gathers_the_same_windows(start_windows: bool) -> None:
     from mtm_runtime.normalise import Normaliser
-    from training.train import NormalisedSampler
+    from mtm_runtime.training.train import NormalisedSampler
 
     spec = TrajectorySpec.create(4, states=2, actions=1, returns=1)
     episodes = [_episode(i, L, actions=i != 1) for i, L in enumerate([9, 2, 5, 1])]

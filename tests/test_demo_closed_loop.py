@@ -60,7 +60,7 @@ def test_closed_loop_benchmark_quick_json_schema(ros_env, tmp_path: Path) -> Non
 
 
 def test_faults_after_the_bridge_finished_are_told_apart_from_faults_during_the_run() -> None:
-    from ros_nodes.closed_loop import LoopResult
+    from mtm_runtime.ros_nodes.closed_loop import LoopResult
 
     res = LoopResult(1.0, [], {"faults": "3", "stale_ticks": "2"}, {}, policy_diagnostics_at_bridge_end={"faults": "1"})
     assert res.faults_after_bridge_end() == 2                  # 1 during the episodes, 2 after the bridge stopped

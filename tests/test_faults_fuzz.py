@@ -56,7 +56,7 @@ def test_multiarray_conversion_gate(values: list[float], offset: int, width: int
     pytest.importorskip("rclpy")
     from std_msgs.msg import Float64MultiArray
 
-    from ros_nodes import conversions as conv
+    from mtm_runtime.ros_nodes import conversions as conv
 
     msg = Float64MultiArray(data=values)
     msg.layout.data_offset = offset
@@ -76,7 +76,7 @@ def test_joint_state_conversion_raises_only_conversion_error(names, pos, vel, wa
     pytest.importorskip("rclpy")
     from sensor_msgs.msg import JointState
 
-    from ros_nodes import conversions as conv
+    from mtm_runtime.ros_nodes import conversions as conv
 
     js = JointState(name=names, position=pos, velocity=vel)
     try:

@@ -22,8 +22,8 @@ from mtm_runtime import safety_contract as contract  # noqa: E402
 from mtm_runtime.fileio import sha256_file  # noqa: E402
 from mtm_runtime.integrity import stamp_json  # noqa: E402
 from ros_harness import DiagnosticsLog, Graph, Parameter, ScriptedPolicy, obs  # noqa: E402
-from ros_nodes.conversions import ns_to_stamp  # noqa: E402
-from ros_nodes.policy_node import EXTERNAL_BACKENDS_ENV, PolicyNode  # noqa: E402
+from mtm_runtime.ros_nodes.conversions import ns_to_stamp  # noqa: E402
+from mtm_runtime.ros_nodes.policy_node import EXTERNAL_BACKENDS_ENV, PolicyNode  # noqa: E402
 from safety_monitor import MonitorProcess  # noqa: E402
 
 pytestmark = pytest.mark.ros

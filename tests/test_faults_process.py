@@ -21,7 +21,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from fault_helpers import REPO, record, tiny_checkpoint  # noqa: E402
 from mtm_runtime import safety_contract as contract  # noqa: E402
 from ros_harness import Graph, Parameter, Transition, obs  # noqa: E402
-from ros_nodes.policy_node import PolicyNode  # noqa: E402
+from mtm_runtime.ros_nodes.policy_node import PolicyNode  # noqa: E402
 from safety_monitor import MonitorProcess  # noqa: E402
 from test_faults_node import Diags  # noqa: E402
 
@@ -48,7 +48,7 @@ def _kill_group(p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 
 def _sim(log: Path) -> subprocess.Popen:
-    return _popen(["-m", "sim.ros_bridge", "--ros-args", "-p", "mode:=realtime", "-p", f"control_rate_hz:={RATE}",
+    return _popen(["-m", "mtm_runtime.ros_nodes.sim_bridge", "--ros-args", "-p", "mode:=realtime", "-p", f"control_rate_hz:={RATE}",
                    "-p", "command_type:=joint_state", "-p", "stamp_clock:=ros", "-p", "publish_observation:=false",
                    "-p", "command_timeout_s:=0.3"], log)
 
@@ -57,7 +57,7 @@ def test_sim_killed_and_restarted(ros_env, tmp_path: Path) -> None:
     """SIGKILL the sim bridge mid-episode: the node answers with the safe action after
     stale_timeout, reports stale_input, and when a new sim starts the episode restarts with an
     empty history, without restarting the policy node."""
-    from sim.tasks import get_task
+    from mtm_runtime.sim.tasks import get_task
 
     joints = list(get_task("reacher").joint_names)
     ckpt = tiny_checkpoint(tmp_path / "ck", states=2 * len(joints), actions=2)
@@ -127,7 +127,7 @@ def test_signals_in_each_lifecycle_state(ros_env, tmp_path: Path, state: str) ->
         try:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 name = f"pol_{sig.name.lower()}"
-                args = ["-m", "ros_nodes.policy_node", "--ros-args", "-r", f"__node:={name}",
+                args = ["-m", "mtm_runtime.ros_nodes.policy_node", "--ros-args", "-r", f"__node:={name}",
                         "-r", f"commands:=cmd_{name}", "-r", f"observation:=obs_{name}",
                         "-p", f"model_path:={ckpt}", "-p", f"control_rate_hz:={RATE}", "-p", f"stale_timeout:={STALE}",
                         "-p", f"max_rate:={MAX_RATE}", "-p", "fault_action:=safe", "-p", f"safe_action:={SAFE}",

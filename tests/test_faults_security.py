@@ -56,7 +56,7 @@ def test_engine_sidecar_names_no_file(tmp_path: Path) -> None:
 
 def test_external_backends_need_the_environment_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pytest.importorskip("rclpy")
-    from ros_nodes.policy_node import EXTERNAL_BACKENDS_ENV, load_external_policy
+    from mtm_runtime.ros_nodes.policy_node import EXTERNAL_BACKENDS_ENV, load_external_policy
 
     monkeypatch.delenv(EXTERNAL_BACKENDS_ENV, raising=False)
     with pytest.raises(ValueError, match=EXTERNAL_BACKENDS_ENV):
@@ -77,7 +77,7 @@ def test_serial_decoder_caps_buffer() -> None:
 
 
 def test_launch_accepts_enclave_and_readme_explains_sros2() -> None:
-    from mtm_runtime.launch_description import LAUNCH_ARGUMENTS, command_line, describe, launch_node_kwargs
+    from mtm_runtime.ros_nodes.launch_description import LAUNCH_ARGUMENTS, command_line, describe, launch_node_kwargs
 
     assert "enclave" in LAUNCH_ARGUMENTS
     for node in describe(model="m", target="serial", enclave="/mtm/policy"):

@@ -19,9 +19,9 @@ from fault_helpers import record  # noqa: E402
 from mtm_runtime import safety_contract as contract  # noqa: E402
 from mtm_runtime import serial_protocol as sp  # noqa: E402
 from ros_harness import DiagnosticsLog, Graph, Parameter, ScriptedPolicy  # noqa: E402
-from ros_nodes.policy_node import PolicyNode  # noqa: E402
+from mtm_runtime.ros_nodes.policy_node import PolicyNode  # noqa: E402
 from safety_monitor import MonitorProcess  # noqa: E402
-from sim.virtual_mcu import VirtualMCU  # noqa: E402
+from mtm_runtime.sim.virtual_mcu import VirtualMCU  # noqa: E402
 from test_faults_process import _kill_group, _popen  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -42,7 +42,7 @@ def test_serial_faults_closed_loop(ros_env, tmp_path: Path) -> None:
     link = str(tmp_path / "ttyMTM")
     mcu = VirtualMCU("reacher", RATE, heartbeat_hz=20.0, heartbeat_timeout=0.3, link_path=link).start()
     policy = ScriptedPolicy(state_width=mcu.state_width, action_width=mcu.command_width, gain=0.5)
-    bridge = _popen(["-m", "ros_nodes.serial_bridge", "--ros-args", "-p", f"port:={link}",
+    bridge = _popen(["-m", "mtm_runtime.ros_nodes.serial_bridge", "--ros-args", "-p", f"port:={link}",
                      "-p", f"state_width:={mcu.state_width}", "-p", f"command_width:={mcu.command_width}",
                      "-p", "command_limit:=1.0", "-p", "reconnect_backoff_min:=0.02",
                      "-p", "reconnect_backoff_max:=0.2"], tmp_path / "bridge.log")

@@ -10,10 +10,10 @@ from mtm_runtime.checkpoint import save_checkpoint
 from mtm_runtime.model import build_model
 from mtm_runtime.normalise import Normaliser
 from mtm_runtime.spec import TrajectorySpec
-from sim.tasks import get_task
-from training.datasets import collect, write_hdf5
-from training.loaders import load_episodes
-from training.offline_rl import RELABELS, Config, build_transitions, get_relabel, train
+from mtm_runtime.sim.tasks import get_task
+from mtm_runtime.training.datasets import collect, write_hdf5
+from mtm_runtime.training.loaders import load_episodes
+from mtm_runtime.training.offline_rl import RELABELS, Config, build_transitions, get_relabel, train
 
 
 @pytest.fixture(scope="module")

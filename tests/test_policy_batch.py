@@ -81,7 +81,7 @@ def test_member_refuses_its_own_act_and_bad_rows_or_inputs_are_refused(checkpoin
 def test_episode_results_do_not_depend_on_batch_size_or_workers():
     """The bundled Reacher model: 6 goal episodes one at a time, 4 at a time (members take the
     next waiting episode when theirs ends) and over 2 worker processes give the same returns."""
-    from training.evaluate import evaluate_agent_path
+    from mtm_runtime.training.evaluate import evaluate_agent_path
 
     runs = {(b, w): evaluate_agent_path(BUNDLED, "reacher", "goal", episodes=3, seeds=(0, 1), workers=w, batch=b)
             for b, w in ((1, 1), (4, 1), (16, 2))}

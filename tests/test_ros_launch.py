@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mtm_runtime.launch_description import (LAUNCH_ARGUMENTS, command_line, describe, launch_node_kwargs,
+from mtm_runtime.ros_nodes.launch_description import (LAUNCH_ARGUMENTS, command_line, describe, launch_node_kwargs,
                                             parse_command_line)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def _load_launch_file_with_recording_api() -> tuple[types.ModuleType, list]:
 def test_launch_file_and_mtm_launch_share_one_description(target: str) -> None:
     tree = ast.parse(LAUNCH_FILE.read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-                and n.module == "mtm_runtime.launch_description" for a in n.names}
+                and n.module == "mtm_runtime.ros_nodes.launch_description" for a in n.names}
     assert {"describe", "launch_node_kwargs", "LAUNCH_ARGUMENTS"} <= imported
 
     module, created = _load_launch_file_with_recording_api()

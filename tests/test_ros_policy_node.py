@@ -13,7 +13,7 @@ from lifecycle_msgs.msg import Transition  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from ros_nodes.policy_node import PolicyNode  # noqa: E402
+from mtm_runtime.ros_nodes.policy_node import PolicyNode  # noqa: E402
 from ros_harness import Graph, Parameter, ScriptedPolicy, obs  # noqa: E402
 
 pytestmark = pytest.mark.ros

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _lockstep(tmp: Path, ckpt: Path, name: str, episodes: int = 2, seed: int = 5):
-    from ros_nodes.closed_loop import run_closed_loop
+    from mtm_runtime.ros_nodes.closed_loop import run_closed_loop
 
     return run_closed_loop(str(ckpt), log_dir=tmp / f"{name}_logs", task="reacher", sim_mode="lockstep",
                            episodes=episodes, record=tmp / f"{name}.mcap",
@@ -113,10 +113,10 @@ def test_recordings_lose_nothing_under_load(recordings) -> None:
 
 
 def test_record_import_load_and_train(recordings, tmp_path: Path) -> None:
-    from sim.tasks import get_task
-    from training.loaders import load_episodes
-    from training.mcap_import import import_to_hdf5
-    from training.quick import train_on_episodes
+    from mtm_runtime.sim.tasks import get_task
+    from mtm_runtime.training.loaders import load_episodes
+    from mtm_runtime.training.mcap_import import import_to_hdf5
+    from mtm_runtime.training.quick import train_on_episodes
 
     tmp, a, _ = recordings
     assert [e["steps"] for e in a.episodes] == [50, 50]

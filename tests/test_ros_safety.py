@@ -82,7 +82,7 @@ def test_conversions_roundtrip() -> None:
     pytest.importorskip("rclpy")
     from sensor_msgs.msg import JointState
 
-    from ros_nodes import conversions as conv
+    from mtm_runtime.ros_nodes import conversions as conv
 
     js = JointState(name=["a", "b"], position=[1.0, 2.0], velocity=[3.0, 4.0])
     np.testing.assert_allclose(conv.joint_state_to_array(js, ["b", "a"]), [2.0, 1.0, 4.0, 3.0])

@@ -10,9 +10,9 @@ pytest.importorskip("mujoco")
 
 from ros_harness import Graph, Parameter, ScriptedPolicy  # noqa: E402
 
-from ros_nodes.policy_node import PolicyNode  # noqa: E402
-from sim.ros_bridge import SimBridge  # noqa: E402
-from sim.tasks import get_task  # noqa: E402
+from mtm_runtime.ros_nodes.policy_node import PolicyNode  # noqa: E402
+from mtm_runtime.ros_nodes.sim_bridge import SimBridge  # noqa: E402
+from mtm_runtime.sim.tasks import get_task  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

@@ -96,7 +96,7 @@ def test_sim_config_brings_up_policy_and_bridge(ros_env, tmp_path: Path) -> None
     cfg = REPO / "config" / "policy_sim.yaml"
     procs = {name: _start([sys.executable, "-m", module, "--ros-args", "-r", f"__node:={name}", "--params-file", str(cfg)],
                           tmp_path / f"{name}.log", tmp_path)
-             for name, module in (("mtm_policy", "ros_nodes.policy_node"), ("mtm_sim_bridge", "sim.ros_bridge"))}
+             for name, module in (("mtm_policy", "mtm_runtime.ros_nodes.policy_node"), ("mtm_sim_bridge", "mtm_runtime.ros_nodes.sim_bridge"))}
     commands: list[list[float]] = []
     try:
         with Graph() as g:
@@ -118,7 +118,7 @@ def test_hardware_config_parses_and_activates(ros_env, tmp_path: Path) -> None:
     """config/policy_hardware.yaml through rcl's parser; only the model is overridden (no TensorRT engine here)."""
     ckpt = tiny_checkpoint(tmp_path / "arm", states=4, actions=2)  # joint0, joint1 x position, velocity
     log = tmp_path / "policy.log"
-    p = _start([sys.executable, "-m", "ros_nodes.policy_node", "--ros-args", "-r", "__node:=mtm_policy",
+    p = _start([sys.executable, "-m", "mtm_runtime.ros_nodes.policy_node", "--ros-args", "-r", "__node:=mtm_policy",
                 "--params-file", str(REPO / "config" / "policy_hardware.yaml"),
                 "-p", f"model_path:={ckpt}", "-p", "backend:=torch"], log, tmp_path)
     try:
@@ -187,11 +187,11 @@ def test_colcon_build_installed_node_runs_the_installed_config(ros_env, tmp_path
 def _node_argv(kind: str, tmp_path: Path, port: str) -> tuple[str, list[str]]:
     if kind == "policy":
         ckpt = tiny_checkpoint(tmp_path / "ck", states=3, actions=2)
-        return "sig_policy", ["-m", "ros_nodes.policy_node", "--ros-args", "-r", "__node:=sig_policy",
+        return "sig_policy", ["-m", "mtm_runtime.ros_nodes.policy_node", "--ros-args", "-r", "__node:=sig_policy",
                               "-p", f"model_path:={ckpt}", "-p", "autostart:=true", "-p", "warmup_iters:=1"]
     if kind == "sim_bridge":
-        return "sig_sim", ["-m", "sim.ros_bridge", "--ros-args", "-r", "__node:=sig_sim", "-p", "mode:=realtime"]
-    return "sig_serial", ["-m", "ros_nodes.serial_bridge", "--ros-args", "-r", "__node:=sig_serial",
+        return "sig_sim", ["-m", "mtm_runtime.ros_nodes.sim_bridge", "--ros-args", "-r", "__node:=sig_sim", "-p", "mode:=realtime"]
+    return "sig_serial", ["-m", "mtm_runtime.ros_nodes.serial_bridge", "--ros-args", "-r", "__node:=sig_serial",
                           "-p", f"port:={port}"]
 
 

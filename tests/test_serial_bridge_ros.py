@@ -27,7 +27,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from mtm_runtime import serial_protocol as sp  # noqa: E402
-from sim.virtual_mcu import VirtualMCU  # noqa: E402
+from mtm_runtime.sim.virtual_mcu import VirtualMCU  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ros
@@ -86,7 +86,7 @@ class Probe:
 
 
 def start_bridge(port: str, log: Path) -> subprocess.Popen:
-    args = [sys.executable, "-m", "ros_nodes.serial_bridge", "--ros-args",
+    args = [sys.executable, "-m", "mtm_runtime.ros_nodes.serial_bridge", "--ros-args",
             "-p", f"port:={port}", "-p", "state_type:=both", "-p", "state_width:=10",
             "-p", "command_width:=2", "-p", "heartbeat_hz:=20.0",
             "-p", "reconnect_backoff_min:=0.02", "-p", "reconnect_backoff_max:=0.2",

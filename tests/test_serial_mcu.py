@@ -17,7 +17,7 @@ pytest.importorskip("mujoco")
 from mtm_runtime import serial_protocol as sp  # noqa: E402
 from mtm_runtime.safety import ActionLimits  # noqa: E402
 from mtm_runtime.serial_link import Backoff, LinkState, SerialLink  # noqa: E402
-from sim.virtual_mcu import VirtualMCU  # noqa: E402
+from mtm_runtime.sim.virtual_mcu import VirtualMCU  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def test_lockstep_one_step_per_command(tmp_path: Path) -> None:
 
 
 def test_cli_prints_pty_path() -> None:
-    p = subprocess.run([sys.executable, "-m", "sim.virtual_mcu", "--task", "reacher",
+    p = subprocess.run([sys.executable, "-m", "mtm_runtime.sim.virtual_mcu", "--task", "reacher",
                         "--rate", "100", "--duration", "0.3"], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.experts import IDPExpert
-from sim.tasks import get_task
+from mtm_runtime.sim.experts import IDPExpert
+from mtm_runtime.sim.tasks import get_task
 
 
 def _episode(task, seed: int):
@@ -37,7 +37,7 @@ def test_idp_lqr_survives_full_episode() -> None:
 
 def test_idp_lqr_closed_loop_is_stable() -> None:
     env = get_task("inverted_double_pendulum").make_env()
-    from sim.experts import linearise_step
+    from mtm_runtime.sim.experts import linearise_step
 
     A, B = linearise_step(env.unwrapped.model, env.unwrapped.frame_skip)
     K = IDPExpert(env.unwrapped.model).K
@@ -69,7 +69,7 @@ def test_linear_expert_refuses_a_file_of_the_wrong_shape(tmp_path) -> None:
 
     import pytest
 
-    from sim.experts import LinearExpert
+    from mtm_runtime.sim.experts import LinearExpert
 
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"M": [[0.0] * 11] * 2, "mu": [0.0] * 11, "sigma": [1.0] * 11}))
@@ -82,8 +82,8 @@ def test_linear_expert_search_is_deterministic_and_loadable(tmp_path) -> None:
     the written JSON loads as a LinearExpert that acts within the action space."""
     import json
 
-    from sim.experts import LinearExpert
-    from sim.search_linear_expert import search
+    from mtm_runtime.sim.experts import LinearExpert
+    from mtm_runtime.sim.search_linear_expert import search
 
     a = search("hopper", iterations=3, directions=2, top=1, seed=5, workers=1, log=lambda _s: None)
     b = search("hopper", iterations=3, directions=2, top=1, seed=5, workers=2, log=lambda _s: None)
@@ -101,7 +101,7 @@ def test_pusher_expert_beats_random_and_doing_nothing_and_nudges_the_object() ->
     """The stretch task's expert is weak (sim/experts.py says so) but no longer worse than random:
     its return beats the random and the do-nothing policy on the same seeds, and it moves the object
     towards the goal."""
-    from sim.measure_reference_returns import rollout
+    from mtm_runtime.sim.measure_reference_returns import rollout
 
     task = get_task("pusher")
     seeds = (10_000, 10_001, 10_002)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from sim.randomisation import Randomisation
-from sim.tasks import REFERENCE_RETURNS_PATH, TASKS, actuated_joint_names, get_task
+from mtm_runtime.sim.randomisation import Randomisation
+from mtm_runtime.sim.tasks import REFERENCE_RETURNS_PATH, TASKS, actuated_joint_names, get_task
 
 
 def test_get_task_by_name_and_env_id_and_clear_error() -> None:

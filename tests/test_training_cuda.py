@@ -12,9 +12,9 @@ import torch
 
 from mtm_runtime import masks as M
 from mtm_runtime.checkpoint import load_checkpoint
-from sim.tasks import get_task
-from training.datasets import collect, write_hdf5
-from training.train import Args, run
+from mtm_runtime.sim.tasks import get_task
+from mtm_runtime.training.datasets import collect, write_hdf5
+from mtm_runtime.training.train import Args, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch.cuda.is_available() is False")
 
@@ -45,9 +45,9 @@ def test_mtm_train_on_cuda_saves_weights_the_cpu_reproduces(reacher_data: Path, 
 
 
 def test_baseline_trains_on_cuda_and_loads_on_cpu(reacher_data: Path, tmp_path: Path) -> None:
-    from training.baselines import load_baseline, train_baseline
-    from training.loaders import load_episodes, split_episodes
-    from training.train import fit_normaliser
+    from mtm_runtime.training.baselines import load_baseline, train_baseline
+    from mtm_runtime.training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.train import fit_normaliser
     from mtm_runtime.spec import TrajectorySpec
 
     task = get_task("reacher")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mtm_runtime.checkpoint import load_checkpoint
-from sim.tasks import get_task
-from training.datasets import collect, write_hdf5
+from mtm_runtime.sim.tasks import get_task
+from mtm_runtime.training.datasets import collect, write_hdf5
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -30,7 +30,7 @@ def test_torchrun_two_ranks_end_identical(reacher_small, tmp_path):
         pytest.skip(f"torchrun not found next to {sys.executable}")
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "training.train",
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "mtm_runtime.training.train",
            "--data", str(reacher_small), "--out", str(out), "--steps", "6", "--batch-size", "16",
            "--val-every", "0", "--ckpt-every", "3", "--threads", "1", "--no-progress", "--no-plot",
            "--val-windows", "32", "--warmup-steps", "2"]
@@ -41,6 +41,6 @@ def test_torchrun_two_ranks_end_identical(reacher_small, tmp_path):
     assert digests["0"] == digests["1"]
     ckpt = load_checkpoint(out)  # only rank 0 wrote, and what it wrote loads
     assert ckpt.provenance["world_size"] == 2 and ckpt.provenance["steps"] == 6
-    from training.train import weights_digest
+    from mtm_runtime.training.train import weights_digest
 
     assert weights_digest(ckpt.build_model()) == digests["0"]

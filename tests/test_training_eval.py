@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from mtm_runtime.spec import TrajectorySpec
-from sim.tasks import get_task
-from training.datasets import collect, write_hdf5
+from mtm_runtime.sim.tasks import get_task
+from mtm_runtime.training.datasets import collect, write_hdf5
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "models" / "reacher_embedded"
@@ -35,7 +35,7 @@ def test_mtm_eval_bundled_model_goal_mode(tmp_path):
 @pytest.mark.skipif(not (BUNDLED / "mtm.json").exists(), reason="bundled model not present")
 def test_mtm_eval_rcbc_sweep_runs(tmp_path):
     out = tmp_path / "sweep.json"
-    proc = subprocess.run([sys.executable, "-m", "training.evaluate", str(BUNDLED), "--mode", "rcbc", "--sweep",
+    proc = subprocess.run([sys.executable, "-m", "mtm_runtime.training.evaluate", str(BUNDLED), "--mode", "rcbc", "--sweep",
                            "--episodes", "1", "--seeds", "0", "--workers", "1", "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -48,7 +48,7 @@ def test_mtm_eval_rcbc_sweep_runs(tmp_path):
 
 def test_id_fd_error_formula():
     """Repeating the previous value scores exactly 1.0; a perfect prediction 0.0."""
-    from training.evaluate import id_fd_errors
+    from mtm_runtime.training.evaluate import id_fd_errors
 
     spec = TrajectorySpec.create(4, states=3, actions=2)
     rng = np.random.default_rng(0)
@@ -72,10 +72,10 @@ def test_id_fd_error_formula():
 
 
 def test_baselines_train_save_and_evaluate(tmp_path):
-    from training.baselines import baseline_id_fd, load_baseline_agent, train_baseline
-    from training.evaluate import evaluate_agent_path
-    from training.loaders import load_episodes, split_episodes
-    from training.train import fit_normaliser
+    from mtm_runtime.training.baselines import baseline_id_fd, load_baseline_agent, train_baseline
+    from mtm_runtime.training.evaluate import evaluate_agent_path
+    from mtm_runtime.training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.train import fit_normaliser
 
     task = get_task("reacher")
     data = write_hdf5(tmp_path / "r.hdf5", collect(task, "expert", 16, seed=1), task, "expert", 1)

@@ -11,9 +11,9 @@ import pytest
 
 from mtm_runtime.checkpoint import load_checkpoint
 from mtm_runtime.spec import RETURNS
-from sim.tasks import get_task
-from training.datasets import collect, write_hdf5
-from training.train import TRAIN_STATE_JSON, Args, run, weights_digest
+from mtm_runtime.sim.tasks import get_task
+from mtm_runtime.training.datasets import collect, write_hdf5
+from mtm_runtime.training.train import TRAIN_STATE_JSON, Args, run, weights_digest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_config_file_and_flags(reacher_data, tmp_path):
     assert prov["config"]["batch_size"] == 16 and prov["config"]["masks"] == ["bc", "id"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"stepz": 3}))
-    proc = subprocess.run([sys.executable, "-m", "training.train", "--data", str(reacher_data), "--config", str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "mtm_runtime.training.train", "--data", str(reacher_data), "--config", str(bad)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "stepz" in proc.stderr
 
@@ -105,7 +105,7 @@ def test_loss_on_hidden_counts_only_the_tokens_the_mask_hid(reacher_data, tmp_pa
     a = run(small(reacher_data, tmp_path / "all", steps=4, val_every=0, ckpt_every=0))
     h = run(small(reacher_data, tmp_path / "hidden", steps=4, val_every=0, ckpt_every=0, loss_on="hidden"))
     assert a["weights_sha256"] != h["weights_sha256"] and np.isfinite(h["loss"])
-    proc = subprocess.run([sys.executable, "-m", "training.train", "--data", str(reacher_data), "--loss-on", "visible"],
+    proc = subprocess.run([sys.executable, "-m", "mtm_runtime.training.train", "--data", str(reacher_data), "--loss-on", "visible"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "--loss-on must be 'all' or 'hidden'" in proc.stderr
 
@@ -114,7 +114,7 @@ def test_labelled_only_with_no_labelled_training_episode_says_so(tmp_path):
     task = get_task("reacher")
     # 10 episodes, 1 labelled; find a split seed that holds the labelled one out for validation
     data = write_hdf5(tmp_path / "het.hdf5", collect(task, "expert", 10, seed=3, action_fraction=0.1), task, "expert", 3, 0.1)
-    from training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.loaders import load_episodes, split_episodes
     eps = load_episodes(data, task)
     seed = next(s for s in range(100) if not split_episodes(eps, 0.1, seed=s, labelled_only=True)[0])
     with pytest.raises(ValueError, match="labelled-only left no training episode"):
@@ -125,7 +125,7 @@ def test_short_training_improves_bc_over_untrained(tmp_path):
     """A few hundred steps on 6 expert InvertedDoublePendulum episodes balance the pendulum far
     longer than an untrained model. (Reacher's normalised score cannot show this: holding still
     scores ~98, as much as the expert, so Reacher is checked by success rate on the bundled model.)"""
-    from training.evaluate import evaluate_checkpoint_object
+    from mtm_runtime.training.evaluate import evaluate_checkpoint_object
 
     task = get_task("inverted_double_pendulum")
     data = write_hdf5(tmp_path / "idp.hdf5", collect(task, "expert", 6, seed=5), task, "expert", 5)
@@ -151,8 +151,8 @@ def test_fill_actions_reads_each_step_from_its_window_and_hides_every_action(rea
     import numpy as np
 
     from mtm_runtime.spec import ACTIONS, STATES, TrajectorySpec
-    from training.loaders import load_episodes
-    from training.train import NormalisedSampler, fit_normaliser
+    from mtm_runtime.training.loaders import load_episodes
+    from mtm_runtime.training.train import NormalisedSampler, fit_normaliser
 
     task = get_task("reacher")
     eps = load_episodes(reacher_het, task)
@@ -181,7 +181,7 @@ def test_fill_actions_reads_each_step_from_its_window_and_hides_every_action(rea
 
 
 def test_self_labelling_run_writes_its_labels_and_resumes_bit_exactly(reacher_het, tmp_path):
-    from training.train import SELF_LABELS
+    from mtm_runtime.training.train import SELF_LABELS
 
     straight = run(small(reacher_het, tmp_path / "straight", self_label_at=8))
     assert (tmp_path / "straight" / SELF_LABELS).stat().st_size > 0

@@ -1,6 +1,6 @@
 """MLP baselines trained on exactly the data, normalisation, steps and batch size of an MTM run.
 
-    python -m training.baselines --data reacher_expert.hdf5 --kinds bc,rcbc,gcbc,id,fd --steps 6000 --out runs/base
+    python -m mtm_runtime.training.baselines --data reacher_expert.hdf5 --kinds bc,rcbc,gcbc,id,fd --steps 6000 --out runs/base
 
 Kinds (inputs -> output, one time step; all in the MTM run's normalised units):
 
@@ -43,7 +43,7 @@ from mtm_runtime.normalise import Normaliser
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import ACTIONS, GOALS, RETURNS, STATES, TrajectorySpec
 from mtm_runtime.trainer import TrainConfig, lr_at, resolve_device
-from sim.tasks import Task, get_task
+from mtm_runtime.sim.tasks import Task, get_task
 
 #: kind -> (inputs as (modality, time offset), output (modality, offset), evaluation mode or None)
 KINDS: dict[str, tuple[tuple[tuple[str, int], ...], tuple[str, int], str | None]] = {
@@ -85,7 +85,7 @@ def train_baseline(kind: str, task: Task, train_eps: Sequence[Any], norm: Normal
                    provenance: dict[str, Any] | None = None, device: str = "auto") -> dict[str, Any]:
     """Train one MLP baseline on ``train_eps`` (normalised with ``norm``) on ``device`` (``auto``:
     CUDA when available, as ``mtm train``); writes ``out`` (weights saved from the CPU)."""
-    from training.train import NormalisedSampler, step_rng
+    from mtm_runtime.training.train import NormalisedSampler, step_rng
 
     spec2 = TrajectorySpec.create(2, **{n: norm.spec.width(n) for n in norm.spec.names})
     norm2 = Normaliser(spec2, dict(norm.mean), dict(norm.std), norm.std_floor)
@@ -211,8 +211,8 @@ def load_baseline_agent(path: str | Path) -> BaselineAgent:
 def baseline_id_fd(path: str | Path, data: str | Path, n: int = 4096) -> dict[str, float]:
     """Held-out ID or FD error of an ``id``/``fd`` baseline (the other is NaN) on the validation
     split recorded in its provenance, with the windows and formula MTM is scored with."""
-    from training.evaluate import validation_windows
-    from training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.evaluate import validation_windows
+    from mtm_runtime.training.loaders import load_episodes, split_episodes
 
     meta, spec, norm, net = load_baseline(path)
     prov = meta["provenance"]
@@ -227,7 +227,7 @@ def baseline_id_fd(path: str | Path, data: str | Path, n: int = 4096) -> dict[st
 @torch.no_grad()
 def baseline_errors(kind: str, net: nn.Sequential, spec: TrajectorySpec, x: np.ndarray) -> dict[str, float]:
     """ID/FD errors of an MLP on T-step windows: its predictions placed where MTM's would be."""
-    from training.evaluate import id_fd_errors
+    from mtm_runtime.training.evaluate import id_fd_errors
 
     T = spec.horizon
     s_sl, a_sl = spec.slice(STATES), spec.slice(ACTIONS)
@@ -250,10 +250,10 @@ def baseline_errors(kind: str, net: nn.Sequential, spec: TrajectorySpec, x: np.n
 
 # ---- command line ----------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.loaders import load_episodes, read_metadata, split_episodes
-    from training.train import PRESET_LR, fit_normaliser
+    from mtm_runtime.training.loaders import load_episodes, read_metadata, split_episodes
+    from mtm_runtime.training.train import PRESET_LR, fit_normaliser
 
-    p = argparse.ArgumentParser(prog="python -m training.baselines", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mtm_runtime.training.baselines", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)
     p.add_argument("--task", default="")
     p.add_argument("--kinds", default="bc,rcbc,id,fd", help=f"comma list from {', '.join(KINDS)}")

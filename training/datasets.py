@@ -49,7 +49,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from sim.tasks import Task, get_task
+from mtm_runtime.sim.tasks import Task, get_task
 
 GENERATOR_VERSION = "mtm_runtime.datasets/1"
 TIERS = ("expert", "medium", "medium-replay", "medium-expert", "random")

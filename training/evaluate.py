@@ -1,6 +1,6 @@
 """Evaluation harness: simulator rollouts through ``mtm_runtime.Policy`` and held-out ID/FD errors.
 
-    python -m training.evaluate models/reacher_embedded --mode goal --episodes 20 --seeds 0,1,2
+    python -m mtm_runtime.training.evaluate models/reacher_embedded --mode goal --episodes 20 --seeds 0,1,2
     mtm eval models/reacher_embedded --mode rcbc --sweep
     mtm eval runs/reacher --mode bc --data reacher_expert.hdf5      # + ID/FD errors on the val split
 
@@ -48,7 +48,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sim.tasks import Task, get_task
+from mtm_runtime.sim.tasks import Task, get_task
 
 SWEEP_SCORES = (25.0, 50.0, 75.0, 100.0, 110.0)
 #: episodes a worker steps together (one batched forward pass per step)
@@ -80,7 +80,7 @@ def load_agent_batch(path: str | Path, size: int, backend: str = "torch") -> Any
     included). Torch threads are the caller's (a rollout worker sets one)."""
     p = Path(path)
     if (p / "baseline.json").exists():
-        from training.baselines import load_baseline_agent
+        from mtm_runtime.training.baselines import load_baseline_agent
 
         return SerialBatch([load_baseline_agent(p)])
     if (p / "mtm.json").exists():
@@ -222,7 +222,7 @@ def evaluate_checkpoint_object(mtm: Any, norm: Any, limits: Any, task: Task, mod
 # ---- ID / FD held-out errors -----------------------------------------------------------------------
 def validation_windows(episodes: Sequence[Any], spec: Any, norm: Any, n: int = 4096, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``n`` fixed windows from full-length (>= T steps), action-labelled episodes."""
-    from training.train import NormalisedSampler
+    from mtm_runtime.training.train import NormalisedSampler
 
     T = spec.horizon
     eps = [ep for ep in episodes if ep.length >= T and ep.labelled]
@@ -260,7 +260,7 @@ def mtm_id_fd(ckpt_path: str | Path, data: str | Path, n: int = 4096) -> dict[st
     import torch
 
     from mtm_runtime.checkpoint import load_checkpoint
-    from training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.loaders import load_episodes, split_episodes
 
     ckpt = load_checkpoint(ckpt_path)
     cfg = ckpt.provenance.get("config", {})
@@ -327,7 +327,7 @@ def main(args: argparse.Namespace) -> int:
         print(line, flush=True)
     if args.data:
         if (Path(args.checkpoint) / "baseline.json").exists():
-            from training.baselines import baseline_id_fd
+            from mtm_runtime.training.baselines import baseline_id_fd
 
             errs = baseline_id_fd(args.checkpoint, args.data)
         else:
@@ -340,6 +340,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    _p = argparse.ArgumentParser(prog="python -m mtm_runtime.training.evaluate", description=__doc__.split("\n\n")[0])
     add_arguments(_p)
     sys.exit(main(_p.parse_args()))

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from mtm_runtime.spec import ACTIONS, TrajectorySpec
-from sim.tasks import Task, get_task
+from mtm_runtime.sim.tasks import Task, get_task
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtm_runtime.recording import RecordingError, read_messages, recorded_loss
-from sim.tasks import Task, get_task
+from mtm_runtime.sim.tasks import Task, get_task
 
 #: Receive-order race allowance: at most this (ns), and at most a quarter of the median interval
 #: between observations (so a realtime loop's commands can never slide to the next state).
@@ -189,7 +189,7 @@ def segment(path: str | Path, require_rewards: bool = True) -> Segmented:
 
 
 def import_recording(path: str | Path, task: Task | str) -> tuple[dict[str, np.ndarray], ImportReport]:
-    """Recorded rollouts -> concatenated D4RL arrays (``training.datasets.write_hdf5`` input)."""
+    """Recorded rollouts -> concatenated D4RL arrays (``mtm_runtime.training.datasets.write_hdf5`` input)."""
     task = get_task(task) if isinstance(task, str) else task
     seg = segment(path)
     rep = seg.report
@@ -283,8 +283,8 @@ def _pair_actions(rec: dict[str, list[tuple[int, Any]]], obs_t: np.ndarray,
 
 
 def import_to_hdf5(path: str | Path, task: Task | str, output: str | Path) -> tuple[Path, ImportReport]:
-    """Import ``path`` and write ``output`` (tier ``recorded``); loads with ``training.loaders.load_episodes``."""
-    from training.datasets import write_hdf5
+    """Import ``path`` and write ``output`` (tier ``recorded``); loads with ``mtm_runtime.training.loaders.load_episodes``."""
+    from mtm_runtime.training.datasets import write_hdf5
 
     task = get_task(task) if isinstance(task, str) else task
     data, rep = import_recording(path, task)

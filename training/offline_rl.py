@@ -1,7 +1,7 @@
 """Offline TD3+BC (Fujimoto & Gu, 2021) on raw states or on MTM features, with relabelled rewards.
 
-    python -m training.offline_rl --data reacher_medium.hdf5 --representation raw --steps 10000
-    python -m training.offline_rl --data reacher_medium.hdf5 --representation frozen --checkpoint runs/mtm_reacher
+    python -m mtm_runtime.training.offline_rl --data reacher_medium.hdf5 --representation raw --steps 10000
+    python -m mtm_runtime.training.offline_rl --data reacher_medium.hdf5 --representation frozen --checkpoint runs/mtm_reacher
     mtm offline-rl --data idp_medium.hdf5 --representation finetune --checkpoint runs/mtm_idp   # same
 
 Read it top to bottom (CleanRL style):
@@ -46,8 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sim.tasks import Task, get_task
-from training.loaders import Episode, load_episodes, read_metadata
+from mtm_runtime.sim.tasks import Task, get_task
+from mtm_runtime.training.loaders import Episode, load_episodes, read_metadata
 
 REPRESENTATIONS = ("raw", "frozen", "finetune")
 
@@ -468,7 +468,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     if not isinstance(args, argparse.Namespace):
-        p = argparse.ArgumentParser(prog="python -m training.offline_rl", description=__doc__.split("\n\n")[0])
+        p = argparse.ArgumentParser(prog="python -m mtm_runtime.training.offline_rl", description=__doc__.split("\n\n")[0])
         add_arguments(p)
         args = p.parse_args(args)
     if not args.data:

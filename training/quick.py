@@ -19,9 +19,9 @@ from mtm_runtime.model import PRESET_HORIZON, build_model
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import TrajectorySpec
 from mtm_runtime.trainer import TrainConfig, Trainer
-from sim.tasks import Task, get_task
-from training.loaders import Episode
-from training.train import NormalisedSampler, fit_normaliser
+from mtm_runtime.sim.tasks import Task, get_task
+from mtm_runtime.training.loaders import Episode
+from mtm_runtime.training.train import NormalisedSampler, fit_normaliser
 
 
 class _Sampler:
@@ -54,8 +54,8 @@ def train_on_episodes(task: Task, episodes: Sequence[Episode], out: Path | None,
 
 def quick_checkpoint(out: Path, episodes: int = 40, steps: int = 200, seed: int = 0) -> Path:
     """Expert-tier Reacher data -> a briefly trained ``embedded`` checkpoint in ``out``."""
-    from training.datasets import collect
-    from training.loaders import split_d4rl
+    from mtm_runtime.training.datasets import collect
+    from mtm_runtime.training.loaders import split_d4rl
 
     task = get_task("reacher")
     data = collect(task, "expert", episodes, seed=seed)
@@ -64,7 +64,7 @@ def quick_checkpoint(out: Path, episodes: int = 40, steps: int = 200, seed: int 
     torch.set_num_threads(1)  # measured on the shared 2-core VM: 2 threads were ~7x slower under load
     try:
         path, _ = train_on_episodes(task, eps, out, steps=steps, seed=seed,
-                                    provenance={"source": "training.quick (mtm demo fallback)", "episodes": episodes})
+                                    provenance={"source": "mtm_runtime.training.quick (mtm demo fallback)", "episodes": episodes})
     finally:
         torch.set_num_threads(threads)
     assert path is not None

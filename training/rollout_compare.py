@@ -1,6 +1,6 @@
 """Sim-vs-hardware (or any two rollouts): per-dimension divergence of states and actions.
 
-Both recordings are cut into episodes and paired steps by ``training.mcap_import.segment``
+Both recordings are cut into episodes and paired steps by ``mtm_runtime.training.mcap_import.segment``
 (no task needed: ``/observation`` and ``/commands`` as recorded). Episodes are matched by
 index (run both with the same seeds), steps by their index within the episode, each pair cut
 to the shorter length. Per dimension: RMSE, max |a - b|, Pearson correlation over all matched
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mtm_runtime.recording import loss_note
-from training.mcap_import import segment
+from mtm_runtime.training.mcap_import import segment
 
 
 @dataclass

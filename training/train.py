@@ -1,10 +1,10 @@
 """Train a Masked Trajectory Model on an offline dataset (CleanRL-style: read it top to bottom).
 
-    python -m training.train --data reacher_expert.hdf5 --preset embedded --steps 6000 --out runs/reacher
+    python -m mtm_runtime.training.train --data reacher_expert.hdf5 --preset embedded --steps 6000 --out runs/reacher
     mtm train --data reacher_expert.hdf5 --out runs/reacher                        # same thing
-    torchrun --nproc_per_node=2 -m training.train --data ... --out ...             # DDP (gloo/nccl)
+    torchrun --nproc_per_node=2 -m mtm_runtime.training.train --data ... --out ...             # DDP (gloo/nccl)
     torchrun --nnodes=2 --node_rank=R --nproc_per_node=8 --rdzv_backend=c10d \
-             --rdzv_endpoint=HOST:29500 -m training.train ...                       # several hosts
+             --rdzv_endpoint=HOST:29500 -m mtm_runtime.training.train ...                       # several hosts
 (with several hosts, ``--data`` must exist on every host and ``--out`` be on a shared filesystem
 for ``--resume``: every rank reads the train state, only rank 0 writes.)
 
@@ -70,8 +70,8 @@ from mtm_runtime.normalise import Normaliser
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import ACTIONS, RETURNS, TrajectorySpec
 from mtm_runtime.trainer import TrainConfig, lr_at, resolve_device
-from sim.tasks import Task, get_task
-from training.loaders import Episode, WindowSampler, load_episodes, read_metadata, split_episodes
+from mtm_runtime.sim.tasks import Task, get_task
+from mtm_runtime.training.loaders import Episode, WindowSampler, load_episodes, read_metadata, split_episodes
 
 #: Default peak learning rate per preset (small models tolerate, and need, a larger one).
 PRESET_LR = {"embedded": 1e-3, "paper": 2e-4}
@@ -619,7 +619,7 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
                 log(f"[train] step {done}: loss {row['loss']:.4f} val_loss {row.get('val_loss', math.nan):.4f} "
                     f"val_bc_mse {row.get('val_bc_mse', math.nan):.4f}; {row['samples_per_s']:.0f} samples/s", flush=True)
         if evaluating:
-            from training.evaluate import evaluate_checkpoint_object
+            from mtm_runtime.training.evaluate import evaluate_checkpoint_object
 
             for mode in args.eval_modes:
                 res = evaluate_checkpoint_object(mtm, norm, limits, task, mode, episodes=args.eval_episodes,
@@ -656,7 +656,7 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mtm_runtime.training.train", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     run(resolve_args(p.parse_args(argv)))
     return 0

@@ -11,7 +11,7 @@ import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.datasets import TIERS
+    from mtm_runtime.training.datasets import TIERS
 
     parser.add_argument("task", help="task name or env id (reacher, inverted_double_pendulum, hopper, pusher)")
     parser.add_argument("--tier", required=True, choices=TIERS)
@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from sim.tasks import get_task
-    from training.datasets import collect, episode_returns, write_hdf5
+    from mtm_runtime.sim.tasks import get_task
+    from mtm_runtime.training.datasets import collect, episode_returns, write_hdf5
 
     try:
         task = get_task(args.task)

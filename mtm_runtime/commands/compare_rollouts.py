@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from mtm_runtime.recording import RecordingError, loss_note
-    from training.rollout_compare import compare, format_table
+    from mtm_runtime.training.rollout_compare import compare, format_table
 
     png = args.png or args.a.with_name("compare.png")
     try:

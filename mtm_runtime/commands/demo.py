@@ -40,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"mtm demo: the closed-loop step needs ROS 2 (rclpy): {e}", file=sys.stderr)
         return 1
     from mtm_runtime.commands import demo_closed_loop
-    from mtm_runtime.node_processes import NodeFailure
+    from mtm_runtime.ros_nodes.node_processes import NodeFailure
 
     try:
         demo_closed_loop.run(args.out, episodes=args.episodes, record=args.record, model=args.model)

@@ -1,9 +1,9 @@
 """The closed-loop step of ``mtm demo``: the Reacher model against the MuJoCo bridge over ROS 2.
 
-Both nodes come from the shared launch description (``mtm_runtime.launch_description``), each
+Both nodes come from the shared launch description (``mtm_runtime.ros_nodes.launch_description``), each
 in its own process, exactly as ``mtm launch --target sim`` starts them; this process only
 watches (and, with ``record``, records MCAP). Model: the bundled ``models/reacher_embedded``
-when present, else a checkpoint trained for a few seconds here (``training.quick``) and cached
+when present, else a checkpoint trained for a few seconds here (``mtm_runtime.training.quick``) and cached
 under the demo's output directory.
 
 Printed: episodes with normalised scores, the achieved rate (env steps per second between the
@@ -30,7 +30,7 @@ def pick_model(out: Path, model: str = "") -> tuple[str, str]:
     cached = out / "quick_reacher"
     if (cached / "mtm.json").is_file():
         return str(cached), "quickly trained (cached; no bundled model yet)"
-    from training.quick import quick_checkpoint
+    from mtm_runtime.training.quick import quick_checkpoint
 
     t0 = time.monotonic()
     print(f"  no bundled model at {BUNDLED_MODEL}: training a quick one ({cached}) ...", flush=True)
@@ -46,7 +46,7 @@ def default_backend() -> str:
 def run(out: Path, episodes: int = 4, record: bool = False, model: str = "", backend: str = "",
         startup_timeout_s: float = 45.0) -> dict[str, Any]:
     """Run ``episodes`` realtime Reacher episodes; returns the summary. Raises NodeFailure on a node failure."""
-    from ros_nodes.closed_loop import run_closed_loop
+    from mtm_runtime.ros_nodes.closed_loop import run_closed_loop
 
     path, origin = pick_model(out, model)
     backend = backend or default_backend()

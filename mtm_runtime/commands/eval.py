@@ -6,12 +6,12 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.evaluate import add_arguments as eval_arguments
+    from mtm_runtime.training.evaluate import add_arguments as eval_arguments
 
     eval_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.evaluate import main as eval_main
+    from mtm_runtime.training.evaluate import main as eval_main
 
     return eval_main(args)

@@ -1,7 +1,7 @@
 """``mtm import-mcap FILE.mcap --task reacher -o data.hdf5``: recorded rollouts -> our HDF5 dataset.
 
 See ``training/mcap_import.py`` for the pairing of states with commands and the episode
-boundaries. The result loads with ``training.loaders.load_episodes`` and trains with ``mtm train``.
+boundaries. The result loads with ``mtm_runtime.training.loaders.load_episodes`` and trains with ``mtm train``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from mtm_runtime.recording import RecordingError, loss_note
-    from training.mcap_import import import_to_hdf5
+    from mtm_runtime.training.mcap_import import import_to_hdf5
 
     try:
         path, rep = import_to_hdf5(args.recording, args.task, args.output)

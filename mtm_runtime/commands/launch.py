@@ -1,6 +1,6 @@
 """mtm launch: start the node set of ``launch/policy.launch.py`` without ``ros2 launch``.
 
-Each node of ``mtm_runtime.launch_description.describe(...)`` runs in its own process
+Each node of ``mtm_runtime.ros_nodes.launch_description.describe(...)`` runs in its own process
 (``python -m <module> --ros-args ...``, its own session so a terminal Ctrl-C reaches only this
 launcher). SIGINT/SIGTERM are forwarded to every node as SIGINT; nodes that have not exited after
 ``--grace`` seconds get SIGTERM, then SIGKILL. When one node exits, the others are stopped too
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from mtm_runtime.launch_description import LAUNCH_ARGUMENTS, TARGETS, NodeSpec, command_line, describe
+from mtm_runtime.ros_nodes.launch_description import LAUNCH_ARGUMENTS, TARGETS, NodeSpec, command_line, describe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -54,8 +54,8 @@ def _extra_params(path: str) -> tuple[dict, dict]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mtm_runtime.node_processes import NodeFailure
-    from sim.tasks import get_task
+    from mtm_runtime.ros_nodes.node_processes import NodeFailure
+    from mtm_runtime.sim.tasks import get_task
 
     try:
         model = resolve_model(args.model)
@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError) as e:
         print(f"mtm rollout: {e}", file=sys.stderr)
         return 2
-    from ros_nodes.closed_loop import run_closed_loop
+    from mtm_runtime.ros_nodes.closed_loop import run_closed_loop
 
     rate = args.rate  # 0: the bridge steps at the env's own rate (1/dt), the policy node keeps its default
     mode = args.mode or ("goal" if task.has_goal else "bc")

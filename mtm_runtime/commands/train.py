@@ -6,13 +6,13 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from training.train import add_arguments as train_arguments
+    from mtm_runtime.training.train import add_arguments as train_arguments
 
     train_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.train import resolve_args, run
+    from mtm_runtime.training.train import resolve_args, run
 
     run(resolve_args(args))
     return 0

@@ -1,7 +1,7 @@
 """Start the nodes of a launch description as child processes and watch them (no ROS import).
 
 Used by ``mtm rollout``, the closed-loop demo and ``benchmarks/closed_loop.py``: each node runs
-as ``mtm_runtime.launch_description.command_line(node)`` (exactly what ``mtm launch`` runs), in
+as ``mtm_runtime.ros_nodes.launch_description.command_line(node)`` (exactly what ``mtm launch`` runs), in
 its own session, with stdout+stderr captured to ``<log_dir>/<node>.log`` so a failure can be
 reported with the node's last lines instead of interleaved terminal output.
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from mtm_runtime.launch_description import NodeSpec, command_line
+from mtm_runtime.ros_nodes.launch_description import NodeSpec, command_line
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

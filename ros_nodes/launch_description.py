@@ -29,7 +29,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "params_file": ("", "YAML params file applied to every node (sections by node name)"),
     "target": ("sim", "what the policy drives: sim | serial | none"),
     "enclave": ("", "SROS2 enclave for every node (empty = none)"),
-    "task": ("", "sim target: task name from sim.tasks (empty = the params file's or reacher)"),
+    "task": ("", "sim target: task name from mtm_runtime.sim.tasks (empty = the params file's or reacher)"),
     "sim_mode": ("", "sim target: realtime | lockstep (empty = the params file's or lockstep)"),
     "autostart": ("true", "policy node configures and activates itself"),
 }
@@ -67,7 +67,7 @@ def describe(model: str = "", backend: str = "", rate: str = "", params_file: st
         policy["backend"] = backend
     if rate:
         policy["control_rate_hz"] = float(rate)
-    nodes = [NodeSpec("mtm_policy", "mtm_policy_node", "ros_nodes.policy_node", policy, files, enclave=enclave)]
+    nodes = [NodeSpec("mtm_policy", "mtm_policy_node", "mtm_runtime.ros_nodes.policy_node", policy, files, enclave=enclave)]
     if target == "sim":
         sim: dict[str, Any] = {"policy_reset_service": "/mtm_policy/reset"}
         if task:
@@ -76,9 +76,9 @@ def describe(model: str = "", backend: str = "", rate: str = "", params_file: st
             sim["mode"] = sim_mode
         if rate:
             sim["control_rate_hz"] = float(rate)
-        nodes.append(NodeSpec("mtm_sim_bridge", "mtm_sim_bridge", "sim.ros_bridge", sim, files, enclave=enclave))
+        nodes.append(NodeSpec("mtm_sim_bridge", "mtm_sim_bridge", "mtm_runtime.ros_nodes.sim_bridge", sim, files, enclave=enclave))
     elif target == "serial":
-        nodes.append(NodeSpec("mtm_serial_bridge", "mtm_serial_bridge", "ros_nodes.serial_bridge", {}, files,
+        nodes.append(NodeSpec("mtm_serial_bridge", "mtm_serial_bridge", "mtm_runtime.ros_nodes.serial_bridge", {}, files,
                               enclave=enclave))
     return nodes
 

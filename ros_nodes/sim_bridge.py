@@ -1,4 +1,4 @@
-"""mtm_sim_bridge: a MuJoCo task from ``sim.tasks`` behind ROS 2 topics (hardware-in-the-loop stand-in).
+"""mtm_sim_bridge: a MuJoCo task from ``mtm_runtime.sim.tasks`` behind ROS 2 topics (hardware-in-the-loop stand-in).
 
 Publishes ``observation`` (Float64MultiArray: the task's ``states`` part), ``joint_states``
 (positions/velocities of ``task.joint_names``), ``reward`` (Float64, reliable), ``goal``
@@ -59,8 +59,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 
-from ros_nodes import conversions as conv
-from ros_nodes.executors import run_node
+from mtm_runtime.ros_nodes import conversions as conv
+from mtm_runtime.ros_nodes.executors import run_node
 
 NODE_NAME = "mtm_sim_bridge"
 #: episodes kept in memory and in ``results_path`` (oldest dropped first)
@@ -72,7 +72,7 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 SENSOR_OUT = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
-    "task": ("reacher", "task name from sim.tasks (reacher, hopper, ...)"),
+    "task": ("reacher", "task name from mtm_runtime.sim.tasks (reacher, hopper, ...)"),
     "mode": ("lockstep", "realtime | lockstep"),
     "control_rate_hz": (0.0, "realtime step rate (0 = the env's own rate, 1/env.dt)"),
     "seed": (0, "episode k resets with seed + k"),
@@ -85,7 +85,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "reset_timeout_s": (2.0, "longest wait for the reset service (s)"),
     "lockstep_resend_s": (5.0, "lockstep: resend an observation unanswered for this long (s)"),
     "results_path": ("", "if set, per-episode results (the last RESULTS_KEPT) are written here as JSON"),
-    "randomise": (False, "apply the domain randomisation below (sim.randomisation.Randomisation)"),
+    "randomise": (False, "apply the domain randomisation below (mtm_runtime.sim.randomisation.Randomisation)"),
     "mass_scale": ([1.0, 1.0], "[low, high] body mass/inertia scale"),
     "friction_scale": ([1.0, 1.0], "[low, high] sliding friction scale"),
     "actuator_gain_scale": ([1.0, 1.0], "[low, high] actuator gear scale"),
@@ -113,7 +113,7 @@ class SimBridge(Node):
         super().__init__(node_name, context=context, cli_args=cli_args, parameter_overrides=parameter_overrides)
         for name, (default, text) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=text, dynamic_typing=True))
-        from sim.tasks import get_task  # imports gymnasium + mujoco
+        from mtm_runtime.sim.tasks import get_task  # imports gymnasium + mujoco
 
         p = self.p
         self.mode = str(p("mode"))
@@ -177,7 +177,7 @@ class SimBridge(Node):
     def _randomisation(self) -> Any:
         if not self.p("randomise"):
             return None
-        from sim.randomisation import Randomisation
+        from mtm_runtime.sim.randomisation import Randomisation
 
         return Randomisation(mass_scale=_scale(self.p("mass_scale")), friction_scale=_scale(self.p("friction_scale")),
                              actuator_gain_scale=_scale(self.p("actuator_gain_scale")),
