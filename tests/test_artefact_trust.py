@@ -22,6 +22,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from export_fixtures import SPEC, make_checkpoint
+from mtm_runtime import policy_params as pp
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint, restamp_checkpoint
 from mtm_runtime.fileio import sha256_file
 from mtm_runtime.integrity import ALLOW_UNSTAMPED_ENV, Trust, stamp_json
@@ -108,6 +109,24 @@ def test_missing_limits_refused_unless_given(ckpt: Path) -> None:
     explicit = ActionLimits.symmetric(0.5, SPEC.width("actions"))
     p = Policy.load(ckpt, limits=explicit)
     assert p.limits is explicit
+
+
+def test_node_parameters_supply_limits_for_a_model_without(ckpt: Path) -> None:
+    """The policy node's action_low/action_high are the limits of a model that carries none; a
+    model with limits keeps them, narrowed (never widened) by the parameters."""
+    values = {name: prm.default for name, prm in pp.PARAMETERS.items()}
+    with_limits = pp.load_policy(str(ckpt), "torch", "bc", 1, pp.configured_limits(
+        {**values, "action_low": [-5.0, -0.2], "action_high": [5.0, 0.2]}))
+    file_limits = load_checkpoint(ckpt).action_limits
+    assert np.allclose(with_limits.limits.low, np.maximum(file_limits.low, [-5.0, -0.2]))
+    assert np.allclose(with_limits.limits.high, np.minimum(file_limits.high, [5.0, 0.2]))
+    _edit(ckpt, lambda m: m.update(action_limits=None), restamp=True)
+    with pytest.raises(CheckpointError, match="action_limits: missing.*action_low and action_high"):
+        pp.load_policy(str(ckpt), "torch", "bc", 1, pp.configured_limits(values))
+    p = pp.load_policy(str(ckpt), "torch", "bc", 1, pp.configured_limits(
+        {**values, "action_low": [-0.3, -0.3], "action_high": [0.3, 0.4]}))
+    assert p.limits.high.tolist() == pytest.approx([0.3, 0.4])
+    assert pp.configured_limits({**values, "action_low": [-0.3], "action_high": [0.3]}) is None  # a scalar narrows only
 
 
 @pytest.mark.parametrize("limits, field", [

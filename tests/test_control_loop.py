@@ -314,3 +314,53 @@ def test_the_loop_modules_import_no_ros() -> None:
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo).stdout
     assert out.strip() == "[]"
+
+
+# ---- saturation (issue: commands pinned at a limit are a fault) -------------------------------
+def test_saturation_is_reported_after_saturation_s_and_clears_off_the_limit() -> None:
+    loop, policy, clock = make(saturation_s=0.045)
+    chain = Chain(loop)
+    for _ in range(5):                     # pinned 0-40 ms: within saturation_s, nothing reported
+        assert isinstance(chain.state(clock, [9.0, 0.0, 0.0]), Command)
+    assert loop.stats.saturated_steps == 0 and "saturated" not in dict(loop.faults.active())
+    for _ in range(3):                     # pinned 50-70 ms: reported, the policy's command still sent
+        out = chain.state(clock, [9.0, 0.0, 0.0])
+        assert isinstance(out, Command) and out.action[0] == HIGH[0]
+    assert loop.stats.saturated_steps == 3
+    kind, detail = loop.faults.active()[0]
+    assert kind == "saturated" and "dims [0]" in detail and "saturation_s 0.045" in detail
+    assert loop.stats.counters()["saturated_steps"] == 3
+    out = chain.state(clock, [0.1, 0.0, 0.0])  # off the limit: the run ends
+    assert isinstance(out, Command)
+    for _ in range(5):                     # a new run starts its own clock
+        chain.state(clock, [-9.0, 0.0, 0.0])
+    assert loop.stats.saturated_steps == 3
+
+
+def test_saturation_fault_answers_with_the_fault_action() -> None:
+    loop, policy, clock = make(saturation_s=0.02, saturation_fault=True)
+    chain = Chain(loop)
+    outs = [chain.state(clock, [0.0, -5.0, 0.0]) for _ in range(6)]
+    assert all(isinstance(o, Command) for o in outs[:3])
+    faults = [o for o in outs if isinstance(o, Fault)]
+    assert faults and all(f.kind == "saturated" for f in faults)
+    assert abs(faults[-1].action[1]) < abs(outs[2].action[1])   # ramping to the fault action (zeros)
+    assert isinstance(chain.state(clock, [0.0, 0.2, 0.0]), Command)   # recovers on the next step off it
+
+
+def test_saturation_off_by_default() -> None:
+    loop, policy, clock = make()
+    chain = Chain(loop)
+    for _ in range(50):
+        chain.state(clock, [9.0, 9.0, 0.0])
+    assert loop.stats.saturated_steps == 0 and not loop.faults.active()
+
+
+def test_saturation_parameters_reach_the_loop() -> None:
+    values = {name: prm.default for name, prm in pp.PARAMETERS.items()}
+    values.update(saturation_s=0.5, saturation_fault=True)
+    cfg = pp.loop_config(values)
+    assert cfg.saturation_s == 0.5 and cfg.saturation_fault is True
+    assert pp.value_problem("saturation_s", -1.0)
+    with pytest.raises(ValueError, match="saturation_s"):
+        LoopConfig(saturation_s=float("nan"))

@@ -341,3 +341,38 @@ def test_invalid_parameter_updates_while_running(ros_env, tmp_path: Path) -> Non
             stop.set()
             verdict = mon.stop()
     _assert_safe(verdict)
+
+
+def test_saturated_commands_are_a_fault(ros_env, tmp_path: Path) -> None:
+    """A policy whose commands sit at the limits (here: a gain of 50 on its input) is reported in
+    /diagnostics after ``saturation_s``; with ``saturation_fault`` those steps get the safe action.
+    The independent monitor sees nothing out of limits either way."""
+    for answer in (False, True):
+        policy = ScriptedPolicy(state_width=3, action_width=2, bound=1.0, gain=50.0)
+        with Graph() as g:
+            node = _node(g, lambda p, b, m: policy, autostart=True, saturation_s=0.2, saturation_fault=answer)
+            diags = Diags(g)
+            g.listen_commands()
+            g.start()
+            mon = _monitor(tmp_path, f"saturation_{answer}")
+            try:
+                pub = g.publisher(Float64MultiArray, "observation")
+                g.wait_for(lambda: node.lifecycle_state == "active" and node.count_subscribers("/commands") >= 1,
+                           10.0, "node active")
+                t0, end = time.monotonic(), time.monotonic() + 2.0
+                reported = None
+                while time.monotonic() < end:
+                    pub.publish(obs([0.5, -0.5, 0.0]))
+                    reported = reported or diags.since(t0, lambda d: "saturated" in d["fault"])
+                    time.sleep(1.0 / RATE)
+                assert reported is not None and reported - t0 <= 0.2 + 1.0 + 0.5, "saturation not reported"
+                d = diags.wait(t0, lambda d: int(d.get("saturated_steps", 0)) > 0)
+                assert d is not None and node.stats.saturated_steps > 0
+                last = g.command_values()[-5:]
+                safe = [np.allclose(c, [0.0, 0.0], atol=MAX_RATE) for c in last]
+                assert all(safe) if answer else not any(safe), (answer, last)
+                record(f"saturation (fault action: {answer})", detected_s=reported - t0,
+                       saturated_steps=node.stats.saturated_steps)
+            finally:
+                verdict = mon.stop()
+        _assert_safe(verdict)
