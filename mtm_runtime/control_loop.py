@@ -185,9 +185,13 @@ class ControlLoop:
         self.watchdog.disarm()
         self.active = False
 
-    def reset(self, why: str) -> None:
-        """New episode: empty policy history, no reward carried, old stamps void."""
+    def reset(self, why: str, from_rest: bool = False) -> None:
+        """New episode: empty policy history, no reward carried, old stamps void; ``from_rest``:
+        the limiter ramps from the resting fault action (a simulator reset, not a live robot)."""
         self.policy.reset()
+        if from_rest:
+            self.rate_limiter.reset(self.fault_action.action(None))
+            self.last_command = None
         self._ep = _Episode(last_arrival=self._ep.last_arrival)
         self.stats.episode_resets += 1
         self._log("info", f"new episode: {why}")
@@ -279,21 +283,42 @@ class ControlLoop:
         return self._step(pending.state, pending.stamp_ns, pending.arrival)
 
     def _step(self, state: np.ndarray, stamp_ns: int, arrival: float) -> Command | Fault:
-        ep = self._ep
-        reward = ep.reward if ep.steps else None  # no reward precedes an episode's first act
-        ep.reward = None
+        reward = self.take_reward()
         t0 = self._act_clock()
         try:
             action = self.policy.act(state, reward=reward)  # Policy normalises into its float32 buffer
         except Exception as e:  # noqa: BLE001 - a failing model must not stop the loop
-            self.stats.act_errors += 1
-            return self._fault("act_error", f"act() raised {type(e).__name__}: {e}")
-        dt = self._act_clock() - t0
-        ep.steps += 1
-        self.stats.act_latency.add(dt)
-        if dt > self.period_s:
+            return self.act_failed(e)
+        return self.finish(action, self._act_clock() - t0, stamp_ns, arrival)
+
+    # ---- the step's two halves (public for LoopBatch, which runs act() for many loops at once)
+    def admit(self, state: np.ndarray) -> bool:
+        """The input checks of a state that is stepped at once (no flood guard, no stamp rules:
+        in-process evaluation); a rejected state is counted and logged."""
+        reason = state_rejection_reason(state, self.state_width)
+        if reason:
+            self.reject(reason)
+        return not reason
+
+    def take_reward(self) -> float | None:
+        """The reward to hand to this step's ``act``: none precedes an episode's first act."""
+        ep = self._ep
+        reward, ep.reward = (ep.reward if ep.steps else None), None
+        return reward
+
+    def act_failed(self, e: Exception) -> Fault:
+        self.stats.act_errors += 1
+        return self._fault("act_error", f"act() raised {type(e).__name__}: {e}")
+
+    def finish(self, action: np.ndarray, act_s: float, stamp_ns: int, arrival: float,
+               check_overrun: bool = True) -> Command | Fault:
+        """After ``act`` returned ``action`` in ``act_s`` seconds: overrun (unless a simulator
+        waits for the model: ``check_overrun=False``), clip, saturation, rate limit."""
+        self._ep.steps += 1
+        self.stats.act_latency.add(act_s)
+        if check_overrun and act_s > self.period_s:
             self.stats.overruns += 1
-            return self._fault("overrun", f"inference overrun: act() took {dt * 1e3:.2f} ms > period "
+            return self._fault("overrun", f"inference overrun: act() took {act_s * 1e3:.2f} ms > period "
                                           f"{self.period_s * 1e3:.2f} ms")
         try:
             clipped = self.limits.clip(np.asarray(action, dtype=np.float32))
