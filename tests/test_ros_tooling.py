@@ -148,7 +148,10 @@ def _copy_checkout(dest: Path) -> None:
                            capture_output=True).stdout.decode().split("\0")
     for rel in filter(None, files):
         src = REPO / rel
-        if src.is_file():
+        if src.is_symlink():  # as a clone has them (mtm_runtime/training -> ../training, ...)
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(src), dest / rel)
+        elif src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
 
@@ -166,6 +169,15 @@ def test_colcon_build_installed_node_runs_the_installed_config(ros_env, tmp_path
     assert [f for f in INSTALLED if not (prefix / f).exists()] == []
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    # one installed namespace: the repository's training/, sim/, export/, ros_nodes/ are only
+    # mtm_runtime.<name> in the workspace (no generic top-level package to collide with)
+    probe = ("import importlib.util as u, mtm_runtime.training.loaders as m, mtm_runtime.sim.tasks, "
+             "mtm_runtime.export, mtm_runtime.ros_nodes.policy_node; "
+             "print([n for n in ('training', 'sim', 'export', 'ros_nodes') if u.find_spec(n)], m.__file__)")
+    ns = subprocess.run(["bash", "-c", f'source "{ws}/install/setup.bash" && exec "{sys.executable}" -c "{probe}"'],
+                        cwd=elsewhere, capture_output=True, text=True, timeout=120, env=dict(env, PYTHONPATH=""))
+    assert ns.returncode == 0 and ns.stdout.startswith("[] "), ns.stdout + ns.stderr[-2000:]
+    assert str(ws) in ns.stdout.split(" ", 1)[1], ns.stdout  # the workspace's copy, not the checkout's
     log = tmp_path / "installed_policy.log"
     cfg = prefix / "share" / "mtm_runtime" / "config" / "policy_sim.yaml"
     node = prefix / "lib" / "mtm_runtime" / "mtm_policy_node"
