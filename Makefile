@@ -22,8 +22,11 @@ $(STAMP): $(LOCK) setup.py
 demo: $(STAMP)
 	$(PY) -m mtm_runtime.cli demo
 
-# pytest exit 5 means "no tests collected": a broken suite, never a pass.
+# Static checks first (ruff.toml; setup.cfg [mypy]), then the suite. pytest exit 5 means
+# "no tests collected": a broken suite, never a pass.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -ra; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         results = [job_main(j) for j in args]
     done = {(r["kind"], r["task"], r["tier"], r.get("draw", 0)) for r in results}
     missing = [f"{k}:{t}:{tier}" + (f":d{d}" if k == "hetero" else "") for k, t, tier, d in all_jobs if (k, t, tier, d) not in done]
-    report = {"config_name": a.config, "config": cfg, "command": command_line(argv), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    report = {"config_name": a.config, "config": cfg, "command": command_line(argv), "created": created,
               "machine": machine(), "wall_s": time.perf_counter() - t0, "missing": missing,
               "load_average_at_end": os.getloadavg(),
               "throughput": {"paper": throughput("paper"), "embedded": throughput("embedded"),

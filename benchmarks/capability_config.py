@@ -79,7 +79,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
               "replay_episodes": {"reacher": 20}, "hetero_episodes": {"reacher": 40}, "hetero_labelled_share": 0.5,
               "hetero_tasks": ("reacher",), "hetero_self_label": HETERO_SELF_LABEL,
               "hetero_fraction": {"reacher": 0.1}, "hetero_draws": (0, 1),
-              "preset": "embedded", "steps": 20, "batch_size": 32, "masks": MTM_MASKS, "eval_episodes": 1, "seeds": (0, 1, 2), "workers": 1},
+              "preset": "embedded", "steps": 20, "batch_size": 32, "masks": MTM_MASKS, "eval_episodes": 1,
+              "seeds": (0, 1, 2), "workers": 1},
 }
 
 

@@ -63,7 +63,7 @@ def bench_preset(preset: str, steps: int, workdir: Path) -> dict:
         except Exception as e:  # noqa: BLE001 - report and go on with the other backends
             rows[name] = {"error": f"{type(e).__name__}: {e}"}
             continue
-        rows[name] = {**summarise(time_calls(lambda: be.run(x, m), steps, warmup=100)), "describe": be.describe()}
+        rows[name] = {**summarise(time_calls(lambda be=be: be.run(x, m), steps, warmup=100)), "describe": be.describe()}
         be.close()
     return rows
 

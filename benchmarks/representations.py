@@ -222,7 +222,8 @@ def write_markdown(result: dict[str, Any], path: Path | None = None,
             f"`{result['command']}` ({result['config_name']} config, {result['wall_min']:.0f} min on "
             f"{result['machine'].get('cpu', '?')}, torch threads 1). Datasets: scripted-expert `medium` tier "
             f"({', '.join(f'{k} {v} episodes' for k, v in c['episodes'].items())}); MTM: `embedded` preset "
-            f"pretrained {c['pretrain_steps']} steps x batch {c['pretrain_batch']} with `mtm_runtime.training.train`; TD3+BC {c['steps']} steps, batch "
+            f"pretrained {c['pretrain_steps']} steps x batch {c['pretrain_batch']} with `mtm_runtime.training.train`; "
+            f"TD3+BC {c['steps']} steps, batch "
             f"{c['batch_size']}, {c['hidden']} hidden units, {result['seeds']} seeds, evaluation every "
             f"{c['eval_every']} steps on {c['eval_episodes']} episodes. Rewards relabelled: "
             + "; ".join(f"{t}: {vs['relabel']}" for t, vs in result["tasks"].items()) + ".",

@@ -197,7 +197,7 @@ def export_features_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(static, (x, m), buf, dynamo=False, opset_version=opset,
+        torch.onnx.export(static, (x, m), buf, dynamo=False, opset_version=opset,  # type: ignore[arg-type]  # torch accepts a file object
                           input_names=list(ox.INPUT_NAMES), output_names=[FEATURES_OUTPUT],
                           do_constant_folding=True, export_params=True)
     proto = ox.clean_graph(onnx.load_from_string(buf.getvalue()))

@@ -214,7 +214,8 @@ class MTM(nn.Module):
         rows = flat.reshape(-1).nonzero().squeeze(1)
         bias = (1.0 - flat.reshape(B, 1, 1, N)) * HIDDEN_BIAS
         h = self.embed_tokens(x, mask).reshape(B * N, -1).index_select(0, rows)
-        for blk in self.encoder:
+        blk: Block
+        for blk in self.encoder:  # type: ignore[assignment]  # ModuleList yields Module
             h = blk.forward_packed(h, rows, (B, N), bias)
         h = self.enc_norm(h)
         return h.new_zeros(B * N, h.shape[1]).index_copy(0, rows, h).reshape(B, N, -1)

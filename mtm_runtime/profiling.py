@@ -131,7 +131,7 @@ def profile_policy(policy: Any, steps: int, rate_hz: float | None = None, warmup
         end = clock()
         act[i] = end - start
         backend[i] = policy.last_backend_s
-        if rate_hz:
+        if late is not None:
             late[i] = start - deadline
             if end > deadline + period:
                 misses += 1
@@ -259,7 +259,7 @@ def save_png(report: dict[str, Any], path: str | os.PathLike) -> Path:
         ax_h.hist(ms, bins=bins, histtype="step", label=f"{r['label']} (p50 {np.median(ms):.3f} ms)")
         ax_t.plot(ms, lw=0.6, label=r["label"])
     if report["rate_hz"]:
-        for ax, fn in ((ax_h, ax_h.axvline), (ax_t, ax_t.axhline)):
+        for fn in (ax_h.axvline, ax_t.axhline):
             fn(1e3 / report["rate_hz"], color="k", ls="--", lw=0.8, label="period")
     ax_h.set_xscale("log")
     ax_h.set_xlabel("act() latency (ms)")

@@ -96,7 +96,7 @@ class RateLimiter:
     output after ``reset()`` (no previous command) passes unchanged.
     """
 
-    def __init__(self, max_delta: float | Sequence[float], width: int) -> None:
+    def __init__(self, max_delta: float | Sequence[float] | np.ndarray, width: int) -> None:
         d = np.broadcast_to(np.asarray(max_delta, dtype=np.float64), (width,)).astype(np.float64)
         if np.any(np.isnan(d)) or np.any(d <= 0):
             raise ValueError(f"rate limit max_delta must be > 0 (inf = off), got {d.tolist()}")

@@ -407,7 +407,8 @@ def record_main(output: Path, topics: list[str] | None, duration_s: float) -> in
 
     At the end it keeps taking what is queued until every topic has delivered a message sent
     after the end or gone quiet (``LoopMonitor.drain``). Prints one summary line (messages per
-    topic, how many were missed); every topic that lost messages gets a warning line on stderr. Exit status 0, or 1 when messages were missed (the
+    topic, how many were missed); every topic that lost messages gets a warning line on stderr.
+    Exit status 0, or 1 when messages were missed (the
     file is complete either way and holds the counts in its ``mtm_record`` metadata)."""
     context = init_context(None)
     wanted = CLOSED_LOOP_TOPICS if not topics else {t if t.startswith("/") else "/" + t:

@@ -153,7 +153,8 @@ def test_tiers_option_runs_the_named_tiers_as_a_section_and_refuses_unknown_ones
     text = md.read_text()
     assert text.startswith("# main report\n\nkept as it is\n") and text.count(TIERS_BEGIN) == 1
     section = text.split(TIERS_BEGIN)[1].split(TIERS_END)[0]
-    assert f"| reacher | medium | {fmt(report['results'][0]['data_score'])} |" in section and "MTM-RCBC minus MLP-BC" in section and "ID/FD errors" in section
+    assert f"| reacher | medium | {fmt(report['results'][0]['data_score'])} |" in section
+    assert "MTM-RCBC minus MLP-BC" in section and "ID/FD errors" in section
     # rendering the saved run again replaces the section in place
     assert capabilities.main(["--render", str(js), "--section", "--results", str(md)]) == 0
     assert md.read_text() == text

@@ -33,7 +33,7 @@ def test_members_match_lone_control_loops(ckpt: Path) -> None:
     loops = LoopBatch(PolicyBatch.load(ckpt, size=B), CONFIG)
     loops.activate()
     lone = [ControlLoop(Policy.load(ckpt), CONFIG, clock_ns=lambda: 0) for _ in range(B)]
-    for i, loop in enumerate(lone):
+    for loop in lone:
         loop.activate(0.0)
     rng = np.random.default_rng(0)
     for k in range(steps):

@@ -96,7 +96,8 @@ def test_sim_config_brings_up_policy_and_bridge(ros_env, tmp_path: Path) -> None
     cfg = REPO / "config" / "policy_sim.yaml"
     procs = {name: _start([sys.executable, "-m", module, "--ros-args", "-r", f"__node:={name}", "--params-file", str(cfg)],
                           tmp_path / f"{name}.log", tmp_path)
-             for name, module in (("mtm_policy", "mtm_runtime.ros_nodes.policy_node"), ("mtm_sim_bridge", "mtm_runtime.ros_nodes.sim_bridge"))}
+             for name, module in (("mtm_policy", "mtm_runtime.ros_nodes.policy_node"),
+                                  ("mtm_sim_bridge", "mtm_runtime.ros_nodes.sim_bridge"))}
     commands: list[list[float]] = []
     try:
         with Graph() as g:

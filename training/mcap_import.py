@@ -109,7 +109,7 @@ def load_recording(path: str | Path) -> dict[str, list[tuple[int, Any]]]:
     out: dict[str, list[tuple[int, Any]]] = {t: [] for t in TOPICS}
     for rec in read_messages(path, TOPICS):
         out[rec.topic].append((rec.publish_time_ns or rec.log_time_ns, rec.msg))
-    for topic, rows in out.items():
+    for rows in out.values():
         rows.sort(key=lambda r: r[0])  # stable: same-topic order kept on equal times
     return out
 

@@ -12,6 +12,7 @@ their backend is asked for, so a machine without onnxruntime or TensorRT can sti
 from __future__ import annotations
 
 import importlib
+from typing import Callable
 
 from mtm_runtime.backends.base import Backend, BackendError
 
@@ -23,7 +24,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def backend_class(name: str) -> type[Backend]:
+def backend_class(name: str) -> Callable[..., Backend]:  # subclasses differ in their constructor
     """The class for a backend name; BackendError naming the choices or the missing dependency."""
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")

@@ -55,5 +55,5 @@ class Backend(ABC):
         """What ran: name, device, providers ... (for diagnostics and benchmark JSON)."""
         return {"backend": self.name, "batch_size": self.batch_size}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing to release
         """Release device resources (idempotent)."""

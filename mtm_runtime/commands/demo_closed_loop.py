@@ -63,7 +63,7 @@ def run(out: Path, episodes: int = 4, record: bool = False, model: str = "", bac
             return float(d.get(key, "nan"))
         except ValueError:
             return math.nan
-    summary = {"model": path, "model_origin": origin, "backend": d.get("backend", backend),
+    summary: dict[str, Any] = {"model": path, "model_origin": origin, "backend": d.get("backend", backend),
                "executor": d.get("executor", "?"), "episodes": res.episodes,
                "mean_normalised_score": res.mean_score(), "success_rate": res.success_rate(), "rate_hz": num("rate_hz"),
                "step_rate_hz": res.step_rate_hz(),
