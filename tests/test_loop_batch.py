@@ -13,6 +13,8 @@ from mtm_runtime.control_loop import Command, ControlLoop, LoopConfig
 from mtm_runtime.loop_batch import LoopBatch
 from mtm_runtime.policy import Policy
 from mtm_runtime.policy_batch import PolicyBatch
+from mtm_runtime.sim.tasks import get_task
+from mtm_runtime.training.evaluate import SerialBatch, run_episodes
 
 RATE = 50.0
 CONFIG = LoopConfig(rate_hz=RATE, max_rate=0.05, action_low=[-0.3] * SPEC.width("actions"),
@@ -69,3 +71,18 @@ def test_reset_ramps_from_rest(ckpt: Path) -> None:
     again = loops.step([0], big)[0]
     assert np.all(np.abs(again.action) <= CONFIG.max_rate + 1e-6)       # and again after a reset
     assert loops.counters()["episode_resets"] == 1
+
+
+def test_evaluation_runs_the_loop_and_keeps_the_scores() -> None:
+    """``run_episodes`` puts a PolicyBatch behind the ControlLoop: with the default config the
+    episodes equal those of lone Policies stepped without a loop (same returns, bit for bit on
+    CPU torch); with the deployment's rate limit they differ, as the robot's would."""
+    bundled = Path(__file__).resolve().parents[1] / "models" / "reacher_embedded"
+    task, pairs = get_task("reacher"), [(0, 0), (0, 1)]
+    looped = run_episodes(PolicyBatch.load(bundled, size=2), task, "bc", pairs, None)
+    lone = run_episodes(SerialBatch([Policy.load(bundled)]), task, "bc", pairs, None)
+    key = lambda r: (r["seed"], r["episode"])  # noqa: E731
+    assert [r["return"] for r in sorted(looped, key=key)] == [r["return"] for r in sorted(lone, key=key)]
+    slow = run_episodes(PolicyBatch.load(bundled, size=2), task, "bc", pairs, None,
+                        LoopConfig(rate_hz=50.0, max_rate=0.001))
+    assert [r["return"] for r in sorted(slow, key=key)] != [r["return"] for r in sorted(lone, key=key)]

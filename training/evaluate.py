@@ -48,11 +48,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mtm_runtime.control_loop import Command, Fault, LoopConfig
+from mtm_runtime.loop_batch import LoopBatch
+from mtm_runtime.policy_batch import PolicyBatch
 from mtm_runtime.sim.tasks import Task, get_task
 
 SWEEP_SCORES = (25.0, 50.0, 75.0, 100.0, 110.0)
 #: episodes a worker steps together (one batched forward pass per step)
 DEFAULT_BATCH = 16
+#: the simulated clock of an evaluation's ControlLoop (only the saturation timer reads it)
+DEFAULT_EVAL_RATE_HZ = 50.0
 
 
 # ---- agents ----------------------------------------------------------------------------------------
@@ -84,8 +89,6 @@ def load_agent_batch(path: str | Path, size: int, backend: str = "torch") -> Any
 
         return SerialBatch([load_baseline_agent(p)])
     if (p / "mtm.json").exists():
-        from mtm_runtime.policy_batch import PolicyBatch
-
         return PolicyBatch.load(p, size, backend)
     from mtm_runtime.policy import Policy
 
@@ -116,12 +119,45 @@ def start_episode(agent: Any, task: Task, env: Any, mode: str, seed: int, target
     return parts["states"]
 
 
+class _LoopAgents:
+    """A ``PolicyBatch`` behind the robot's control loop (``LoopBatch``): what the simulator
+    gets is each member's ControlLoop output (command, or fault action; a rejected state holds
+    the last command). With the default ``LoopConfig`` (no rate limit, the checkpoint's limits)
+    the commands equal the policies' actions, so scores are unchanged; pass the deployment's
+    config to score what the robot would get."""
+
+    def __init__(self, batch: PolicyBatch, config: LoopConfig) -> None:
+        self.members, self.loops = batch.members, LoopBatch(batch, config)
+        self.loops.activate()
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def reset(self, i: int) -> None:
+        self.loops.reset(i)
+
+    def act(self, rows: Sequence[int], states: np.ndarray, rewards: Sequence[float | None]) -> np.ndarray:
+        for i, r in zip(rows, rewards):
+            if r is not None:
+                self.loops.on_reward(i, r)
+        outs = self.loops.step(rows, states)
+        return np.stack([o.action if isinstance(o, (Command, Fault)) else self._held(i) for o, i in zip(outs, rows)])
+
+    def _held(self, i: int) -> np.ndarray:
+        loop = self.loops.loops[i]
+        return loop.last_command if loop.last_command is not None else loop.fault_action.action(None)
+
+
 def run_episodes(batch: Any, task: Task, mode: str, pairs: Sequence[tuple[int, int]],
-                 target_return: float | None) -> list[dict[str, Any]]:
+                 target_return: float | None, loop_config: LoopConfig | None = None) -> list[dict[str, Any]]:
     """Rollouts of the ``(seed, episode)`` pairs, ``len(batch)`` at a time: one simulator per
     member, all stepping together (one batched ``act`` per step); a member whose episode ends
-    starts the next waiting pair. Each result: ``{"seed", "episode", "return", "score",
-    "success", "length"}`` (success None off Reacher), in the order the episodes ended."""
+    starts the next waiting pair. A ``PolicyBatch`` runs behind the robot's ControlLoop
+    (``_LoopAgents``, ``loop_config`` or the default). Each result: ``{"seed", "episode",
+    "return", "score", "success", "length"}`` (success None off Reacher), in the order the
+    episodes ended."""
+    if isinstance(batch, PolicyBatch):
+        batch = _LoopAgents(batch, loop_config or LoopConfig(rate_hz=DEFAULT_EVAL_RATE_HZ))
     waiting = list(pairs)[::-1]
     envs = [task.make_env() for _ in range(min(len(batch), len(waiting)))]
     live: dict[int, dict[str, Any]] = {}   # member -> its episode's running totals
@@ -130,6 +166,8 @@ def run_episodes(batch: Any, task: Task, mode: str, pairs: Sequence[tuple[int, i
     def start(i: int) -> None:
         seed, episode = waiting.pop()
         state = start_episode(batch.members[i], task, envs[i], mode, reset_seed(seed, episode), target_return)
+        if isinstance(batch, _LoopAgents):
+            batch.reset(i)
         live[i] = {"seed": seed, "episode": episode, "state": state, "reward": None, "return": 0.0, "length": 0}
 
     try:
@@ -208,7 +246,6 @@ def evaluate_checkpoint_object(mtm: Any, norm: Any, limits: Any, task: Task, mod
                                seeds: Sequence[int] = (0,), target_return: float | None = None) -> dict[str, Any]:
     """In-process rollouts of an in-memory MTM (periodic evaluation during training)."""
     from mtm_runtime.backends.torch_backend import TorchBackend
-    from mtm_runtime.policy_batch import PolicyBatch
 
     model = copy.deepcopy(mtm).to("cpu").float().eval()
     pairs = [(s, i) for s in seeds for i in range(episodes)]
