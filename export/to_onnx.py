@@ -1,7 +1,8 @@
-#!/usr/bin/env python3
-"""Checkpoint -> validated ONNX: ``python export/to_onnx.py CHECKPOINT -o model.onnx [--batch-size N] [--opset 17]``.
+"""Checkpoint -> validated ONNX: ``mtm export onnx CHECKPOINT -o model.onnx [--batch-size N]
+[--opset 17]``, or ``python -m mtm_runtime.export.to_onnx`` (the same arguments).
 
-Thin wrapper over ``mtm_runtime.onnx_export.export_onnx`` (same as ``mtm export onnx``).
+The export itself is ``mtm_runtime.onnx_export.export_onnx``; this is its command line. Exit
+status 0 written, 2 refused (the reason in one line).
 """
 from __future__ import annotations
 
@@ -9,15 +10,35 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+from mtm_runtime.checkpoint import CheckpointError, load_checkpoint
+from mtm_runtime.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, read_onnx_metadata
 
-from mtm_runtime.commands.export import add_onnx_arguments, run_onnx  # noqa: E402
+
+def add_onnx_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory (model.safetensors + mtm.json)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
+    p.add_argument("--batch-size", type=int, default=1, help="static batch size (default 1)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}; 17..20)")
+
+
+def run_onnx(args: argparse.Namespace, prog: str = "mtm export onnx") -> int:
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        export_onnx(ckpt, args.output, batch_size=args.batch_size, opset=args.opset)
+    except (CheckpointError, ExportError) as e:
+        print(f"{prog}: refused: {e}", file=sys.stderr)
+        return 2
+    info = read_onnx_metadata(args.output)["export"]
+    print(f"{prog}: wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, opset {info['opset']}, "
+          f"batch {info['batch_size']}, {ckpt.spec.describe()}, parity max abs diff "
+          f"{info['parity_max_abs_diff']:.2e})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="to_onnx.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m mtm_runtime.export.to_onnx", description=__doc__.splitlines()[0])
     add_onnx_arguments(p)
-    return run_onnx(p.parse_args(argv), prog="to_onnx.py")
+    return run_onnx(p.parse_args(argv), prog="to_onnx")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def backend_for_checkpoint(ckpt: Checkpoint, backend: str = "torch", batch_size:
 
         return backend_class(backend)(export_onnx(ckpt, batch_size=batch_size), ckpt.spec,
                                       batch_size=batch_size, **backend_options)
-    raise BackendError(f"backend {backend!r} needs a built engine: run export/to_trt.py first")
+    raise BackendError(f"backend {backend!r} needs a built engine: run `mtm export trt` first")
 
 
 def required_limits(explicit: ActionLimits | None, from_file: ActionLimits | None,

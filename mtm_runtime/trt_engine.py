@@ -362,7 +362,7 @@ def read_engine_sidecar(path: str | os.PathLike, trust: Trust | None = None) -> 
         raise CheckpointError(p, "(file)", "missing")
     sp = sidecar_path(p)
     if not sp.is_file():
-        raise CheckpointError(sp, "(file)", "missing: every engine needs its sidecar (built by export/to_trt.py)")
+        raise CheckpointError(sp, "(file)", "missing: every engine needs its sidecar (built by `mtm export trt`)")
     try:
         meta = json.loads(sp.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -207,7 +207,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_script_writes_a_loadable_model(ckpt_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "s.onnx"
-    r = subprocess.run([PY, str(ROOT / "export" / "to_onnx.py"), str(ckpt_dir), "-o", str(out), "--opset", "18"],
+    r = subprocess.run([PY, "-m", "mtm_runtime.export.to_onnx", str(ckpt_dir), "-o", str(out), "--opset", "18"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and read_onnx_metadata(out)["export"]["opset"] == 18

@@ -36,7 +36,7 @@ def onnx_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.skipif(TRT_OK, reason="tensorrt is importable: the fallback path is not taken")
 def test_script_without_tensorrt_prints_trtexec_and_exits_2(onnx_path: Path, tmp_path: Path) -> None:
     eng = tmp_path / "m.engine"
-    r = subprocess.run([sys.executable, str(ROOT / "export" / "to_trt.py"), str(onnx_path), "-o", str(eng),
+    r = subprocess.run([sys.executable, "-m", "mtm_runtime.export.to_trt", str(onnx_path), "-o", str(eng),
                         "--fp16", "--workspace", "512", "--timing-cache", str(tmp_path / "t.cache")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2

@@ -48,7 +48,7 @@ class TrtBackend(Backend):
         self.engine = self.runtime.deserialize_cuda_engine(p.read_bytes())
         if self.engine is None:
             raise BackendError(f"tensorrt backend: {p}: TensorRT could not deserialise the engine "
-                               "(built for another TensorRT version or GPU? rebuild with export/to_trt.py)")
+                               "(built for another TensorRT version or GPU? rebuild with `mtm export trt`)")
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.device = torch.device("cuda")
