@@ -109,7 +109,7 @@ def warmup_steps(cfg: dict[str, Any]) -> int:
 
 def mlp_budget(cfg: dict[str, Any]) -> dict[str, Any]:
     """``train_baseline`` keyword arguments giving an MLP the MTM's step budget, batch and schedule."""
-    from mtm_runtime.training.train import PRESET_LR
+    from mtm_runtime.training.pipeline import PRESET_LR
 
     return {"steps": cfg["steps"], "batch_size": cfg["batch_size"], "lr": PRESET_LR[cfg["preset"]],
             "warmup_steps": warmup_steps(cfg)}

@@ -137,7 +137,7 @@ def id_fd_table(run_dir: Path, val_eps: Sequence[Any]) -> dict[str, dict[str, fl
 
     from mtm_runtime.checkpoint import load_checkpoint
     from mtm_runtime.training.baselines import baseline_errors, load_baseline
-    from mtm_runtime.training.evaluate import id_fd_errors, validation_windows
+    from mtm_runtime.training.id_fd import id_fd_errors, validation_windows
 
     ckpt = load_checkpoint(run_dir / "mtm")
     x, _ = validation_windows(val_eps, ckpt.spec, ckpt.normaliser)
@@ -165,7 +165,7 @@ def train_mlp_pipeline(task: Any, all_eps: Sequence[Any], cfg: dict[str, Any], r
     from mtm_runtime.spec import ACTIONS, STATES, TrajectorySpec
     from mtm_runtime.training.baselines import load_baseline, train_baseline
     from mtm_runtime.training.loaders import Episode, split_episodes
-    from mtm_runtime.training.train import fit_normaliser
+    from mtm_runtime.training.pipeline import fit_normaliser
 
     train_eps, _ = split_episodes(all_eps, 0.1, seed=0)
     labelled, _ = split_episodes(all_eps, 0.1, seed=0, labelled_only=True)

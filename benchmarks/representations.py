@@ -83,7 +83,8 @@ def ensure_dataset(work: Path, task: str, episodes: int) -> Path:
 
 def ensure_mtm(work: Path, task: str, data: Path, steps: int, batch: int, device: str) -> Path:
     """Pretrain (once) with mtm_runtime.training.train; returns the checkpoint directory."""
-    from mtm_runtime.training.train import PRESET_LR, Args, run
+    from mtm_runtime.training.pipeline import PRESET_LR
+    from mtm_runtime.training.train import Args, run
 
     out = work / f"mtm_{task}_{steps}x{batch}"
     if not (out / "mtm.json").exists():

@@ -101,7 +101,7 @@ def export_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None, batch_s
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript exporter deprecation / tracer warnings
-        torch.onnx.export(model, (x, m), buf, dynamo=False, opset_version=opset,
+        torch.onnx.export(model, (x, m), buf, dynamo=False, opset_version=opset,  # type: ignore[arg-type]  # torch accepts a file object
                           input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                           do_constant_folding=True, export_params=True)
     proto = onnx.load_from_string(buf.getvalue())

@@ -88,7 +88,7 @@ def test_start_windows_end_at_every_step_with_the_past_absent(lengths: list[int]
 @pytest.mark.parametrize("start_windows", [False, True])
 def test_normalised_sampler_gathers_the_same_windows(start_windows: bool) -> None:
     from mtm_runtime.normalise import Normaliser
-    from mtm_runtime.training.train import NormalisedSampler
+    from mtm_runtime.training.pipeline import NormalisedSampler
 
     spec = TrajectorySpec.create(4, states=2, actions=1, returns=1)
     episodes = [_episode(i, L, actions=i != 1) for i, L in enumerate([9, 2, 5, 1])]

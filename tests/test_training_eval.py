@@ -48,7 +48,7 @@ def test_mtm_eval_rcbc_sweep_runs(tmp_path):
 
 def test_id_fd_error_formula():
     """Repeating the previous value scores exactly 1.0; a perfect prediction 0.0."""
-    from mtm_runtime.training.evaluate import id_fd_errors
+    from mtm_runtime.training.id_fd import id_fd_errors
 
     spec = TrajectorySpec.create(4, states=3, actions=2)
     rng = np.random.default_rng(0)
@@ -75,7 +75,7 @@ def test_baselines_train_save_and_evaluate(tmp_path):
     from mtm_runtime.training.baselines import baseline_id_fd, load_baseline_agent, train_baseline
     from mtm_runtime.training.evaluate import evaluate_agent_path
     from mtm_runtime.training.loaders import load_episodes, split_episodes
-    from mtm_runtime.training.train import fit_normaliser
+    from mtm_runtime.training.pipeline import fit_normaliser
 
     task = get_task("reacher")
     data = write_hdf5(tmp_path / "r.hdf5", collect(task, "expert", 16, seed=1), task, "expert", 1)

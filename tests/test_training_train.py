@@ -152,7 +152,7 @@ def test_fill_actions_reads_each_step_from_its_window_and_hides_every_action(rea
 
     from mtm_runtime.spec import ACTIONS, STATES, TrajectorySpec
     from mtm_runtime.training.loaders import load_episodes
-    from mtm_runtime.training.train import NormalisedSampler, fit_normaliser
+    from mtm_runtime.training.pipeline import NormalisedSampler, fit_normaliser
 
     task = get_task("reacher")
     eps = load_episodes(reacher_het, task)

@@ -44,6 +44,8 @@ from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import ACTIONS, GOALS, RETURNS, STATES, TrajectorySpec
 from mtm_runtime.trainer import TrainConfig, lr_at, resolve_device
 from mtm_runtime.sim.tasks import Task, get_task
+from mtm_runtime.training.id_fd import id_fd_errors, validation_windows
+from mtm_runtime.training.pipeline import PRESET_LR, NormalisedSampler, fit_normaliser, step_rng
 
 #: kind -> (inputs as (modality, time offset), output (modality, offset), evaluation mode or None)
 KINDS: dict[str, tuple[tuple[tuple[str, int], ...], tuple[str, int], str | None]] = {
@@ -85,7 +87,6 @@ def train_baseline(kind: str, task: Task, train_eps: Sequence[Any], norm: Normal
                    provenance: dict[str, Any] | None = None, device: str = "auto") -> dict[str, Any]:
     """Train one MLP baseline on ``train_eps`` (normalised with ``norm``) on ``device`` (``auto``:
     CUDA when available, as ``mtm train``); writes ``out`` (weights saved from the CPU)."""
-    from mtm_runtime.training.train import NormalisedSampler, step_rng
 
     spec2 = TrajectorySpec.create(2, **{n: norm.spec.width(n) for n in norm.spec.names})
     norm2 = Normaliser(spec2, dict(norm.mean), dict(norm.std), norm.std_floor)
@@ -211,7 +212,6 @@ def load_baseline_agent(path: str | Path) -> BaselineAgent:
 def baseline_id_fd(path: str | Path, data: str | Path, n: int = 4096) -> dict[str, float]:
     """Held-out ID or FD error of an ``id``/``fd`` baseline (the other is NaN) on the validation
     split recorded in its provenance, with the windows and formula MTM is scored with."""
-    from mtm_runtime.training.evaluate import validation_windows
     from mtm_runtime.training.loaders import load_episodes, split_episodes
 
     meta, spec, norm, net = load_baseline(path)
@@ -227,7 +227,6 @@ def baseline_id_fd(path: str | Path, data: str | Path, n: int = 4096) -> dict[st
 @torch.no_grad()
 def baseline_errors(kind: str, net: nn.Sequential, spec: TrajectorySpec, x: np.ndarray) -> dict[str, float]:
     """ID/FD errors of an MLP on T-step windows: its predictions placed where MTM's would be."""
-    from mtm_runtime.training.evaluate import id_fd_errors
 
     T = spec.horizon
     s_sl, a_sl = spec.slice(STATES), spec.slice(ACTIONS)
@@ -251,7 +250,6 @@ def baseline_errors(kind: str, net: nn.Sequential, spec: TrajectorySpec, x: np.n
 # ---- command line ----------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     from mtm_runtime.training.loaders import load_episodes, read_metadata, split_episodes
-    from mtm_runtime.training.train import PRESET_LR, fit_normaliser
 
     p = argparse.ArgumentParser(prog="python -m mtm_runtime.training.baselines", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)

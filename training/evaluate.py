@@ -44,7 +44,7 @@ import math
 import multiprocessing as mp
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -52,6 +52,8 @@ from mtm_runtime.control_loop import Command, Fault, LoopConfig
 from mtm_runtime.loop_batch import LoopBatch
 from mtm_runtime.policy_batch import PolicyBatch
 from mtm_runtime.sim.tasks import Task, get_task
+from mtm_runtime.training.baselines import baseline_id_fd, load_baseline_agent
+from mtm_runtime.training.id_fd import id_fd_errors, validation_windows
 
 SWEEP_SCORES = (25.0, 50.0, 75.0, 100.0, 110.0)
 #: episodes a worker steps together (one batched forward pass per step)
@@ -85,8 +87,6 @@ def load_agent_batch(path: str | Path, size: int, backend: str = "torch") -> Any
     included). Torch threads are the caller's (a rollout worker sets one)."""
     p = Path(path)
     if (p / "baseline.json").exists():
-        from mtm_runtime.training.baselines import load_baseline_agent
-
         return SerialBatch([load_baseline_agent(p)])
     if (p / "mtm.json").exists():
         return PolicyBatch.load(p, size, backend)
@@ -256,41 +256,7 @@ def evaluate_checkpoint_object(mtm: Any, norm: Any, limits: Any, task: Task, mod
     return _summarise(results, seeds, task, mode, target_return)
 
 
-# ---- ID / FD held-out errors -----------------------------------------------------------------------
-def validation_windows(episodes: Sequence[Any], spec: Any, norm: Any, n: int = 4096, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``n`` fixed windows from full-length (>= T steps), action-labelled episodes."""
-    from mtm_runtime.training.train import NormalisedSampler
-
-    T = spec.horizon
-    eps = [ep for ep in episodes if ep.length >= T and ep.labelled]
-    if not eps:
-        raise ValueError("no validation episode with actions and at least T steps")
-    return NormalisedSampler(eps, spec, norm).sample(n, np.random.default_rng([seed, 0xE7A1]))
-
-
-def id_fd_errors(predict: Callable[[np.ndarray, np.ndarray], np.ndarray], spec: Any, x: np.ndarray) -> dict[str, float]:
-    """ID / FD normalised errors (module docstring) of ``predict(x, mask) -> pred`` on windows
-    ``x [B, T, D]`` (normalised, fully present)."""
-    from mtm_runtime import masks as M
-
-    T, B = spec.horizon, len(x)
-    a_sl, s_sl = spec.slice("actions"), spec.slice("states")
-    out = {}
-    pred = predict(x, np.broadcast_to(M.id_mask(spec), (B, T, spec.num_modalities)).copy())
-    num = ((pred[:, :T - 1, a_sl] - x[:, :T - 1, a_sl]) ** 2).mean(-1)             # [B, T-1]
-    den = ((x[:, 1:T - 1, a_sl] - x[:, 0:T - 2, a_sl]) ** 2).mean(-1)               # change a_t - a_{t-1}
-    out["id_mse"] = float(num.mean())
-    out["id_error"] = float(num.mean() / max(den.mean(), 1e-12))
-    pred = predict(x, np.broadcast_to(M.fd_mask(spec), (B, T, spec.num_modalities)).copy())
-    num = ((pred[:, T - 1, s_sl] - x[:, T - 1, s_sl]) ** 2).mean(-1)
-    den = ((x[:, T - 1, s_sl] - x[:, T - 2, s_sl]) ** 2).mean(-1)
-    out["fd_mse"] = float(num.mean())
-    out["fd_error"] = float(num.mean() / max(den.mean(), 1e-12))
-    seen = ((pred[:, T - 2, s_sl] - x[:, T - 2, s_sl]) ** 2).mean(-1)
-    out["visible_state_error"] = float(seen.mean() / max(den.mean(), 1e-12))
-    return out
-
-
+# ---- ID / FD held-out errors (the windows and the metric: training/id_fd.py) --------------------------
 def mtm_id_fd(ckpt_path: str | Path, data: str | Path, n: int = 4096) -> dict[str, float]:
     """ID/FD errors of an MTM checkpoint on the validation split its training run held out
     (re-derived from ``provenance.config``: val_fraction and seed)."""
@@ -364,7 +330,6 @@ def main(args: argparse.Namespace) -> int:
         print(line, flush=True)
     if args.data:
         if (Path(args.checkpoint) / "baseline.json").exists():
-            from mtm_runtime.training.baselines import baseline_id_fd
 
             errs = baseline_id_fd(args.checkpoint, args.data)
         else:

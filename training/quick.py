@@ -21,7 +21,7 @@ from mtm_runtime.spec import TrajectorySpec
 from mtm_runtime.trainer import TrainConfig, Trainer
 from mtm_runtime.sim.tasks import Task, get_task
 from mtm_runtime.training.loaders import Episode
-from mtm_runtime.training.train import NormalisedSampler, fit_normaliser
+from mtm_runtime.training.pipeline import NormalisedSampler, fit_normaliser
 
 
 class _Sampler:
