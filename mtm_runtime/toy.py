@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtm_runtime.normalise import Normaliser
+from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import TrajectorySpec, pack
+
+#: The toy's actuator: an angle step of at most 1 rad per step either way (the data's steps are
+#: 0.1-0.5 rad); a checkpoint of the toy carries these, so ``Policy.load`` runs it.
+SINUSOID_ACTION_LIMITS = ActionLimits.symmetric(1.0, 1)
 
 
 def sinusoid_spec(horizon: int = 4) -> TrajectorySpec:

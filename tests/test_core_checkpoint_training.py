@@ -12,6 +12,7 @@ from mtm_runtime import masks as M
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mtm_runtime.integrity import stamp_json
 from mtm_runtime.commands import toy
+from mtm_runtime.policy import Policy
 from mtm_runtime.model import MTMConfig, build_model
 from mtm_runtime.normalise import Normaliser
 from mtm_runtime.safety import ActionLimits
@@ -145,3 +146,6 @@ def test_sinusoid_training_cuts_heldout_bc_error_10x(tmp_path):
     assert r["improvement"]["fd"] >= 10.0, r
     assert (tmp_path / "toy_reconstruction.png").stat().st_size > 1000
     load_checkpoint(tmp_path / "checkpoint")
+    policy = Policy.load(tmp_path / "checkpoint")  # carries the toy's limits, so it loads and acts
+    action = policy.act(np.array([1.0, 0.0], np.float32))
+    assert policy.limits.contains(action) and np.all(np.isfinite(action))

@@ -20,7 +20,7 @@ import torch
 from mtm_runtime import masks as M
 from mtm_runtime.checkpoint import save_checkpoint
 from mtm_runtime.model import MTMConfig, build_model
-from mtm_runtime.toy import ArraySampler, fit_normaliser, sinusoid_spec, sinusoid_windows
+from mtm_runtime.toy import SINUSOID_ACTION_LIMITS, ArraySampler, fit_normaliser, sinusoid_spec, sinusoid_windows
 from mtm_runtime.trainer import TrainConfig, Trainer, evaluate_mask
 
 
@@ -72,7 +72,8 @@ def run(steps: int = 400, batch_size: int = 128, horizon: int = 4, seed: int = 0
               "heldout_mse_trained": {k: round(v, 5) for k, v in after.items()},
               "improvement": {k: round(before[k] / max(after[k], 1e-12), 1) for k in before}}
     if out is not None:
-        save_checkpoint(out / "checkpoint", model, norm, provenance={"source": "mtm toy", "steps": steps, "seed": seed})
+        save_checkpoint(out / "checkpoint", model, norm, SINUSOID_ACTION_LIMITS,
+                        provenance={"source": "mtm toy", "steps": steps, "seed": seed})
         if plot:
             result["plot"] = str(plot_reconstruction(model, spec, x_val[:1], out / "toy_reconstruction.png"))
     if verbose:

@@ -1,0 +1,83 @@
+"""The policy node's per-step work outside ``act()``, without DDS: where the time goes.
+
+    python benchmarks/loop_overhead.py [--model models/reacher_embedded] [--backend torch] [--steps 3000]
+
+Interleaved in rounds (the machine is shared), each timed per call:
+* ``act``: ``Policy.act`` alone (the baseline);
+* ``loop``: ``ControlLoop.on_state`` with the same policy: input checks, flood guard, act, clip,
+  saturation check, rate limit, counters (``loop - act``: the chain's own cost);
+* ``joint_state_in``: ``conversions.joint_state_to_array`` of a 2-joint JointState by name;
+* ``command_out``: building the JointState command (``conversions.array_to_joint_state``);
+* ``diagnostics``: one ``/diagnostics`` key/value report (1 Hz, or at a fault).
+Prints JSON: percentiles in microseconds, ``beyond_act_us`` = loop + conversions - act (p50),
+the machine. The DDS part (publish, take, executor wake-up) is ``benchmarks/closed_loop.py``'s.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import emit_json, interleaved, machine, summarise  # noqa: E402
+from mtm_runtime.control_loop import ControlLoop, LoopConfig  # noqa: E402
+from mtm_runtime.policy import Policy  # noqa: E402
+from mtm_runtime.ros_nodes import conversions as conv  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=str(ROOT / "models" / "reacher_embedded"))
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--steps", type=int, default=3000, help="timed calls per variant")
+    p.add_argument("--rate", type=float, default=500.0, help="the loop's control rate (its period bounds act)")
+    a = p.parse_args(argv)
+
+    policy = Policy.load(a.model, backend=a.backend, **({"threads": 1} if a.backend == "torch" else {}))
+    width = policy.spec.width("states")
+    rng = np.random.default_rng(0)
+    states = (0.1 * rng.standard_normal((1024, width))).astype(np.float32)
+    loop = ControlLoop(policy, LoopConfig(rate_hz=a.rate, stale_timeout=1.0, max_rate=0.05, saturation_s=0.5))
+    loop.activate(time.monotonic())
+    names = [f"j{i}" for i in range(width // 2)]
+    msg = JointState(name=names, position=[0.1] * len(names), velocity=[0.0] * (width - len(names)))
+    command = np.zeros(policy.spec.width("actions"), np.float32)
+    k = [0]
+
+    def act() -> None:
+        k[0] += 1
+        policy.act(states[k[0] % 1024])
+
+    def step() -> None:
+        k[0] += 1
+        loop.on_state(states[k[0] % 1024], time.time_ns(), time.monotonic() + k[0])  # + k: never a flood
+
+    def diagnostics() -> None:
+        loop.stats.report()
+        loop.faults.report()
+
+    samples = interleaved({
+        "act": act, "loop": step,
+        "joint_state_in": lambda: conv.joint_state_to_array(msg, names, ["position", "velocity"]),
+        "command_out": lambda: conv.array_to_joint_state(command, names[:len(command)] or ["a"] * len(command),
+                                                         conv.ns_to_stamp(time.time_ns()), "effort"),
+        "diagnostics": diagnostics,
+    }, rounds=10, per_round=max(1, a.steps // 10))
+    rows = {name: summarise(s) for name, s in samples.items()}
+    beyond = (rows["loop"]["p50_us"] - rows["act"]["p50_us"] + rows["joint_state_in"]["p50_us"]
+              + rows["command_out"]["p50_us"])
+    emit_json({"benchmark": "loop_overhead", "model": a.model, "backend": a.backend, "rate_hz": a.rate,
+               "rows": rows, "beyond_act_p50_us": round(beyond, 1),
+               "loop_minus_act_p99_us": round(rows["loop"]["p99_us"] - rows["act"]["p99_us"], 1),
+               "target_beyond_act_p50_us": 100.0, "faults_seen": loop.stats.faults, "machine": machine()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
