@@ -46,7 +46,7 @@ setup(
         (f"share/{PACKAGE}/models/reacher_embedded",
          [f"models/reacher_embedded/{f}" for f in ("model.safetensors", "mtm.json")]),
     ],
-    package_data={f"{PACKAGE}.sim": ["*.json"]},  # reference returns (normalised scores), the Hopper expert
+    package_data={f"{PACKAGE}.sim": ["*.json"], PACKAGE: ["robots/*.yaml"]},  # reference returns (normalised scores), the Hopper expert
     zip_safe=True,
     entry_points={
         "console_scripts": [

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("mtm_runtime.commands.eval", "evaluate a checkpoint in the simulator (bc/rcbc/goal; ID/FD errors)"),
     "record": ("mtm_runtime.commands.record", "record the closed-loop ROS 2 topics to an MCAP file (rosbag2-compatible)"),
     "import-mcap": ("mtm_runtime.commands.import_mcap", "turn recorded rollouts (MCAP) into an HDF5 training dataset"),
+    "import-bag": ("mtm_runtime.commands.import_bag", "turn a rosbag2 of any robot (MCAP/sqlite3) into an HDF5 training dataset"),
     "rollout": ("mtm_runtime.commands.rollout", "run N episodes through the launch node set (sim or serial) and record them"),
     "compare-rollouts": ("mtm_runtime.commands.compare_rollouts", "per-dimension state/action divergence of two recordings (table + PNG)"),
 }

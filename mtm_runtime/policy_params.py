@@ -22,6 +22,7 @@ import numpy as np
 from mtm_runtime import safety_contract as contract
 from mtm_runtime.control_loop import TRIGGERS, LoopConfig
 from mtm_runtime.integrity import CheckpointError
+from mtm_runtime.robot import robot_of_metadata
 from mtm_runtime.safety import FAULT_KINDS, ActionLimits
 
 JOINT_FIELDS = ("position", "velocity", "effort")
@@ -206,6 +207,9 @@ def check_model_fits(policy: Any, values: Mapping[str, Any], path: str) -> None:
     """ValueError unless the loaded model fits the parameters (widths, joints, mode)."""
     sw, aw = policy.spec.width("states"), policy.spec.width("actions")
     joints, fields, want = list(values["joint_names"]), list(values["state_fields"]), int(values["state_width"])
+    robot = robot_of_metadata(getattr(policy, "metadata", {}) or {}, path)
+    if robot is not None and joints:   # the model's joints, by name and order, are the robot's
+        robot.check_joints(joints, f"joint_names parameter (model {path})")
     if want and want != sw:
         raise ValueError(f"state_width is {want} but the model {path} expects states of width {sw}")
     if values["input_type"] == "joint_state" and joints and len(joints) * len(fields) != sw:

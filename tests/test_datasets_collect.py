@@ -1,7 +1,6 @@
 """Collection, HDF5 round trip, loaders (ours, D4RL, Minari-on-disk) and malformed files."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
@@ -11,7 +10,7 @@ import pytest
 from mtm_runtime import cli
 from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.datasets import collect, episode_returns, write_hdf5
-from mtm_runtime.training.loaders import DatasetError, load_episodes, load_hdf5, load_minari, read_metadata
+from mtm_runtime.training.loaders import DatasetError, load_episodes, load_hdf5, read_hdf5, read_metadata
 
 REACHER = get_task("reacher")
 
@@ -106,10 +105,14 @@ def test_refuses_malformed_files_naming_the_key(reacher_file: Path, tmp_path: Pa
     with h5py.File(bad, "a") as f:
         f["rewards"] = np.zeros(len(f["terminals"]), np.float32)
         del f["metadata"]
-    with pytest.raises(DatasetError, match=r"bad\.hdf5.*'metadata'"):
-        load_episodes(bad)
+    episodes, task = read_hdf5(bad)          # no metadata: a plain D4RL-layout file, layout read from it
+    assert task.name == "bad" and not task.env_id and episodes[0]["states"].shape[1] == 10
     with pytest.raises(DatasetError, match="observations"):
         load_hdf5(bad, get_task("hopper"))  # wrong observation width
+    with h5py.File(bad, "a") as f:
+        del f["actions"]
+    with pytest.raises(DatasetError, match=r"bad\.hdf5: missing key 'actions'"):
+        load_episodes(bad)
     not_h5 = tmp_path / "x.hdf5"
     not_h5.write_text("hello")
     with pytest.raises(DatasetError, match="x.hdf5"):
@@ -131,27 +134,6 @@ def test_plain_d4rl_file_with_trailing_partial_episode(tmp_path: Path) -> None:
     episodes = load_hdf5(path, "Reacher-v5")
     assert [ep.length for ep in episodes] == [10, 10, 5]
     np.testing.assert_allclose(episodes[0]["returns"][:, 0], np.arange(10, 0, -1))
-
-
-def test_minari_directory_on_disk(tmp_path: Path) -> None:
-    task = get_task("hopper")
-    data_dir = tmp_path / "hopper-test-v0" / "data"
-    data_dir.mkdir(parents=True)
-    (data_dir / "metadata.json").write_text(json.dumps({"env_spec": json.dumps({"id": "Hopper-v5"})}))
-    with h5py.File(data_dir / "main_data.hdf5", "w") as f:
-        for i, L in enumerate((7, 4)):
-            g = f.create_group(f"episode_{i}")
-            g["observations"] = np.zeros((L + 1, 11), np.float32)
-            g["actions"] = np.zeros((L, 3), np.float32)
-            g["rewards"] = np.ones(L, np.float32)
-            g["terminations"] = np.arange(L) == L - 1
-            g["truncations"] = np.zeros(L, bool)
-    episodes = load_episodes(tmp_path / "hopper-test-v0")
-    assert [ep.length for ep in episodes] == [7, 4] and episodes[0]["states"].shape == (7, task.obs_dim)
-    with h5py.File(data_dir / "main_data.hdf5", "a") as f:
-        del f["episode_1/rewards"]
-    with pytest.raises(DatasetError, match="episode_1/rewards"):
-        load_minari(tmp_path / "hopper-test-v0")
 
 
 def test_cli_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

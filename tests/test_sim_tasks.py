@@ -14,8 +14,18 @@ from mtm_runtime.sim.tasks import REFERENCE_RETURNS_PATH, TASKS, actuated_joint_
 def test_get_task_by_name_and_env_id_and_clear_error() -> None:
     assert get_task("reacher") is TASKS["reacher"]
     assert get_task("Hopper-v5") is TASKS["hopper"]
-    with pytest.raises(KeyError, match="valid names: .*reacher.*inverted_double_pendulum"):
+    with pytest.raises(KeyError, match="unknown environment 'cartpole'.*benchmark tasks: reacher, inverted_double_pendulum"):
         get_task("cartpole")
+
+
+def test_any_gymnasium_environment_is_a_task() -> None:
+    task = get_task("HalfCheetah-v5")     # not a benchmark task: read from one instance of the env
+    assert (task.obs_dim, task.action_dim, task.episode_steps) == (17, 6, 1000)
+    assert task.joint_names[0] == "bthigh" and not task.has_reference
+    assert task.robot is not None and task.robot.limits is not None and task.robot.rate_hz == pytest.approx(20.0)
+    assert task.score_or_none(123.0) is None
+    with pytest.raises(KeyError, match="not a flat Box"):
+        get_task("CartPole-v1")           # discrete actions
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -28,6 +38,12 @@ def test_task_matches_its_environment(name: str) -> None:
     assert env.spec.max_episode_steps == task.episode_steps
     assert task.rtg_horizon == task.episode_steps
     assert actuated_joint_names(env) == task.joint_names
+    # the bundled robot file says the same as the environment
+    robot = task.robot
+    assert robot is not None and robot.sim_option("env") == task.env_id
+    np.testing.assert_array_equal(robot.limits.low, env.action_space.low)
+    np.testing.assert_array_equal(robot.limits.high, env.action_space.high)
+    assert robot.rate_hz == pytest.approx(1.0 / env.unwrapped.dt)
     parts = task.split_observation(obs)
     widths = task.modality_widths()
     assert list(widths)[:3] == ["states", "actions", "returns"]

@@ -47,11 +47,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
 
 from mtm_runtime.control_loop import Command, Fault, LoopConfig
 from mtm_runtime.loop_batch import LoopBatch
 from mtm_runtime.policy_batch import PolicyBatch
-from mtm_runtime.sim.tasks import Task, get_task
+from mtm_runtime.sim.tasks import Task, TaskError, get_task, task_for_provenance
 from mtm_runtime.training.baselines import baseline_id_fd, load_baseline_agent
 from mtm_runtime.training.id_fd import id_fd_errors, validation_windows
 
@@ -186,7 +187,7 @@ def run_episodes(batch: Any, task: Task, mode: str, pairs: Sequence[tuple[int, i
                     ep["state"] = task.split_observation(obs)["states"]
                     continue
                 results.append({"seed": ep["seed"], "episode": ep["episode"], "return": ep["return"],
-                                "score": task.normalised_score(ep["return"]), "success": task.success(envs[i]),
+                                "score": task.score_or_none(ep["return"]), "success": task.success(envs[i]),
                                 "length": ep["length"]})
                 del live[i]
                 if waiting:
@@ -202,19 +203,22 @@ def _episodes_job(job: tuple) -> list[dict[str, Any]]:
     import torch
 
     torch.set_num_threads(1)
-    path, backend, task_name, mode, target, batch_size, pairs = job
+    path, backend, task, mode, target, batch_size, pairs = job
     batch = load_agent_batch(path, max(1, min(batch_size, len(pairs))), backend)
-    return run_episodes(batch, get_task(task_name), mode, pairs, target)
+    return run_episodes(batch, task, mode, pairs, target)
 
 
 def _summarise(results: list[dict[str, Any]], seeds: Sequence[int], task: Task, mode: str,
                target: float | None) -> dict[str, Any]:
-    per_seed = [float(np.mean([r["score"] for r in results if r["seed"] == s])) for s in seeds]
+    scored = all(r["score"] is not None for r in results)   # False: no reference returns (report returns)
+    per_seed = [float(np.mean([r["score"] for r in results if r["seed"] == s])) for s in seeds] if scored else []
     succ = [r["success"] for r in results if r["success"] is not None]
     per_seed_succ = [float(np.mean([r["success"] for r in results if r["seed"] == s])) for s in seeds] if succ else []
     return {"task": task.name, "mode": mode, "target_return": target, "episodes_per_seed": len(results) // max(len(seeds), 1),
-            "seeds": list(seeds), "score_per_seed": per_seed, "score_mean": float(np.mean(per_seed)),
-            "score_std": float(np.std(per_seed)), "return_mean": float(np.mean([r["return"] for r in results])),
+            "seeds": list(seeds), "score_per_seed": per_seed or None,
+            "score_mean": float(np.mean(per_seed)) if scored else None, "score_std": float(np.std(per_seed)) if scored else None,
+            "return_mean": float(np.mean([r["return"] for r in results])),
+            "return_std": float(np.std([np.mean([r["return"] for r in results if r["seed"] == s]) for s in seeds])),
             "steps_total": int(sum(r["length"] for r in results)),
             "success_per_seed": per_seed_succ or None,
             "success_mean": float(np.mean(per_seed_succ)) if succ else None,
@@ -232,7 +236,7 @@ def evaluate_agent_path(path: str | Path, task: Task | str, mode: str, episodes:
     pairs = [(s, i) for s in seeds for i in range(episodes)]
     workers = max(1, min(workers, len(pairs)))
     chunks = [pairs[k::workers] for k in range(workers)]
-    jobs = [(str(path), backend, task.name, mode, target_return, batch, c) for c in chunks if c]
+    jobs = [(str(path), backend, task, mode, target_return, batch, c) for c in chunks if c]
     if workers == 1:
         results = _episodes_job(jobs[0])
     else:
@@ -282,7 +286,9 @@ def mtm_id_fd(ckpt_path: str | Path, data: str | Path, n: int = 4096) -> dict[st
 # ---- command line ----------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory, .onnx / .engine file, or baseline directory")
-    p.add_argument("--task", default="", help="task (default: the checkpoint's provenance.task)")
+    p.add_argument("--env", default="", help="simulator: benchmark task, any Gymnasium id or a robot file "
+                   "(default: what the checkpoint was trained on)")
+    p.add_argument("--task", default="", help="older name of --env")
     p.add_argument("--mode", default="bc", choices=("bc", "rcbc", "goal"))
     p.add_argument("--episodes", type=int, default=10, help="episodes per seed")
     p.add_argument("--seeds", default="0,1,2", help="comma list of evaluation seeds")
@@ -296,22 +302,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="", help="also write the results to this JSON file")
 
 
-def task_of(path: str) -> str:
-    """The task a checkpoint or baseline directory was trained on ("" if it names none)."""
+def provenance_of(path: str) -> dict[str, Any]:
+    """The training record of a checkpoint or baseline directory, or of an ONNX / engine file ({} if none)."""
     p = Path(path)
     for name in ("mtm.json", "baseline.json"):
         if (p / name).exists():
             meta = json.loads((p / name).read_text())
-            return meta.get("provenance", {}).get("task") or meta.get("task", "")
-    return ""
+            return meta.get("provenance") or ({"task": meta["task"]} if meta.get("task") else {})
+    if p.suffix == ".onnx" and p.is_file():   # the metadata travels in the graph (checked again when loaded)
+        model = onnx.load(str(p), load_external_data=False)
+        for prop in model.metadata_props:
+            if prop.key == "mtm_runtime":
+                return json.loads(prop.value).get("provenance") or {}
+    return {}
+
+
+def task_of(path: str) -> str:
+    """The task a checkpoint or baseline directory was trained on ("" if it names none)."""
+    return str(provenance_of(path).get("task") or "")
 
 
 def main(args: argparse.Namespace) -> int:
-    task_name = args.task or task_of(args.checkpoint)
-    if not task_name:
-        print("mtm eval: --task is required (the checkpoint names none)", file=sys.stderr)
+    try:
+        task = task_for_provenance(provenance_of(args.checkpoint), args.env or args.task)
+    except TaskError as e:
+        print(f"mtm eval: {e}", file=sys.stderr)
         return 2
-    task = get_task(task_name)
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     targets: list[float | None] = [args.target_return]
     if args.mode == "rcbc" and args.sweep:
@@ -324,7 +340,11 @@ def main(args: argparse.Namespace) -> int:
         line = f"{task.name} {args.mode}"
         if res["target_return"] is not None:
             line += f" target {res['target_return']:.2f}"
-        line += f": normalised score {res['score_mean']:.1f} +- {res['score_std']:.1f} over {len(seeds)} seeds x {args.episodes} episodes"
+        if res["score_mean"] is not None:
+            line += f": normalised score {res['score_mean']:.1f} +- {res['score_std']:.1f}"
+        else:   # no reference returns for this environment: the raw return
+            line += f": return {res['return_mean']:.2f} +- {res['return_std']:.2f} (no reference returns, so no normalised score)"
+        line += f" over {len(seeds)} seeds x {args.episodes} episodes"
         if res["success_mean"] is not None:
             line += f"; success {100 * res['success_mean']:.0f}% +- {100 * res['success_std']:.0f}%"
         print(line, flush=True)

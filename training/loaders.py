@@ -20,6 +20,7 @@ are marked unavailable (present 0, x 0), exactly like the runtime buffer at epis
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Sequence
@@ -28,9 +29,11 @@ import h5py
 import numpy as np
 
 from mtm_runtime.spec import ACTIONS, TrajectorySpec
-from mtm_runtime.sim.tasks import Task, get_task
+from mtm_runtime.robot import RobotError, robot_from_dict
+from mtm_runtime.sim.tasks import Task, TaskError, get_task, task_for_data, task_for_robot
 
-REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+REQUIRED_KEYS = ("observations", "actions")
+OPTIONAL_KEYS = ("rewards", "terminals", "timeouts", "infos/action_present")
 
 
 class DatasetError(ValueError):
@@ -61,50 +64,97 @@ def returns_to_go(rewards: np.ndarray) -> np.ndarray:
     return np.cumsum(r[::-1])[::-1].astype(np.float32).reshape(-1, 1)
 
 
-def make_episode(task: Task, observations: np.ndarray, actions: np.ndarray | None, rewards: np.ndarray,
-                 terminated: bool = False, action_present: bool | None = None) -> Episode:
-    """Build one Episode from raw per-step arrays (observations [L, obs_dim], actions [L, a])."""
-    L = len(rewards)
-    parts = task.split_observation(np.asarray(observations, dtype=np.float32))
-    widths = task.modality_widths()
+def build_episode(where: str, parts: dict[str, np.ndarray], actions: np.ndarray | None, rewards: np.ndarray | None,
+                  terminated: bool = False, action_present: bool | None = None, action_dim: int | None = None) -> Episode:
+    """One Episode from per-step arrays: ``parts`` (``states`` and any extra modality such as
+    ``goals``, each ``[L, width]``), ``actions [L, a]`` (None, or non-finite rows: the episode is
+    unlabelled, its actions marked absent) and ``rewards [L]`` (None: the data has no rewards, so
+    the episode has no ``returns``/``rewards``). ``where`` names the source in error messages."""
+    if "states" not in parts:
+        raise DatasetError(f"{where}: no states")
+    L = len(parts["states"])
     arrays: dict[str, np.ndarray] = {}
     present: dict[str, bool] = {}
+    for name, arr in parts.items():
+        arr = np.asarray(arr, dtype=np.float32)
+        if arr.ndim == 1:
+            arr = arr.reshape(L, 1) if name != "states" else arr.reshape(L, -1)
+        if arr.ndim != 2 or len(arr) != L:
+            raise DatasetError(f"{where}: {name} has shape {arr.shape}, expected [{L}, width]")
+        arrays[name], present[name] = np.ascontiguousarray(arr), True
     if actions is None:
-        actions = np.full((L, widths["actions"]), np.nan, dtype=np.float32)
-    actions = np.asarray(actions, dtype=np.float32).reshape(L, -1)
+        if action_dim is None:
+            raise DatasetError(f"{where}: no actions, and no action width to mark them absent")
+        actions = np.full((L, action_dim), np.nan, dtype=np.float32)
+    actions = np.asarray(actions, dtype=np.float32)
+    if actions.ndim == 1:
+        actions = actions.reshape(L, -1)
+    if len(actions) != L:
+        raise DatasetError(f"{where}: actions have {len(actions)} rows, states {L}")
     has_actions = bool(np.all(np.isfinite(actions))) if action_present is None else bool(action_present)
-    for name, w in widths.items():
-        if name == "actions":
-            arr, ok = (actions if has_actions else np.zeros((L, w), np.float32)), has_actions
-        elif name == "returns":
-            arr, ok = returns_to_go(rewards), True
-        else:
-            arr, ok = parts[name].astype(np.float32), True
-        if arr.shape != (L, w):
-            raise DatasetError(f"{task.name}: {name} has shape {arr.shape}, expected {(L, w)}")
-        arrays[name], present[name] = np.ascontiguousarray(arr, dtype=np.float32), ok
-    arrays["rewards"] = np.asarray(rewards, dtype=np.float32).reshape(L, 1)
-    present["rewards"] = True
+    arrays["actions"] = np.ascontiguousarray(actions) if has_actions else np.zeros(actions.shape, np.float32)
+    present["actions"] = has_actions
+    if rewards is not None:
+        r = np.asarray(rewards, dtype=np.float32).reshape(-1)
+        if len(r) != L:
+            raise DatasetError(f"{where}: rewards have {len(r)} rows, states {L}")
+        arrays["returns"], present["returns"] = returns_to_go(r), True
+        arrays["rewards"], present["rewards"] = r.reshape(L, 1), True
     for name, arr in arrays.items():
         if present[name] and not np.all(np.isfinite(arr)):
-            raise DatasetError(f"{task.name}: {name} contains NaN/inf in an episode marked present")
+            raise DatasetError(f"{where}: {name} contains NaN/inf in an episode marked present")
     return Episode(arrays, present, terminated)
+
+
+def make_episode(task: Task, observations: np.ndarray, actions: np.ndarray | None, rewards: np.ndarray,
+                 terminated: bool = False, action_present: bool | None = None) -> Episode:
+    """Build one Episode of a task from raw per-step arrays (observations [L, obs_dim], actions [L, a])."""
+    widths = task.modality_widths()
+    ep = build_episode(task.name, task.split_observation(np.asarray(observations, dtype=np.float32)), actions, rewards,
+                       terminated, action_present, action_dim=widths["actions"])
+    for name, w in widths.items():
+        if ep[name].shape != (len(ep["states"]), w):
+            raise DatasetError(f"{task.name}: {name} has shape {ep[name].shape}, expected {(len(ep['states']), w)}")
+    return ep
+
+
+def data_widths(episodes: Sequence[Episode], where: str) -> dict[str, int]:
+    """Modality widths in model order, read from the data: states, actions, returns (only if every
+    episode has rewards), then the extra modalities (goals, ...). DatasetError if episodes disagree."""
+    if not episodes:
+        raise DatasetError(f"{where}: no episodes")
+    first = episodes[0]
+    widths = {"states": first["states"].shape[1], "actions": first["actions"].shape[1]}
+    if all("returns" in ep for ep in episodes):
+        widths["returns"] = 1
+    extras = [k for k in first if k not in ("states", "actions", "returns", "rewards")]
+    widths.update({k: first[k].shape[1] for k in extras})
+    for i, ep in enumerate(episodes):
+        for k, w in widths.items():
+            if k not in ep or ep[k].shape[1] != w:
+                got = "missing" if k not in ep else f"width {ep[k].shape[1]}"
+                raise DatasetError(f"{where}: episode {i} has {k} {got}, episode 0 has width {w}")
+    return widths
 
 
 # ---- D4RL layout (ours and the original) -----------------------------------------------------
 def _read_d4rl(path: Path, f: h5py.File) -> dict[str, np.ndarray]:
+    """The per-step arrays of a D4RL-layout file. ``observations`` and ``actions`` are required;
+    ``rewards`` may be absent (no returns modality); without ``terminals``/``timeouts`` the file
+    is one episode."""
     for key in REQUIRED_KEYS:
         if key not in f:
-            raise DatasetError(f"{path}: missing key '{key}' (a D4RL file needs {', '.join(REQUIRED_KEYS)})")
-    data = {k: f[k][()] for k in REQUIRED_KEYS}
-    n = len(data["rewards"])
+            raise DatasetError(f"{path}: missing key '{key}' (a D4RL-layout file needs {', '.join(REQUIRED_KEYS)})")
+    data = {k: f[k][()] for k in (*REQUIRED_KEYS, *OPTIONAL_KEYS) if k in f}
+    n = len(data["observations"])
     for k, v in data.items():
         if len(v) != n:
-            raise DatasetError(f"{path}: key '{k}' has {len(v)} rows, 'rewards' has {n}")
-    if "infos/action_present" in f:
-        data["infos/action_present"] = f["infos/action_present"][()]
-        if len(data["infos/action_present"]) != n:
-            raise DatasetError(f"{path}: key 'infos/action_present' has wrong length")
+            raise DatasetError(f"{path}: key '{k}' has {len(v)} rows, 'observations' has {n}")
+    for k in ("observations", "actions"):
+        if data[k].ndim != 2:
+            raise DatasetError(f"{path}: key '{k}' has shape {data[k].shape}, expected [N, width]")
+    for k in ("terminals", "timeouts"):
+        data.setdefault(k, np.zeros(n, bool))
     return data
 
 
@@ -117,17 +167,19 @@ def split_d4rl(task: Task, data: dict[str, np.ndarray]) -> list[Episode]:
         ends = np.append(ends, n)
     episodes, start = [], 0
     ap = data.get("infos/action_present")
+    rewards = data.get("rewards") if task.rewards else None
     for end in ends:
         sl = slice(start, end)
-        episodes.append(make_episode(task, data["observations"][sl], data["actions"][sl], data["rewards"][sl],
-                                     terminated=bool(term[end - 1]),
+        episodes.append(make_episode(task, data["observations"][sl], data["actions"][sl],
+                                     None if rewards is None else rewards[sl], terminated=bool(term[end - 1]),
                                      action_present=None if ap is None else bool(ap[start])))
         start = end
     return episodes
 
 
-def load_hdf5(path: str | Path, task: Task | str | None = None) -> list[Episode]:
-    """Our HDF5 (task from its metadata) or a D4RL hdf5 file (``task`` required)."""
+def read_hdf5(path: str | Path, task: Task | str | None = None) -> tuple[list[Episode], Task]:
+    """Our HDF5 (task from its metadata) or any D4RL-layout file: with ``task`` (a benchmark name,
+    a Gymnasium id or a Task) its layout is checked; without, the layout is read from the file."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
@@ -136,18 +188,34 @@ def load_hdf5(path: str | Path, task: Task | str | None = None) -> list[Episode]
     except OSError as e:
         raise DatasetError(f"{path}: not an HDF5 file ({e})") from None
     with f:
-        if task is None:
-            if "metadata" not in f or "task" not in f["metadata"].attrs:
-                raise DatasetError(f"{path}: missing key 'metadata' (attribute 'task'); "
-                                   "pass the task for a plain D4RL file")
-            task = str(f["metadata"].attrs["task"])
-        task = get_task(task) if isinstance(task, str) else task
+        attrs = f["metadata"].attrs if "metadata" in f else {}
+        if task is None and "robot" in attrs:   # written by `mtm import-bag`: the robot file travels inside
+            try:
+                task = task_for_robot(robot_from_dict(json.loads(attrs["robot"]), f"{path} metadata.robot"))
+            except (RobotError, json.JSONDecodeError) as e:
+                raise DatasetError(f"{path}: metadata.robot is invalid ({e})") from None
+        elif task is None and "task" in attrs:
+            task = str(attrs["task"])
         data = _read_d4rl(path, f)
-    obs_w = data["observations"].shape[-1]
-    if data["observations"].ndim != 2 or obs_w != task.obs_dim:
+    obs_w, act_w = data["observations"].shape[1], data["actions"].shape[1]
+    if task is None:
+        task = task_for_data(path.stem, obs_w, act_w, rewards="rewards" in data)
+    task = get_task(task) if isinstance(task, str) else task
+    if task.rewards and "rewards" not in data and task.robot is not None and not task.has_reference:
+        task = dataclasses.replace(task, rewards=False)   # a robot's log without rewards: no returns modality
+    if obs_w != task.obs_dim:
         raise DatasetError(f"{path}: key 'observations' has shape {data['observations'].shape}, "
                            f"task {task.name} needs [N, {task.obs_dim}]")
-    return split_d4rl(task, data)
+    if act_w != task.action_dim:
+        raise DatasetError(f"{path}: key 'actions' has shape {data['actions'].shape}, task {task.name} needs [N, {task.action_dim}]")
+    if task.rewards and "rewards" not in data:
+        raise DatasetError(f"{path}: missing key 'rewards' (task {task.name} has a returns modality)")
+    return split_d4rl(task, data), task
+
+
+def load_hdf5(path: str | Path, task: Task | str | None = None) -> list[Episode]:
+    """The episodes of :func:`read_hdf5`."""
+    return read_hdf5(path, task)[0]
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -163,54 +231,97 @@ def read_metadata(path: str | Path) -> dict:
 
 
 # ---- Minari ------------------------------------------------------------------------------
-def load_minari(path: str | Path, task: Task | str | None = None) -> list[Episode]:
-    """A Minari dataset directory (the one holding ``data/``) already on disk."""
+def minari_metadata(path: str | Path) -> tuple[Path, dict]:
+    """(the ``data`` directory, its ``metadata.json`` with ``env_spec`` and the spaces decoded)."""
     path = Path(path)
     data_dir = path / "data" if (path / "data").is_dir() else path
     meta_file = data_dir / "metadata.json"
-    if task is None:
-        if not meta_file.exists():
-            raise DatasetError(f"{meta_file}: missing (needed to find the task; or pass the task)")
-        env_spec = json.loads(json.loads(meta_file.read_text()).get("env_spec", "{}") or "{}")
-        if "id" not in env_spec:
-            raise DatasetError(f"{meta_file}: missing key 'env_spec.id'")
-        task = env_spec["id"]
-    task = get_task(task) if isinstance(task, str) else task
-    h5 = data_dir / "main_data.hdf5"
-    if not h5.exists():
-        return _load_minari_arrow(data_dir, task)
-    episodes = []
-    with h5py.File(h5, "r") as f:
-        names = sorted((k for k in f if k.startswith("episode_")), key=lambda k: int(k.split("_")[1]))
-        if not names:
-            raise DatasetError(f"{h5}: no 'episode_N' groups")
-        for name in names:
-            g = f[name]
-            for key in ("observations", "actions", "rewards", "terminations", "truncations"):
-                if key not in g:
-                    raise DatasetError(f"{h5}: missing key '{name}/{key}'")
-            if not isinstance(g["observations"], h5py.Dataset):
-                raise DatasetError(f"{h5}: '{name}/observations' is a dict space; only Box observations are supported")
-            rewards = g["rewards"][()]
-            obs = g["observations"][()][: len(rewards)]  # Minari stores L + 1 observations
-            episodes.append(make_episode(task, obs, g["actions"][()], rewards,
-                                         terminated=bool(g["terminations"][()][-1])))
-    return episodes
-
-
-def _load_minari_arrow(data_dir: Path, task: Task) -> list[Episode]:
+    if not meta_file.exists():
+        raise DatasetError(f"{meta_file}: missing (a Minari dataset directory holds data/metadata.json)")
     try:
-        import minari  # optional dependency
-    except ImportError:
-        raise DatasetError(f"{data_dir}: no main_data.hdf5; reading Minari's Arrow format needs the optional "
-                           "package `minari` (pip install minari)") from None
-    dataset = minari.MinariDataset(data_dir)
-    return [make_episode(task, ep.observations[: len(ep.rewards)], ep.actions, ep.rewards,
-                         terminated=bool(ep.terminations[-1])) for ep in dataset.iterate_episodes()]
+        meta = json.loads(meta_file.read_text())
+        for k in ("env_spec", "observation_space", "action_space"):
+            if isinstance(meta.get(k), str):
+                meta[k] = json.loads(meta[k])
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{meta_file}: not valid JSON ({e})") from None
+    return data_dir, meta
+
+
+def _flat(name: str, obs: object, where: str) -> np.ndarray:
+    """A Box observation, or a dict of them flattened in key order."""
+    if isinstance(obs, dict):
+        return np.concatenate([_flat(f"{name}.{k}", obs[k], where) for k in sorted(obs)], axis=-1)
+    arr = np.asarray(obs, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise DatasetError(f"{where}: '{name}' has shape {arr.shape}; only vector observations are supported")
+    return arr
+
+
+def read_minari(path: str | Path, task: Task | str | None = None) -> tuple[list[Episode], Task, dict]:
+    """A Minari dataset directory on disk, either storage format, read with ``minari`` itself.
+    The simulator is the dataset's ``env_spec.id`` (or ``task``); a dict observation gives
+    ``states`` = its ``observation`` and ``goals`` = its ``desired_goal``. Returns (episodes, task,
+    metadata)."""
+    import minari   # heavy (jax-free at read time, but pulls typer/rich): only where a Minari dataset is read
+
+    data_dir, meta = minari_metadata(path)
+    env_id = (meta.get("env_spec") or {}).get("id", "")
+    try:
+        dataset = minari.MinariDataset(data_dir)
+    except Exception as e:  # noqa: BLE001 - minari raises several types for a damaged dataset
+        raise DatasetError(f"{data_dir}: minari cannot open this dataset ({type(e).__name__}: {e})") from None
+    raw = []
+    for ep in dataset.iterate_episodes():
+        L = len(ep.rewards)   # Minari stores L + 1 observations
+        obs = ep.observations
+        if isinstance(obs, dict) and "observation" in obs:
+            parts = {"states": _flat("observation", obs["observation"], str(data_dir))[:L]}
+            if "desired_goal" in obs:
+                parts["goals"] = _flat("desired_goal", obs["desired_goal"], str(data_dir))[:L]
+        else:
+            parts = {"states": _flat("observations", obs, str(data_dir))[:L]}
+        actions = _flat("actions", ep.actions, str(data_dir))
+        raw.append((parts, actions, np.asarray(ep.rewards, np.float32), bool(np.asarray(ep.terminations)[-1])))
+    if not raw:
+        raise DatasetError(f"{data_dir}: no episodes")
+    if task is None and env_id:
+        try:
+            task = get_task(env_id)
+        except TaskError:
+            task = None   # the environment does not install here: train from the data, no rollouts
+    if task is None:
+        goal_w = raw[0][0]["goals"].shape[1] if "goals" in raw[0][0] else 0
+        if goal_w:
+            raise DatasetError(f"{data_dir}: goal-conditioned dataset for {env_id or 'an unknown environment'}, "
+                               "which does not install here; pass --env with an environment that does")
+        task = task_for_data(str(meta.get("dataset_id", data_dir.parent.name)).replace("/", "_"), raw[0][0]["states"].shape[1],
+                             raw[0][1].shape[1], env_id=env_id)
+    task = get_task(task) if isinstance(task, str) else task
+    episodes = []
+    for i, (parts, actions, rewards, terminated) in enumerate(raw):
+        where = f"{data_dir} episode {i}"
+        if "goals" in parts or task.goal_slice is None:
+            ep = build_episode(where, parts, actions, rewards, terminated)
+        else:
+            ep = make_episode(task, parts["states"], actions, rewards, terminated)
+        for name, w in task.modality_widths().items():
+            if name not in ep or ep[name].shape[1] != w:
+                got = "missing" if name not in ep else f"width {ep[name].shape[1]}"
+                raise DatasetError(f"{where}: {name} {got}, task {task.name} needs width {w}")
+        episodes.append(ep)
+    return episodes, task, meta
+
+
+def load_minari(path: str | Path, task: Task | str | None = None) -> list[Episode]:
+    """The episodes of :func:`read_minari`."""
+    return read_minari(path, task)[0]
 
 
 def load_episodes(path: str | Path, task: Task | str | None = None) -> list[Episode]:
-    """Any supported source: a directory is Minari, a file is HDF5 (ours or D4RL)."""
+    """Our HDF5, a D4RL-layout HDF5 or a Minari directory (``training/sources.py`` reads the rest)."""
     return load_minari(path, task) if Path(path).is_dir() else load_hdf5(path, task)
 
 

@@ -66,12 +66,12 @@ from mtm_runtime.checkpoint import save_checkpoint
 from mtm_runtime.fileio import sha256_file
 from mtm_runtime.loss import mtm_loss
 from mtm_runtime.model import MTM, PRESETS, build_model, count_parameters
-from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import ACTIONS, TrajectorySpec
 from mtm_runtime.trainer import TrainConfig, lr_at, resolve_device
-from mtm_runtime.sim.tasks import Task, get_task
+from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.evaluate import evaluate_checkpoint_object
-from mtm_runtime.training.loaders import Episode, load_episodes, read_metadata, split_episodes
+from mtm_runtime.training.loaders import Episode, read_metadata, split_episodes
+from mtm_runtime.training.sources import load_dataset
 from mtm_runtime.training.pipeline import PRESET_LR, NormalisedSampler, fit_normaliser, step_rng
 
 TRAIN_STATE_TENSORS = "train_state.safetensors"
@@ -90,8 +90,12 @@ FLUSH_STEPS, FLUSH_S = 50, 1.0
 class Args:
     """Every knob of a run. Units: steps are optimiser steps; batch_size is global (all ranks)."""
 
-    data: str = ""                        # dataset: our HDF5, a D4RL hdf5 (needs --task) or a Minari dir
-    task: str = ""                        # task name; default: from the dataset's metadata
+    data: str = ""                        # dataset: HDF5 (ours / D4RL layout), Minari dir, LeRobotDataset dir, rosbag2
+    env: str = ""                         # simulator: benchmark task, Gymnasium id or robot file; default: what the data names
+    task: str = ""                        # older name of --env
+    robot: str = ""                       # robot file (joints, fields, limits; needed for a rosbag2)
+    state_keys: tuple[str, ...] = ()      # LeRobotDataset: state feature(s), default observation.state
+    action_key: str = ""                  # LeRobotDataset: action feature, default action
     out: str = "runs/mtm"                 # output / checkpoint directory
     preset: str = "embedded"              # model size: embedded | paper
     dropout: float = -1.0                 # model dropout; < 0 = the preset's (embedded 0, paper 0.1)
@@ -212,6 +216,14 @@ def weights_digest(mtm: MTM) -> str:
         h.update(k.encode())
         h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def _has_metadata(path: str) -> bool:
+    """Whether an HDF5 file has our ``metadata`` group (a plain D4RL file has none)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return "metadata" in f
 
 
 def git_commit() -> str | None:
@@ -373,21 +385,25 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
     log = print if is_main else (lambda *a, **k: None)
 
     # 3. data, spec, normaliser
-    meta = {}
+    meta: dict[str, Any] = {}
     if episodes is None:
-        try:
-            meta = read_metadata(args.data)
-        except Exception:  # noqa: BLE001 - plain D4RL / Minari: no metadata group
-            meta = {}
-        task: Task = get_task(args.task or meta.get("task", ""))
-        episodes = load_episodes(args.data, task)
-    else:
-        task = get_task(args.task)
+        ds = load_dataset(args.data, env=args.env or args.task, robot=args.robot, state_keys=args.state_keys,
+                          action_key=args.action_key)
+        episodes, task, limits, widths, source = ds.episodes, ds.task, ds.limits, ds.widths, ds.source
+        if ds.source == "hdf5":
+            meta = read_metadata(args.data) if _has_metadata(args.data) else {}
+        for note in ds.notes:
+            log(f"[train] {ds.path}: {note}")
+    else:   # in-memory episodes of a benchmark task (tests, benchmarks)
+        task = get_task(args.env or args.task)
+        widths = task.modality_widths()
+        limits = task.robot.limits if task.robot is not None else None
+        source = None
     train_eps, val_eps = split_episodes(episodes, args.val_fraction, seed=args.seed, labelled_only=args.labelled_only)
     if not train_eps:
         raise ValueError(f"{args.data}: --labelled-only left no training episode (no action-labelled episode in "
                          f"the training split of {len(episodes)} episodes; val_fraction {args.val_fraction}, seed {args.seed})")
-    spec = TrajectorySpec.create(args.horizon, **task.modality_widths())
+    spec = TrajectorySpec.create(args.horizon, **widths)   # the spec comes from the data
     norm = fit_normaliser(spec, train_eps, args.rtg_scale)
     sampler = NormalisedSampler(train_eps, spec, norm, start_windows=args.start_windows,
                                 labelled_share=args.labelled_share)
@@ -422,13 +438,16 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
     if world > 1:  # every rank starts from rank 0's weights and optimizer state
         for p in mtm.parameters():
             dist.broadcast(p.data, 0)
-    env = task.make_env()  # action limits travel in the checkpoint: the env's actuator range
-    limits = ActionLimits(env.action_space.low, env.action_space.high)
-    env.close()
-    provenance = {
-        "task": task.name, "dataset": {"path": str(Path(args.data).resolve()) if args.data else None,
+    if task.robot is not None and limits is not None and task.robot.limits is None:
+        task = dataclasses.replace(task, robot=dataclasses.replace(task.robot, limits=limits))
+    provenance = {   # action limits travel in the checkpoint (the robot file's, or the env's actuator range)
+        "task": task.key or task.name, "env_id": task.env_id or None,
+        "robot": task.robot.to_dict() if task.robot is not None else None,
+        "reference_returns": {k: v for k, v in task.reference_returns.items() if math.isfinite(v)} or None,
+        "dataset": {"path": str(Path(args.data).resolve()) if args.data else None,
                                        "sha256": sha256_file(args.data) if args.data and Path(args.data).is_file() else None,
-                                       "tier": meta.get("tier"), "episodes": len(episodes),
+                                       "tier": meta.get("tier"), "format": source,
+                                       "episodes": len(episodes),
                                        "train_episodes": len(train_eps), "val_episodes": len(val_eps)},
         "config": dataclasses.asdict(args), "git_commit": git_commit(), "world_size": world,
         "parameters": count_parameters(mtm), "trainer": "training/train.py",
@@ -526,7 +545,8 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
             for mode in args.eval_modes:
                 res = evaluate_checkpoint_object(mtm, norm, limits, task, mode, episodes=args.eval_episodes,
                                                  seeds=(10_000,))
-                row[f"eval_{mode}_score"] = res["score_mean"]
+                row[f"eval_{mode}_score" if res["score_mean"] is not None else f"eval_{mode}_return"] = (
+                    res["score_mean"] if res["score_mean"] is not None else res["return_mean"])
                 if res.get("success_mean") is not None:
                     row[f"eval_{mode}_success"] = res["success_mean"]
         if saving:
