@@ -270,11 +270,11 @@ def read_minari(path: str | Path, task: Task | str | None = None) -> tuple[list[
     data_dir, meta = minari_metadata(path)
     env_id = (meta.get("env_spec") or {}).get("id", "")
     try:
-        dataset = minari.MinariDataset(data_dir)
+        episodes_read = list(minari.MinariDataset(data_dir).iterate_episodes())
     except Exception as e:  # noqa: BLE001 - minari raises several types for a damaged dataset
-        raise DatasetError(f"{data_dir}: minari cannot open this dataset ({type(e).__name__}: {e})") from None
+        raise DatasetError(f"{data_dir}: minari cannot read this dataset ({type(e).__name__}: {e})") from None
     raw = []
-    for ep in dataset.iterate_episodes():
+    for ep in episodes_read:
         L = len(ep.rewards)   # Minari stores L + 1 observations
         obs = ep.observations
         if isinstance(obs, dict) and "observation" in obs:
