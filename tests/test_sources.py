@@ -142,7 +142,7 @@ def test_rosbag_import_train_load_act(storage: str, tmp_path: Path, capsys: pyte
     assert f"({storage}): 3 episodes" in said
     ds = load_dataset(out)
     assert ds.robot is not None and ds.robot.joints == ARM_JOINTS and ds.widths == {"states": 14, "actions": 7}
-    assert ds.limits is not None and [ep.length for ep in ds.episodes] == [151] * 3
+    assert ds.limits is not None and all(149 <= ep.length <= 151 for ep in ds.episodes)   # 3 s at 50 Hz
     for ep in ds.episodes:   # joints by name: each commanded joint moves its own measured position
         assert _best_match(ep["states"], ep["actions"]) == list(range(7))
     rep = ds.notes  # nothing about limits: the robot file gave them
@@ -168,7 +168,7 @@ def test_rosbag_counts_rules_and_controllers(tmp_path: Path) -> None:
     assert c["messages"] == 3 * 200 and c["used"] + c["skipped"] == c["messages"]
     assert rep.topics["/forward_position_controller/commands"]["messages"] == 3 * 100
     eps, rep = read_bag(bag, BagImport(robot, episodes="length:40"))
-    assert all(ep.length <= 40 for ep in eps) and rep.episodes == sum(-(-101 // 40) for _ in range(3))
+    assert all(ep.length <= 40 for ep in eps) and rep.episodes == 9           # 3 x (40 + 40 + ~20)
     eps, rep = read_bag(bag, BagImport(robot, episodes="gap:0.2"))
     assert rep.episodes == 3
     eps, rep = read_bag(bag, BagImport(robot, action_source="derive"))

@@ -18,14 +18,16 @@ What becomes what (``BagImport``):
 * **goals** (a robot with ``extras: {goals: N}``): ``goal_path = "TOPIC:field"``.
 * **rewards**: ``reward_path = "TOPIC:field"`` if the log has them; otherwise no returns modality.
 
-Resampling to the control rate (the rule): the clock ticks every ``1 / rate_hz`` from the first
-time every stream has a sample. At tick ``t`` each stream gives its latest sample at or before
-``t`` (zero-order hold); the action is the latest command at or before ``t + period`` (the
-command in force while the state of tick ``t`` holds), and likewise a reward. A stream's sample is
-*held* when it serves a second tick, *skipped* when a newer one replaced it before any tick used
-it. A tick where some stream's latest sample is older than ``max_age_s`` (default two periods) is
-*stale*: it is dropped and ends the episode. Every held, skipped and dropped sample is counted in
-the report, per topic.
+Resampling to the control rate (the rule): the clock ticks every ``1 / rate_hz``, from half a
+period after the first state sample to half a period after the last (so a state stream at the
+control rate, with jitter under half a period, gives exactly one sample per tick). At tick ``t``
+each stream gives its latest sample at or before ``t`` (zero-order hold). The action is the latest
+command at or before ``s + 0.9 period``, where ``s`` is the time of the state sample the tick uses:
+the command computed from that state (or, from a slower controller, the one still in force);
+likewise a reward. A stream's sample is *held* when it serves a second tick, *skipped* when a
+newer one replaced it before any tick used it. A tick where some stream's sample is older than
+``max_age_s`` (default 1.25 periods: one missed sample of a stream at the control rate) at the time it is read is *stale*: it is dropped and ends the
+episode. Every held, skipped and dropped sample is counted in the report, per topic.
 
 Times: the bag's receive time (``time="log"``), or the message's ``header.stamp`` where it has
 one (``time="header"``).
@@ -71,7 +73,7 @@ class BagImport:
     goal_path: str = ""
     reward_path: str = ""
     episodes: str = "bag"
-    max_age_s: float = 0.0                  # 0: two control periods
+    max_age_s: float = 0.0                  # 0: 1.25 control periods
     time: str = "log"
     min_length: int = 2
 
@@ -305,21 +307,28 @@ def _read_open(path: Path, reader: AnyReader, cfg: BagImport) -> tuple[list[Epis
 def _resample(path: Path, cfg: BagImport, streams: dict[str, _Stream], counts: dict[str, int],
               report: BagReport) -> tuple[list[Episode], BagReport]:
     period_ns = int(round(1e9 * cfg.period))
-    max_age = int(round(1e9 * (cfg.max_age_s or 2 * cfg.period)))
+    max_age = int(round(1e9 * (cfg.max_age_s or 1.25 * cfg.period)))
     data = {role: s.arrays() for role, s in streams.items()}
     state_roles = sorted(r for r in data if r.startswith("state"))
-    ahead = {"action", "rewards"}   # the value in force during the period after the tick
+    ahead = {"action", "rewards"}   # what followed the tick's state: the command computed from it
     sampled = [r for r in data if r != "marker"]
-    t0 = max(int(data[r][0][0]) - (period_ns if r in ahead else 0) for r in sampled)
-    t_end = min(int(data[r][0][-1]) + max_age - (period_ns if r in ahead else 0) for r in sampled)
+    first = state_roles[0]
+    t_state = data[first][0]
+    # ticks: half a period after the first state sample, to half a period after the last one (a state
+    # stream at the control rate with jitter under half a period gives exactly one sample per tick)
+    t0 = int(t_state[0]) + period_ns // 2
+    t_end = int(t_state[-1]) + period_ns // 2 - 1
     if t_end < t0:
-        raise BagError(f"{path}: the streams never overlap in time ({', '.join(streams[r].topic for r in sampled)})")
+        raise BagError(f"{path}: topic {streams[first].topic} has a single state sample")
     ticks = t0 + period_ns * np.arange((t_end - t0) // period_ns + 1, dtype=np.int64)
     report.ticks = len(ticks)
-    idx, fresh = {}, np.ones(len(ticks), bool)
-    for r in sampled:
+    idx: dict[str, np.ndarray] = {}
+    fresh = np.ones(len(ticks), bool)
+    for r in sorted(sampled, key=lambda r: r in ahead):   # the states first: the commands follow them
         t, _ = data[r]
-        at = ticks + (period_ns if r in ahead else 0)
+        at = ticks
+        if r in ahead:   # the latest command at or before 0.9 period after the state sample this tick uses
+            at = t_state[np.maximum(idx[first], 0)] + int(0.9 * period_ns)
         i = np.searchsorted(t, at, side="right") - 1
         ok = (i >= 0) & (at - t[np.maximum(i, 0)] <= max_age)
         idx[r], fresh = i, fresh & ok

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward", default="", metavar="TOPIC:FIELD", help="per-step reward, if the log has one")
     parser.add_argument("--episodes", default="bag", help="bag | gap:SECONDS | length:STEPS | marker:TOPIC (default bag)")
     parser.add_argument("--max-age", type=float, default=0.0,
-                        help="a sample older than this (s) at a tick makes the tick stale (default 2 control periods)")
+                        help="a sample older than this (s) at a tick makes the tick stale (default 1.25 control periods)")
     parser.add_argument("--time", default="log", choices=("log", "header"), help="message time: bag receive time or header.stamp")
     parser.add_argument("--min-length", type=int, default=2, help="drop episodes shorter than this many steps")
     parser.add_argument("--report", type=Path, default=None, help="also write the import report as JSON")
