@@ -289,6 +289,29 @@ def _limits(value: Any, joints: list[str], where: str, base: Path | None) -> Act
     return ActionLimits(np.asarray(out[0]), np.asarray(out[1]))
 
 
+_MJCF_ACTUATORS = ("motor", "position", "velocity", "general", "intvelocity", "damper", "cylinder", "muscle")
+
+
+def _mjcf_defaults(root: ET.Element) -> dict[tuple[str, str], dict[str, str]]:
+    """(default class, element tag) -> attributes, with nested classes inheriting from their parent."""
+    out: dict[tuple[str, str], dict[str, str]] = {}
+
+    def walk(node: ET.Element, name: str, inherited: dict[str, dict[str, str]]) -> None:
+        mine = {tag: dict(attrs) for tag, attrs in inherited.items()}
+        for child in node:
+            if child.tag != "default":
+                mine[child.tag] = {**mine.get(child.tag, {}), **child.attrib}
+        for tag, attrs in mine.items():
+            out[(name, tag)] = attrs
+        for child in node:
+            if child.tag == "default":
+                walk(child, child.get("class", name), mine)
+
+    for top in root.findall("default"):
+        walk(top, top.get("class", "main"), {})
+    return out
+
+
 def limits_from_model_file(path: Path, joints: Sequence[str], where: str) -> ActionLimits:
     """Command limits from an MJCF (each actuator's ``ctrlrange``, in actuator order) or a URDF
     (each named joint's ``<limit lower upper>``; ``joints`` are the description's joints)."""
@@ -298,9 +321,17 @@ def limits_from_model_file(path: Path, joints: Sequence[str], where: str) -> Act
         raise RobotError(f"{where}: 'limits.from' {path}: not a readable XML file ({e})") from None
     lows, highs = [], []
     if root.tag == "mujoco":
-        for act in root.iter():
-            if act.tag in ("motor", "position", "velocity", "general", "intvelocity") and act.get("ctrlrange"):
-                lo, hi = (float(v) for v in act.get("ctrlrange", "").split())
+        defaults = _mjcf_defaults(root)
+        for section in root.iter("actuator"):
+            for act in section:
+                if act.tag not in _MJCF_ACTUATORS:
+                    continue
+                attrs = {**defaults.get(("main", act.tag), {}), **defaults.get((act.get("class", "main"), act.tag), {}),
+                         **act.attrib}
+                if not attrs.get("ctrlrange"):
+                    raise RobotError(f"{where}: 'limits.from' {path}: actuator {attrs.get('name') or act.tag} "
+                                     f"(on joint {attrs.get('joint', '?')}) has no ctrlrange")
+                lo, hi = (float(v) for v in attrs["ctrlrange"].split())
                 lows.append(lo)
                 highs.append(hi)
     elif root.tag == "robot":

@@ -70,7 +70,7 @@ from mtm_runtime.spec import ACTIONS, TrajectorySpec
 from mtm_runtime.trainer import TrainConfig, lr_at, resolve_device
 from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.evaluate import evaluate_checkpoint_object
-from mtm_runtime.training.loaders import Episode, read_metadata, split_episodes
+from mtm_runtime.training.loaders import Episode, data_widths, read_metadata, split_episodes
 from mtm_runtime.training.sources import load_dataset
 from mtm_runtime.training.pipeline import PRESET_LR, NormalisedSampler, fit_normaliser, step_rng
 
@@ -396,7 +396,8 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
             log(f"[train] {ds.path}: {note}")
     else:   # in-memory episodes of a benchmark task (tests, benchmarks)
         task = get_task(args.env or args.task)
-        widths = task.modality_widths()
+        widths = data_widths(episodes, "episodes")
+        task = dataclasses.replace(task, rewards="returns" in widths)
         limits = task.robot.limits if task.robot is not None else None
         source = None
     train_eps, val_eps = split_episodes(episodes, args.val_fraction, seed=args.seed, labelled_only=args.labelled_only)

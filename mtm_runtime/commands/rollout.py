@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     parser.add_argument("--model", default="", help=f"checkpoint / .onnx (default: {BUNDLED_MODEL} if present)")
     parser.add_argument("--backend", default="", help="torch | onnxruntime | ... (default: the node's)")
-    parser.add_argument("--task", default="reacher")
+    parser.add_argument("--task", default="reacher", help="benchmark task, Gymnasium id or robot file (with sim.env / sim.mjcf)")
     parser.add_argument("--mode", default="", help="mask mode (default: goal for goal tasks, else bc)")
     parser.add_argument("--rate", type=float, default=0.0, help="control rate in Hz (default: the task's 1/dt)")
     parser.add_argument("--sim-mode", choices=("realtime", "lockstep"), default="realtime")
@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
     duration = 0.0 if args.target == "sim" else args.episodes * task.episode_steps / (rate or 50.0)
     try:
         res = run_closed_loop(model, log_dir=out / "logs", target=args.target, backend=args.backend, rate=f"{rate:g}" if rate else "",
-                              task=task.name, sim_mode=args.sim_mode, episodes=args.episodes if args.target == "sim" else 0,
+                              task=task.key or task.name, sim_mode=args.sim_mode, episodes=args.episodes if args.target == "sim" else 0,
                               duration_s=duration or args.timeout, record=out / "rollout.mcap", policy_params=pol,
                               bridge_params=br, startup_timeout_s=args.timeout or 30.0 + args.episodes * 5.0,
                               progress=True)
@@ -84,9 +84,11 @@ def main(args: argparse.Namespace) -> int:
         return 1
     summary = {"model": model, "target": args.target, "task": task.name, "mode": mode, "rate_hz": rate or "env",
                "sim_mode": args.sim_mode, "wall_s": round(res.wall_s, 2), "episodes": res.episodes,
-               "mean_normalised_score": res.mean_score(), "policy_diagnostics": res.policy_diagnostics,
+               "mean_normalised_score": res.mean_score(), "success_rate": res.success_rate(), "policy_diagnostics": res.policy_diagnostics,
                "recorded_messages": res.recorded, "recording": res.record_path}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    success = res.success_rate()
     print(f"mtm rollout: {len(res.episodes)} episodes in {res.wall_s:.1f} s, mean normalised score "
-          f"{res.mean_score():.1f}; recording {res.record_path}")
+          f"{res.mean_score():.1f}" + (f", success {100 * success:.0f}%" if success == success else "")
+          + f"; recording {res.record_path}")
     return 0
