@@ -22,11 +22,15 @@ import numpy as np
 from mtm_runtime import safety_contract as contract
 from mtm_runtime.control_loop import TRIGGERS, LoopConfig
 from mtm_runtime.integrity import CheckpointError
-from mtm_runtime.robot import robot_of_metadata
+from mtm_runtime import package_paths
+from mtm_runtime.robot import load_robot, robot_of_metadata
 from mtm_runtime.safety import FAULT_KINDS, ActionLimits
 
 JOINT_FIELDS = ("position", "velocity", "effort")
-COMMAND_TYPES = ("float64_multiarray", "joint_state")
+COMMAND_TYPES = ("float64_multiarray", "joint_state", "joint_trajectory")
+#: A robot file's ``action.type`` -> the node's ``command_type``.
+ROBOT_COMMAND_TYPES = {"Float64MultiArray": "float64_multiarray", "JointState": "joint_state",
+                       "JointTrajectory": "joint_trajectory"}
 INPUT_TYPES = ("float64_multiarray", "joint_state")
 #: Parameters applied while running; all others take effect at the next configure and may only
 #: change while unconfigured.
@@ -63,8 +67,12 @@ PARAMETERS: dict[str, Param] = {
     "goal": Param([], "goal vector for goal mode (empty = unset); run time", numbers=True),
     "control_rate_hz": Param(50.0, "control rate; also the act() time budget (1/rate)", lo=1.0, hi=2000.0),
     "trigger": Param("state", "step on each state or on a timer", choices=TRIGGERS),
-    "command_type": Param("float64_multiarray", "message type on 'commands'", choices=COMMAND_TYPES),
-    "command_interface": Param("effort", "JointState field for commands", choices=JOINT_FIELDS),
+    "robot_file": Param("", "robot description (YAML; package:// paths work): joints, state fields, command type, "
+                        "interface and topic, rate and limits come from it ('' = from the parameters)"),
+    "command_type": Param("float64_multiarray", "message type on the command topic (Float64MultiArray, JointState, "
+                          "or a one-point JointTrajectory)", choices=COMMAND_TYPES),
+    "command_interface": Param("effort", "JointState / JointTrajectory field for commands", choices=JOINT_FIELDS),
+    "command_topic": Param("commands", "topic the commands go to (a ros2_control controller's, say)"),
     "input_type": Param("float64_multiarray", "state input: 'observation' Float64MultiArray or "
                         "'joint_states' JointState", choices=INPUT_TYPES),
     "joint_names": Param([], "joint order for JointState input/commands (empty = message order)"),
@@ -183,6 +191,35 @@ def update(changes: Mapping[str, Any], current: Mapping[str, Any], policy: Any =
     return problem
 
 
+def with_robot(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with the robot file's settings (``robot_file``) in place of parameters left at
+    their defaults: joints, state fields and input type, command type, interface and topic,
+    control rate, and its limits unless ``action_low``/``action_high`` are set. A parameter set to
+    something else than the file says is refused, naming both (joints: the first that differs)."""
+    path = str(values.get("robot_file") or "")
+    if not path:
+        return dict(values)
+    robot = load_robot(package_paths.resolve(path))
+    derived: dict[str, Any] = {"input_type": "float64_multiarray" if robot.observation_dim else "joint_state",
+                               "command_type": ROBOT_COMMAND_TYPES[robot.command_type],
+                               "command_interface": robot.action_interface, "command_topic": robot.command_topic,
+                               "control_rate_hz": robot.rate_hz, "joint_names": list(robot.joints)}
+    if not robot.observation_dim:
+        derived["state_fields"] = list(robot.state_fields)
+    if robot.limits is not None and not floats(values["action_low"]) and not floats(values["action_high"]):
+        derived["action_low"], derived["action_high"] = robot.limits.low.tolist(), robot.limits.high.tolist()
+    for name, want in derived.items():
+        have = values[name]
+        have = list(have) if isinstance(have, (list, tuple)) or hasattr(have, "tolist") else have
+        if have == PARAMETERS[name].default or have == want:
+            continue
+        if name == "joint_names":
+            robot.check_joints(have, f"parameter joint_names vs robot file {path}")
+        raise ValueError(f"parameter {name}={have!r} contradicts robot file {path}, which says {want!r}; "
+                         "leave the parameter unset")
+    return {**values, **derived}
+
+
 def checked_values(values: Mapping[str, Any]) -> None:
     """At configure: every value (overrides and params files never passed the update check)."""
     problem = set_problem(values, values)
@@ -215,7 +252,7 @@ def check_model_fits(policy: Any, values: Mapping[str, Any], path: str) -> None:
     if values["input_type"] == "joint_state" and joints and len(joints) * len(fields) != sw:
         raise ValueError(f"{len(joints)} joint_names x {len(fields)} state_fields = "
                          f"{len(joints) * len(fields)} values, the model's states have width {sw}")
-    if values["command_type"] == "joint_state" and joints and len(joints) != aw:
+    if values["command_type"] != "float64_multiarray" and joints and len(joints) != aw:
         raise ValueError(f"{len(joints)} joint_names but the model's actions have width {aw}")
     if values["mask_mode"] not in policy.modes:
         raise ValueError(f"mask_mode {values['mask_mode']!r} is not valid for this model "

@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from mtm_runtime.policy_params import JOINT_FIELDS, Param
 
@@ -87,6 +88,26 @@ def array_to_joint_state(values: np.ndarray, joint_names: Sequence[str], stamp: 
         msg.header.stamp = stamp
     msg.name = list(joint_names) if joint_names else [f"joint{i}" for i in range(v.size)]
     setattr(msg, field, v.tolist())
+    return msg
+
+
+def array_to_joint_trajectory(values: np.ndarray, joint_names: Sequence[str], stamp: Time | None = None,
+                              field: str = "position", period_s: float = 0.0) -> JointTrajectory:
+    """A command as a one-point JointTrajectory (ros2_control's joint_trajectory_controller):
+    ``values`` in the point's ``field`` (positions / velocities / effort), reached one control
+    period (``period_s``) after the header stamp."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(joint_names) != v.size:
+        raise ConversionError(f"{v.size} command values for {len(joint_names)} joint names (a trajectory needs names)")
+    msg = JointTrajectory()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.joint_names = list(joint_names)
+    point = JointTrajectoryPoint()
+    setattr(point, {"position": "positions", "velocity": "velocities", "effort": "effort"}[field], v.tolist())
+    ns = int(round(period_s * 1e9))
+    point.time_from_start.sec, point.time_from_start.nanosec = ns // 1_000_000_000, ns % 1_000_000_000
+    msg.points = [point]
     return msg
 
 

@@ -38,6 +38,7 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
 
 from mtm_runtime import package_paths
 from mtm_runtime import policy_params as pp
@@ -54,6 +55,8 @@ NODE_NAME = "mtm_policy"
 #: ``trigger: state``: how often a coarse timer checks whether the idle control-rate timer must
 #: restart (see ``PolicyNode._on_tick``); 20 wake-ups/s instead of one per control period.
 WATCH_PERIOD_S = 0.05
+#: command_type -> the message published on the command topic
+COMMAND_MESSAGES = {"float64_multiarray": Float64MultiArray, "joint_state": JointState, "joint_trajectory": JointTrajectory}
 COMMAND_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -94,7 +97,8 @@ class PolicyNode(LifecycleNode):
         self._timer: Any = None        # control-rate timer (cancelled while idle in trigger: state)
         self._watch_timer: Any = None  # trigger: state only, WATCH_PERIOD_S: wakes the control timer
         self.loop = None
-        self._joint_input = self._joint_command = False
+        self._joint_input = False
+        self._command_type = "float64_multiarray"
         self._joints: list[str] = []
         self._fields: list[str] = []
         self._command_interface = "effort"
@@ -153,8 +157,8 @@ class PolicyNode(LifecycleNode):
             self.faults.note("param_refused", f"{names}: {res.reason}")
 
     def _load_policy(self, path: str, backend: str, mode: str) -> Any:
-        return pp.load_policy(path, backend, mode, int(self.p("inference_threads")),
-                              pp.configured_limits(self._values()))
+        values = pp.with_robot(self._values())
+        return pp.load_policy(path, backend, mode, int(values["inference_threads"]), pp.configured_limits(values))
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _autostart(self) -> None:
@@ -182,14 +186,14 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
-        values = self._values()
+        values = pp.with_robot(self._values())   # a robot file fills the joints, fields, command type, topic, rate
         pp.checked_values(values)
         path = str(package_paths.resolve(str(values["model_path"])))  # package://... -> its share directory
         mode = str(values["mask_mode"])
         policy = self._loader(path, str(values["backend"]), mode)
         pp.check_model_fits(policy, values, path)
         self._joint_input = values["input_type"] == "joint_state"
-        self._joint_command = values["command_type"] == "joint_state"
+        self._command_type = str(values["command_type"])
         policy.set_mode(mode, **pp.mode_kwargs(values))
         loop = ControlLoop(policy, pp.loop_config(values), clock_ns=self._clock_ns, faults=self.faults,
                            stats=self._idle_stats, log=self._log)
@@ -202,8 +206,8 @@ class PolicyNode(LifecycleNode):
             policy.warmup(int(values["warmup_iters"]))
         policy.reset()
         self.loop = loop
-        self._cmd_pub = self.create_publisher(JointState if self._joint_command else Float64MultiArray,
-                                              "commands", COMMAND_QOS)
+        self._cmd_pub = self.create_publisher(COMMAND_MESSAGES[self._command_type], str(values["command_topic"]),
+                                              COMMAND_QOS)
         # reward first: for messages ready in the same wait, the executor serves it before the state
         for msg_type, topic, callback, qos in (
                 (Float64, "reward", self._on_reward, RELIABLE_QOS),
@@ -365,8 +369,11 @@ class PolicyNode(LifecycleNode):
     def _publish(self, cmd: np.ndarray, stamp_ns: int) -> None:
         if self._cmd_pub is None:
             return
-        if self._joint_command:
+        if self._command_type == "joint_state":
             msg = conv.array_to_joint_state(cmd, self._joints, conv.ns_to_stamp(stamp_ns), self._command_interface)
+        elif self._command_type == "joint_trajectory":
+            msg = conv.array_to_joint_trajectory(cmd, self._joints, conv.ns_to_stamp(stamp_ns), self._command_interface,
+                                                 self.loop.period_s if self.loop is not None else 0.0)
         else:
             msg = conv.array_to_multiarray(cmd)
         self._cmd_pub.publish(msg)

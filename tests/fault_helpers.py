@@ -41,7 +41,7 @@ class FaultyBackend(Backend):
         return self._out
 
 
-def tiny_checkpoint(directory: Path, states: int, actions: int, bound: float = 1.0) -> Path:
+def tiny_checkpoint(directory: Path, states: int, actions: int, bound: float = 1.0, provenance: dict | None = None) -> Path:
     """An untrained small MTM checkpoint with ``states``/``actions`` widths (plumbing only)."""
     import torch
 
@@ -54,7 +54,7 @@ def tiny_checkpoint(directory: Path, states: int, actions: int, bound: float = 1
     torch.manual_seed(0)
     model = MTM(spec, MTMConfig(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, mlp_ratio=2))
     return save_checkpoint(directory, model, Normaliser.identity(spec), ActionLimits.symmetric(bound, actions),
-                           provenance={"note": "fault-test checkpoint"})
+                           provenance={"note": "fault-test checkpoint", **(provenance or {})})
 
 
 def record(scenario: str, **values: Any) -> None:

@@ -26,8 +26,8 @@ command at or before ``s + 0.9 period``, where ``s`` is the time of the state sa
 the command computed from that state (or, from a slower controller, the one still in force);
 likewise a reward. A stream's sample is *held* when it serves a second tick, *skipped* when a
 newer one replaced it before any tick used it. A tick where some stream's sample is older than
-``max_age_s`` (default 1.25 periods: one missed sample of a stream at the control rate) at the time it is read is *stale*: it is dropped and ends the
-episode. Every held, skipped and dropped sample is counted in the report, per topic.
+``max_age_s`` (default 1.25 periods: no missed sample of a stream at the control rate) at the
+time it is read is *stale*: it is dropped and ends the episode. Every held, skipped and dropped sample is counted in the report, per topic.
 
 Times: the bag's receive time (``time="log"``), or the message's ``header.stamp`` where it has
 one (``time="header"``).
