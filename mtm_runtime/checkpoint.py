@@ -41,6 +41,7 @@ from mtm_runtime.integrity import (INTEGRITY_FIELD, CheckpointError, Trust, chec
                                    stamp_json)
 from mtm_runtime.model import MAX_MODEL_BYTES, MTM, MTMConfig, memory_estimate
 from mtm_runtime.normalise import Normaliser
+from mtm_runtime.robot import RobotError, robot_from_dict
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import SpecError, TrajectorySpec
 
@@ -153,7 +154,23 @@ def parse_metadata(meta: Any, where: str | os.PathLike) -> tuple[TrajectorySpec,
     prov = meta.get("provenance") or {}
     if not isinstance(prov, Mapping):
         raise CheckpointError(where, "provenance", "must be an object")
+    _check_robot(prov.get("robot"), spec, where)
     return spec, cfg, norm, limits, dict(prov)
+
+
+def _check_robot(d: Any, spec: TrajectorySpec, where: str | os.PathLike) -> None:
+    """The robot the model was trained for (if named) must be a valid description whose widths are the spec's."""
+    if d is None:
+        return
+    try:
+        robot = robot_from_dict(d, "robot")
+    except RobotError as e:
+        raise CheckpointError(where, "provenance.robot", str(e)) from None
+    for name in ("states", "actions"):
+        want = robot.state_dim if name == "states" else robot.action_dim
+        if name in spec and spec.width(name) != want:
+            raise CheckpointError(where, "provenance.robot", f"robot {robot.name!r} has {name} of width {want}, "
+                                  f"the spec {spec.width(name)}")
 
 
 def _parse_spec(d: Any, where: str | os.PathLike) -> TrajectorySpec:

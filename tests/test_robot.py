@@ -138,3 +138,30 @@ def test_mjcf_simulator_maps_joints_and_actuators_by_name(tmp_path: Path) -> Non
     (tmp_path / "bad.yaml").write_text(ARM.replace("[a, b, c]", "[a, b, z]").split("limits:")[0] + "sim: {mjcf: arm.xml}\n")
     with pytest.raises(RobotError, match="joint 'z' is not a joint of this MJCF"):
         get_task(str(tmp_path / "bad.yaml")).make_env()
+
+
+def test_the_robot_travels_in_the_checkpoint_and_the_onnx_metadata(tmp_path: Path) -> None:
+    import json
+
+    from fault_helpers import tiny_checkpoint
+    from mtm_runtime.checkpoint import CheckpointError, load_checkpoint
+    from mtm_runtime.integrity import stamp_json
+    from mtm_runtime.onnx_export import export_onnx, read_onnx_metadata
+    from mtm_runtime.policy import Policy
+    from mtm_runtime.robot import robot_of_metadata
+
+    (tmp_path / "arm.yaml").write_text(ARM)
+    robot = load_robot(tmp_path / "arm.yaml")
+    ckpt_dir = tiny_checkpoint(tmp_path / "ckpt", states=6, actions=3, provenance={"robot": robot.to_dict()})
+    assert robot_of_metadata(load_checkpoint(ckpt_dir).metadata()) == robot
+    export_onnx(load_checkpoint(ckpt_dir), tmp_path / "m.onnx")
+    meta = read_onnx_metadata(tmp_path / "m.onnx")
+    assert robot_of_metadata(meta) == robot
+    assert robot_of_metadata(Policy.load(tmp_path / "m.onnx").metadata) == robot
+    # a robot whose widths are not the model's is refused at load, even with a valid stamp
+    m = json.loads((ckpt_dir / "mtm.json").read_text())
+    m["provenance"]["robot"]["joints"] = ["a", "b"]
+    del m["provenance"]["robot"]["limits"]
+    (ckpt_dir / "mtm.json").write_text(json.dumps(stamp_json(m)))
+    with pytest.raises(CheckpointError, match="provenance.robot: robot 'arm3' has states of width 4, the spec 6"):
+        load_checkpoint(ckpt_dir)

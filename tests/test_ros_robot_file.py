@@ -60,7 +60,7 @@ def test_robot_file_sets_the_interface_and_a_trajectory_goes_out(graph: Graph, a
     pub = graph.publisher(JointState, "joint_states")
     order = [6, 2, 0, 4, 1, 5, 3]
     names = [ARM_JOINTS[i] for i in order] + ["gripper"]
-    for k in range(60):
+    for _ in range(60):
         msg = JointState(name=names, position=[0.1 * i for i in order] + [0.0], velocity=[0.0] * 8, effort=[0.0] * 8)
         msg.header.stamp = graph.probe.get_clock().now().to_msg()
         pub.publish(msg)

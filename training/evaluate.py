@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import onnx
 
 from mtm_runtime.control_loop import Command, Fault, LoopConfig
 from mtm_runtime.loop_batch import LoopBatch
+from mtm_runtime.onnx_export import read_onnx_metadata
 from mtm_runtime.policy_batch import PolicyBatch
 from mtm_runtime.sim.tasks import Task, TaskError, get_task, task_for_provenance
 from mtm_runtime.training.baselines import baseline_id_fd, load_baseline_agent
@@ -309,11 +309,8 @@ def provenance_of(path: str) -> dict[str, Any]:
         if (p / name).exists():
             meta = json.loads((p / name).read_text())
             return meta.get("provenance") or ({"task": meta["task"]} if meta.get("task") else {})
-    if p.suffix == ".onnx" and p.is_file():   # the metadata travels in the graph (checked again when loaded)
-        model = onnx.load(str(p), load_external_data=False)
-        for prop in model.metadata_props:
-            if prop.key == "mtm_runtime":
-                return json.loads(prop.value).get("provenance") or {}
+    if p.suffix == ".onnx" and p.is_file():   # the metadata travels in the graph, under its integrity stamp
+        return read_onnx_metadata(p).get("provenance") or {}
     return {}
 
 
