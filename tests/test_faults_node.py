@@ -20,7 +20,6 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from fault_helpers import FaultyBackend, record, tiny_checkpoint  # noqa: E402
 from mtm_runtime import safety_contract as contract  # noqa: E402
 from mtm_runtime.fileio import sha256_file  # noqa: E402
-from mtm_runtime.robot import bundled_robot  # noqa: E402
 from mtm_runtime.integrity import stamp_json  # noqa: E402
 from ros_harness import DiagnosticsLog, Graph, Parameter, ScriptedPolicy, obs  # noqa: E402
 from mtm_runtime.ros_nodes.conversions import ns_to_stamp  # noqa: E402
@@ -268,10 +267,10 @@ def test_configure_refuses_corrupt_tampered_and_wrong_spec(ros_env, tmp_path: Pa
                                          "3 joint_names x 2 state_fields")
     d = variant("robot_joints")   # a model trained for a robot: the node's joints must be the robot's, in order
     m = json.loads((d / "mtm.json").read_text())
-    m["provenance"]["robot"] = bundled_robot("reacher").to_dict()
+    m["provenance"]["robot"] = {"name": "arm2", "joints": ["joint0", "joint1"], "rate_hz": 50, "state": {"observation": 3}}
     (d / "mtm.json").write_text(json.dumps(stamp_json(m)))
     cases["robot joints do not match"] = (d, {"input_type": "joint_state", "joint_names": ["joint1", "joint0"]},
-                                          "joint 0 is 'joint1', robot 'reacher' has 'joint0' there")
+                                          "joint 0 is 'joint1', robot 'arm2' has 'joint0' there")
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
     onnx_bytes = export_onnx(load_checkpoint(good))
