@@ -83,7 +83,8 @@ def job_main(job: tuple[str, str, str, int, dict[str, Any], str]) -> dict[str, A
 def main_job(task_name: str, tier: str, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     from mtm_runtime.checkpoint import load_checkpoint
     from mtm_runtime.sim.tasks import get_task
-    from mtm_runtime.training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.loaders import split_episodes
+    from mtm_runtime.training.sources import load_episodes
 
     task = get_task(task_name)
     data = dataset(out, cfg, task_name, tier, episodes_for(cfg, task_name, tier))
@@ -189,7 +190,8 @@ def hetero_job(task_name: str, tier: str, draw: int, cfg: dict[str, Any], out: P
     from mtm_runtime.checkpoint import load_checkpoint
     from mtm_runtime.sim.tasks import get_task
     from mtm_runtime.training.baselines import train_baseline
-    from mtm_runtime.training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.loaders import split_episodes
+    from mtm_runtime.training.sources import load_episodes
 
     task = get_task(task_name)
     frac = cfg["hetero_fraction"][task_name]

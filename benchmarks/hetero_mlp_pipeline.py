@@ -30,7 +30,7 @@ def pipeline_job(job: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
     import torch
 
     from mtm_runtime.sim.tasks import get_task
-    from mtm_runtime.training.loaders import load_episodes
+    from mtm_runtime.training.sources import load_episodes
 
     task_name, draw, cfg, out_s = job
     torch.set_num_threads(1)

@@ -36,7 +36,8 @@ def probe_job(job: tuple[str, str, dict[str, Any], str]) -> dict[str, Any]:
 
     from mtm_runtime.checkpoint import load_checkpoint
     from mtm_runtime.sim.tasks import get_task
-    from mtm_runtime.training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.loaders import split_episodes
+    from mtm_runtime.training.sources import load_episodes
 
     task_name, tier, cfg, out_s = job
     torch.set_num_threads(2)  # several jobs share the machine's cores

@@ -10,7 +10,8 @@ import pytest
 from mtm_runtime import cli
 from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.datasets import collect, episode_returns, write_hdf5
-from mtm_runtime.training.loaders import DatasetError, load_episodes, load_hdf5, read_hdf5, read_metadata
+from mtm_runtime.training.loaders import DatasetError, load_hdf5, read_hdf5, read_metadata
+from mtm_runtime.training.sources import load_episodes
 
 REACHER = get_task("reacher")
 

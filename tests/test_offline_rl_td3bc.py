@@ -12,7 +12,7 @@ from mtm_runtime.normalise import Normaliser
 from mtm_runtime.spec import TrajectorySpec
 from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.datasets import collect, write_hdf5
-from mtm_runtime.training.loaders import load_episodes
+from mtm_runtime.training.sources import load_episodes
 from mtm_runtime.training.offline_rl import RELABELS, Config, build_transitions, get_relabel, train
 
 

@@ -114,7 +114,7 @@ def test_recordings_lose_nothing_under_load(recordings) -> None:
 
 def test_record_import_load_and_train(recordings, tmp_path: Path) -> None:
     from mtm_runtime.sim.tasks import get_task
-    from mtm_runtime.training.loaders import load_episodes
+    from mtm_runtime.training.sources import load_episodes
     from mtm_runtime.training.mcap_import import import_to_hdf5
     from mtm_runtime.training.quick import train_on_episodes
 

@@ -46,7 +46,8 @@ def test_mtm_train_on_cuda_saves_weights_the_cpu_reproduces(reacher_data: Path, 
 
 def test_baseline_trains_on_cuda_and_loads_on_cpu(reacher_data: Path, tmp_path: Path) -> None:
     from mtm_runtime.training.baselines import load_baseline, train_baseline
-    from mtm_runtime.training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.loaders import split_episodes
+    from mtm_runtime.training.sources import load_episodes
     from mtm_runtime.training.pipeline import fit_normaliser
     from mtm_runtime.spec import TrajectorySpec
 

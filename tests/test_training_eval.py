@@ -74,7 +74,8 @@ def test_id_fd_error_formula():
 def test_baselines_train_save_and_evaluate(tmp_path):
     from mtm_runtime.training.baselines import baseline_id_fd, load_baseline_agent, train_baseline
     from mtm_runtime.training.evaluate import evaluate_agent_path
-    from mtm_runtime.training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.loaders import split_episodes
+    from mtm_runtime.training.sources import load_episodes
     from mtm_runtime.training.pipeline import fit_normaliser
 
     task = get_task("reacher")

@@ -114,7 +114,8 @@ def test_labelled_only_with_no_labelled_training_episode_says_so(tmp_path):
     task = get_task("reacher")
     # 10 episodes, 1 labelled; find a split seed that holds the labelled one out for validation
     data = write_hdf5(tmp_path / "het.hdf5", collect(task, "expert", 10, seed=3, action_fraction=0.1), task, "expert", 3, 0.1)
-    from mtm_runtime.training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.loaders import split_episodes
+    from mtm_runtime.training.sources import load_episodes
     eps = load_episodes(data, task)
     seed = next(s for s in range(100) if not split_episodes(eps, 0.1, seed=s, labelled_only=True)[0])
     with pytest.raises(ValueError, match="labelled-only left no training episode"):
@@ -151,7 +152,7 @@ def test_fill_actions_reads_each_step_from_its_window_and_hides_every_action(rea
     import numpy as np
 
     from mtm_runtime.spec import ACTIONS, STATES, TrajectorySpec
-    from mtm_runtime.training.loaders import load_episodes
+    from mtm_runtime.training.sources import load_episodes
     from mtm_runtime.training.pipeline import NormalisedSampler, fit_normaliser
 
     task = get_task("reacher")

@@ -212,7 +212,8 @@ def load_baseline_agent(path: str | Path) -> BaselineAgent:
 def baseline_id_fd(path: str | Path, data: str | Path, n: int = 4096) -> dict[str, float]:
     """Held-out ID or FD error of an ``id``/``fd`` baseline (the other is NaN) on the validation
     split recorded in its provenance, with the windows and formula MTM is scored with."""
-    from mtm_runtime.training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.loaders import split_episodes
+    from mtm_runtime.training.sources import load_episodes
 
     meta, spec, norm, net = load_baseline(path)
     prov = meta["provenance"]
@@ -249,7 +250,8 @@ def baseline_errors(kind: str, net: nn.Sequential, spec: TrajectorySpec, x: np.n
 
 # ---- command line ----------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    from mtm_runtime.training.loaders import load_episodes, read_metadata, split_episodes
+    from mtm_runtime.training.loaders import read_metadata, split_episodes
+    from mtm_runtime.training.sources import load_episodes
 
     p = argparse.ArgumentParser(prog="python -m mtm_runtime.training.baselines", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)

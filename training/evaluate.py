@@ -267,7 +267,8 @@ def mtm_id_fd(ckpt_path: str | Path, data: str | Path, n: int = 4096) -> dict[st
     import torch
 
     from mtm_runtime.checkpoint import load_checkpoint
-    from mtm_runtime.training.loaders import load_episodes, split_episodes
+    from mtm_runtime.training.loaders import split_episodes
+    from mtm_runtime.training.sources import load_episodes
 
     ckpt = load_checkpoint(ckpt_path)
     cfg = ckpt.provenance.get("config", {})

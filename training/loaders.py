@@ -1,14 +1,15 @@
-"""Load trajectory datasets into episodes, and sample training windows from them.
+"""Episodes (the in-memory form every dataset reader produces), the HDF5 readers, and training windows.
 
-Sources:
-* our HDF5 files (``training/datasets.py``; they carry a ``metadata`` group naming the task),
-* a D4RL hdf5 file a user already has (same keys; pass the task, episodes end at
-  ``terminals | timeouts``; a trailing unflagged remainder is kept as a truncated episode),
-* a Minari dataset directory on disk (``data/main_data.hdf5`` read directly with h5py; the
-  Arrow storage format needs the optional ``minari`` package).
+Readers of the other formats (Minari, LeRobotDataset, rosbag2) are beside this module and build
+their episodes with :func:`build_episode`; ``training/sources.py`` picks one by what is on disk.
+HDF5 here: our files (``training/datasets.py``, ``mtm import-bag``; a ``metadata`` group names the
+task or carries the robot file) and any D4RL-layout file (``observations`` and ``actions``
+required; ``rewards`` optional; episodes end at ``terminals | timeouts``, a trailing unflagged
+remainder is kept as a truncated episode; without a task the layout is read from the file).
 
 Loaded form: a list of :class:`Episode`, each a dict ``name -> float32 [L, width]`` with the
-task's modalities (``task.modality_widths()``) plus ``rewards [L, 1]``, and ``episode.present``:
+modalities (``states``, ``actions``, extras such as ``goals``, and ``returns`` plus ``rewards
+[L, 1]`` where the data has rewards), and ``episode.present``:
 ``name -> bool`` (False where the data lacks that modality, e.g. actions of an unlabelled
 episode; those arrays are zeros, never NaN). ``returns`` is the undiscounted return-to-go,
 ``rtg_t = sum_{k >= t} r_k`` over the rest of the (recorded) episode; its normalisation scale
@@ -30,7 +31,7 @@ import numpy as np
 
 from mtm_runtime.spec import ACTIONS, TrajectorySpec
 from mtm_runtime.robot import RobotError, robot_from_dict
-from mtm_runtime.sim.tasks import Task, TaskError, get_task, task_for_data, task_for_robot
+from mtm_runtime.sim.tasks import Task, get_task, task_for_data, task_for_robot
 
 REQUIRED_KEYS = ("observations", "actions")
 OPTIONAL_KEYS = ("rewards", "terminals", "timeouts", "infos/action_present")
@@ -228,101 +229,6 @@ def read_metadata(path: str | Path) -> dict:
         if k in meta:
             meta[k] = json.loads(meta[k])
     return meta
-
-
-# ---- Minari ------------------------------------------------------------------------------
-def minari_metadata(path: str | Path) -> tuple[Path, dict]:
-    """(the ``data`` directory, its ``metadata.json`` with ``env_spec`` and the spaces decoded)."""
-    path = Path(path)
-    data_dir = path / "data" if (path / "data").is_dir() else path
-    meta_file = data_dir / "metadata.json"
-    if not meta_file.exists():
-        raise DatasetError(f"{meta_file}: missing (a Minari dataset directory holds data/metadata.json)")
-    try:
-        meta = json.loads(meta_file.read_text())
-        for k in ("env_spec", "observation_space", "action_space"):
-            if isinstance(meta.get(k), str):
-                meta[k] = json.loads(meta[k])
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{meta_file}: not valid JSON ({e})") from None
-    return data_dir, meta
-
-
-def _flat(name: str, obs: object, where: str) -> np.ndarray:
-    """A Box observation, or a dict of them flattened in key order."""
-    if isinstance(obs, dict):
-        return np.concatenate([_flat(f"{name}.{k}", obs[k], where) for k in sorted(obs)], axis=-1)
-    arr = np.asarray(obs, dtype=np.float32)
-    if arr.ndim == 1:
-        arr = arr.reshape(-1, 1)
-    if arr.ndim != 2:
-        raise DatasetError(f"{where}: '{name}' has shape {arr.shape}; only vector observations are supported")
-    return arr
-
-
-def read_minari(path: str | Path, task: Task | str | None = None) -> tuple[list[Episode], Task, dict]:
-    """A Minari dataset directory on disk, either storage format, read with ``minari`` itself.
-    The simulator is the dataset's ``env_spec.id`` (or ``task``); a dict observation gives
-    ``states`` = its ``observation`` and ``goals`` = its ``desired_goal``. Returns (episodes, task,
-    metadata)."""
-    import minari   # heavy (jax-free at read time, but pulls typer/rich): only where a Minari dataset is read
-
-    data_dir, meta = minari_metadata(path)
-    env_id = (meta.get("env_spec") or {}).get("id", "")
-    try:
-        episodes_read = list(minari.MinariDataset(data_dir).iterate_episodes())
-    except Exception as e:  # noqa: BLE001 - minari raises several types for a damaged dataset
-        raise DatasetError(f"{data_dir}: minari cannot read this dataset ({type(e).__name__}: {e})") from None
-    raw = []
-    for ep in episodes_read:
-        L = len(ep.rewards)   # Minari stores L + 1 observations
-        obs = ep.observations
-        if isinstance(obs, dict) and "observation" in obs:
-            parts = {"states": _flat("observation", obs["observation"], str(data_dir))[:L]}
-            if "desired_goal" in obs:
-                parts["goals"] = _flat("desired_goal", obs["desired_goal"], str(data_dir))[:L]
-        else:
-            parts = {"states": _flat("observations", obs, str(data_dir))[:L]}
-        actions = _flat("actions", ep.actions, str(data_dir))
-        raw.append((parts, actions, np.asarray(ep.rewards, np.float32), bool(np.asarray(ep.terminations)[-1])))
-    if not raw:
-        raise DatasetError(f"{data_dir}: no episodes")
-    if task is None and env_id:
-        try:
-            task = get_task(env_id)
-        except TaskError:
-            task = None   # the environment does not install here: train from the data, no rollouts
-    if task is None:
-        goal_w = raw[0][0]["goals"].shape[1] if "goals" in raw[0][0] else 0
-        if goal_w:
-            raise DatasetError(f"{data_dir}: goal-conditioned dataset for {env_id or 'an unknown environment'}, "
-                               "which does not install here; pass --env with an environment that does")
-        task = task_for_data(str(meta.get("dataset_id", data_dir.parent.name)).replace("/", "_"), raw[0][0]["states"].shape[1],
-                             raw[0][1].shape[1], env_id=env_id)
-    task = get_task(task) if isinstance(task, str) else task
-    episodes = []
-    for i, (parts, actions, rewards, terminated) in enumerate(raw):
-        where = f"{data_dir} episode {i}"
-        if "goals" in parts or task.goal_slice is None:
-            ep = build_episode(where, parts, actions, rewards, terminated)
-        else:
-            ep = make_episode(task, parts["states"], actions, rewards, terminated)
-        for name, w in task.modality_widths().items():
-            if name not in ep or ep[name].shape[1] != w:
-                got = "missing" if name not in ep else f"width {ep[name].shape[1]}"
-                raise DatasetError(f"{where}: {name} {got}, task {task.name} needs width {w}")
-        episodes.append(ep)
-    return episodes, task, meta
-
-
-def load_minari(path: str | Path, task: Task | str | None = None) -> list[Episode]:
-    """The episodes of :func:`read_minari`."""
-    return read_minari(path, task)[0]
-
-
-def load_episodes(path: str | Path, task: Task | str | None = None) -> list[Episode]:
-    """Our HDF5, a D4RL-layout HDF5 or a Minari directory (``training/sources.py`` reads the rest)."""
-    return load_minari(path, task) if Path(path).is_dir() else load_hdf5(path, task)
 
 
 # ---- splitting and windows ----------------------------------------------------------------

@@ -47,7 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtm_runtime.sim.tasks import Task, get_task
-from mtm_runtime.training.loaders import Episode, load_episodes, read_metadata
+from mtm_runtime.training.loaders import Episode, read_metadata
+from mtm_runtime.training.sources import load_episodes
 
 REPRESENTATIONS = ("raw", "frozen", "finetune")
 

@@ -18,16 +18,13 @@ What becomes what (``BagImport``):
 * **goals** (a robot with ``extras: {goals: N}``): ``goal_path = "TOPIC:field"``.
 * **rewards**: ``reward_path = "TOPIC:field"`` if the log has them; otherwise no returns modality.
 
-Resampling to the control rate (the rule): the clock ticks every ``1 / rate_hz``, from half a
-period after the first state sample to half a period after the last (so a state stream at the
-control rate, with jitter under half a period, gives exactly one sample per tick). At tick ``t``
-each stream gives its latest sample at or before ``t`` (zero-order hold). The action is the latest
-command at or before ``s + 0.9 period``, where ``s`` is the time of the state sample the tick uses:
-the command computed from that state (or, from a slower controller, the one still in force);
-likewise a reward. A stream's sample is *held* when it serves a second tick, *skipped* when a
-newer one replaced it before any tick used it. A tick where some stream's sample is older than
-``max_age_s`` (default 1.25 periods: no missed sample of a stream at the control rate) at the
-time it is read is *stale*: it is dropped and ends the episode. Every held, skipped and dropped sample is counted in the report, per topic.
+Resampling to the control rate: the rule is ``training/resample.py``'s (ticks at the control rate
+aligned to the state samples, zero-order hold, the command sent between each tick's state and the
+next state sample; a tick
+with a sample older than ``max_age_s``, default 1.25 periods, is stale: dropped, and it ends the
+episode). A stream's sample is *held* when it serves a second tick, *skipped* when a newer one
+replaced it before any tick used it; every held, skipped and dropped sample is counted in the
+report, per topic.
 
 Times: the bag's receive time (``time="log"``), or the message's ``header.stamp`` where it has
 one (``time="header"``).
@@ -52,8 +49,8 @@ from rosbags.typesys import Stores, get_typestore
 
 from mtm_runtime.robot import Robot
 from mtm_runtime.training.loaders import DatasetError, Episode, build_episode
+from mtm_runtime.training.resample import cut_episodes, parse_rule, resample
 
-EPISODE_RULES = ("bag", "gap", "length", "marker")
 ACTION_SOURCES = ("topic", "derive", "missing")
 
 
@@ -82,9 +79,10 @@ class BagImport:
             raise BagError(f"--actions must be one of {', '.join(ACTION_SOURCES)}, got {self.action_source!r}")
         if self.time not in ("log", "header"):
             raise BagError(f"--time must be log or header, got {self.time!r}")
-        rule = self.episodes.split(":", 1)[0]
-        if rule not in EPISODE_RULES or (rule != "bag") != (":" in self.episodes):
-            raise BagError(f"--episodes must be bag, gap:SECONDS, length:STEPS or marker:TOPIC, got {self.episodes!r}")
+        try:
+            parse_rule(self.episodes)
+        except ValueError as e:
+            raise BagError(str(e)) from None
         if dict(self.robot.extras).get("goals") and not self.goal_path:
             raise BagError(f"robot {self.robot.name!r} has goals: pass --goal TOPIC:FIELD")
         if self.robot.observation_dim and not self.state_paths:
@@ -306,76 +304,28 @@ def _read_open(path: Path, reader: AnyReader, cfg: BagImport) -> tuple[list[Epis
 
 def _resample(path: Path, cfg: BagImport, streams: dict[str, _Stream], counts: dict[str, int],
               report: BagReport) -> tuple[list[Episode], BagReport]:
-    period_ns = int(round(1e9 * cfg.period))
-    max_age = int(round(1e9 * (cfg.max_age_s or 1.25 * cfg.period)))
     data = {role: s.arrays() for role, s in streams.items()}
     state_roles = sorted(r for r in data if r.startswith("state"))
-    ahead = {"action", "rewards"}   # what followed the tick's state: the command computed from it
-    sampled = [r for r in data if r != "marker"]
-    first = state_roles[0]
-    t_state = data[first][0]
-    # ticks: half a period after the first state sample, to half a period after the last one (a state
-    # stream at the control rate with jitter under half a period gives exactly one sample per tick)
-    t0 = int(t_state[0]) + period_ns // 2
-    t_end = int(t_state[-1]) + period_ns // 2 - 1
-    if t_end < t0:
-        raise BagError(f"{path}: topic {streams[first].topic} has a single state sample")
-    ticks = t0 + period_ns * np.arange((t_end - t0) // period_ns + 1, dtype=np.int64)
-    report.ticks = len(ticks)
-    idx: dict[str, np.ndarray] = {}
-    fresh = np.ones(len(ticks), bool)
-    for r in sorted(sampled, key=lambda r: r in ahead):   # the states first: the commands follow them
-        t, _ = data[r]
-        at = ticks
-        if r in ahead:   # the latest command at or before 0.9 period after the state sample this tick uses
-            at = t_state[np.maximum(idx[first], 0)] + int(0.9 * period_ns)
-        i = np.searchsorted(t, at, side="right") - 1
-        ok = (i >= 0) & (at - t[np.maximum(i, 0)] <= max_age)
-        idx[r], fresh = i, fresh & ok
-    report.stale_ticks = int((~fresh).sum())
-    # episode boundaries: stale ticks, plus the chosen rule
-    starts = np.zeros(len(ticks), bool)
-    rule, _, arg = cfg.episodes.partition(":")
-    try:
-        if rule == "gap":
-            gap_ns = int(float(arg) * 1e9)
-            t_state, _ = data[state_roles[0]]
-            gaps = t_state[np.flatnonzero(np.diff(t_state) > gap_ns) + 1]
-            starts[np.searchsorted(ticks, gaps)[np.searchsorted(ticks, gaps) < len(ticks)]] = True
-        elif rule == "length":
-            n = int(arg)
-            if n < 1:
-                raise ValueError
-        elif rule == "marker":
-            m = np.searchsorted(ticks, data["marker"][0])
-            starts[m[m < len(ticks)]] = True
-    except ValueError:
-        raise BagError(f"--episodes {cfg.episodes!r}: {arg!r} is not a valid number") from None
-    # count held / skipped per topic (on fresh ticks only)
+    if len(data[state_roles[0]][0]) < 2:
+        raise BagError(f"{path}: topic {streams[state_roles[0]].topic} has fewer than two state samples")
+    times = {r: data[r][0] for r in data if r != "marker"}
+    period_ns = int(round(1e9 * cfg.period))
+    res = resample(times, state_roles[0], {"action", "rewards"}, period_ns,
+                   int(round(1e9 * (cfg.max_age_s or 1.25 * cfg.period))))
+    report.ticks, report.stale_ticks = len(res.ticks), int((~res.fresh).sum())
     for topic in counts:
-        roles = [r for r in sampled if streams[r].topic == topic]
+        roles = [r for r in times if streams[r].topic == topic]
         c = {"messages": counts[topic], "used": 0, "held": 0, "skipped": 0,
-             "unusable": sum(streams[r].unusable for r in roles if r in streams)}
+             "unusable": sum(streams[r].unusable for r in roles)}
         if roles:
-            used = idx[roles[0]][fresh]
-            uniq = np.unique(used)
-            c["used"], c["held"] = int(len(uniq)), int(len(used) - len(uniq))
-            c["skipped"] = int(len(data[roles[0]][0]) - len(uniq))
+            c.update(res.usage(roles[0], len(times[roles[0]])))
         report.topics[topic] = c
-    # an episode: a run of fresh ticks, cut where the rule starts a new one (stale ticks belong to none)
-    starts &= fresh
-    starts[0] = fresh[0]
-    starts[1:] |= fresh[1:] & ~fresh[:-1]
+    kind, value = parse_rule(cfg.episodes)
     episodes: list[Episode] = []
-    bounds = np.flatnonzero(starts)
-    for a, b in zip(bounds, list(bounds[1:]) + [len(ticks)]):
-        seg = np.arange(a, b)
-        seg = seg[: np.argmin(fresh[seg])] if not fresh[seg].all() else seg   # up to the first stale tick
-        pieces = [seg] if rule != "length" else [seg[k:k + int(arg)] for k in range(0, len(seg), int(arg))]
-        for piece in pieces:
-            ep = _episode(cfg, data, idx, state_roles, piece, report, f"{path} ticks {piece[0]}..{piece[-1]}")
-            if ep is not None:
-                episodes.append(ep)
+    for piece in cut_episodes(res, kind, value, times[state_roles[0]], data["marker"][0] if "marker" in data else None):
+        ep = _episode(cfg, data, res.index, state_roles, piece, report, f"{path} ticks {piece[0]}..{piece[-1]}")
+        if ep is not None:
+            episodes.append(ep)
     report.episodes, report.steps = len(episodes), int(sum(ep.length for ep in episodes))
     if not episodes:
         raise BagError(f"{path}: no episode of at least {cfg.min_length} steps ({report.summary()})")

@@ -31,10 +31,11 @@ from mtm_runtime.robot import Robot, RobotError, load_robot
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.sim.tasks import Task, TaskError, get_task, task_for_data, task_for_robot
 from mtm_runtime.training.lerobot_dataset import is_lerobot, read_lerobot
-from mtm_runtime.training.loaders import DatasetError, Episode, data_widths, read_hdf5, read_minari
+from mtm_runtime.training.loaders import DatasetError, Episode, data_widths, load_hdf5, read_hdf5
+from mtm_runtime.training.minari_dataset import load_minari, read_minari
 from mtm_runtime.training.rosbag_import import BagImport, BagReport, read_bag
 
-__all__ = ["Dataset", "load_dataset", "detect_format"]
+__all__ = ["Dataset", "load_dataset", "load_episodes", "detect_format"]
 
 
 @dataclass
@@ -130,6 +131,12 @@ def load_dataset(path: str | Path, env: str = "", robot: Robot | str | Path | No
         notes.append("no action limits in the data or a robot file: the checkpoint carries none, so the policy node "
                      "needs action_low/action_high")
     return Dataset(episodes, task, fmt, str(path), widths, limits, notes, report)
+
+
+def load_episodes(path: str | Path, task: Task | str | None = None) -> list[Episode]:
+    """The episodes of our HDF5, a D4RL-layout HDF5 or a Minari directory, laid out for ``task``
+    (a benchmark name, Gymnasium id or Task; default: what the file names)."""
+    return load_minari(path, task) if Path(path).is_dir() else load_hdf5(path, task)
 
 
 def _finite(v: object) -> bool:
