@@ -1,4 +1,5 @@
-"""mtm_sim_bridge: a MuJoCo task from ``mtm_runtime.sim.tasks`` behind ROS 2 topics (hardware-in-the-loop stand-in).
+"""mtm_sim_bridge: a MuJoCo task behind ROS 2 topics (hardware-in-the-loop stand-in): a benchmark task,
+any Gymnasium MuJoCo id, or a user's MJCF through its robot file (``mtm_runtime.sim.tasks.get_task``).
 
 Publishes ``observation`` (Float64MultiArray: the task's ``states`` part), ``joint_states``
 (positions/velocities of ``task.joint_names``), ``reward`` (Float64, reliable), ``goal``
@@ -61,6 +62,7 @@ from std_srvs.srv import Trigger
 
 from mtm_runtime.ros_nodes import conversions as conv
 from mtm_runtime.ros_nodes.executors import run_node
+from mtm_runtime.sim.tasks import get_task
 
 NODE_NAME = "mtm_sim_bridge"
 #: episodes kept in memory and in ``results_path`` (oldest dropped first)
@@ -72,7 +74,7 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 SENSOR_OUT = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
-    "task": ("reacher", "task name from mtm_runtime.sim.tasks (reacher, hopper, ...)"),
+    "task": ("reacher", "benchmark task (reacher, hopper, ...), any Gymnasium MuJoCo id, or a robot file with sim.mjcf"),
     "mode": ("lockstep", "realtime | lockstep"),
     "control_rate_hz": (0.0, "realtime step rate (0 = the env's own rate, 1/env.dt)"),
     "seed": (0, "episode k resets with seed + k"),
@@ -113,8 +115,6 @@ class SimBridge(Node):
         super().__init__(node_name, context=context, cli_args=cli_args, parameter_overrides=parameter_overrides)
         for name, (default, text) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=text, dynamic_typing=True))
-        from mtm_runtime.sim.tasks import get_task  # imports gymnasium + mujoco
-
         p = self.p
         self.mode = str(p("mode"))
         if self.mode not in MODES:
