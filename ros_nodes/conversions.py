@@ -111,6 +111,17 @@ def array_to_joint_trajectory(values: np.ndarray, joint_names: Sequence[str], st
     return msg
 
 
+def command_message(values: np.ndarray, command_type: str, joint_names: Sequence[str], stamp: Time,
+                    field: str, period_s: float) -> Float64MultiArray | JointState | JointTrajectory:
+    """The message for ``command_type`` (``policy_params.COMMAND_TYPES``): Float64MultiArray (forward
+    command controllers), JointState stamped with the source state's stamp, or a one-point JointTrajectory."""
+    if command_type == "joint_state":
+        return array_to_joint_state(values, joint_names, stamp, field)
+    if command_type == "joint_trajectory":
+        return array_to_joint_trajectory(values, joint_names, stamp, field, period_s)
+    return array_to_multiarray(values)
+
+
 def joint_state_from_arrays(names: Sequence[str], position: np.ndarray, velocity: np.ndarray,
                             stamp: Time | None = None) -> JointState:
     """Measured joint positions/velocities -> JointState (used by the sim bridge)."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
+from mtm_runtime import safety_contract as contract
 from mtm_runtime.safety_contract import DIAG_MIN_INTERVAL_S
 from mtm_runtime.ros_nodes.conversions import diagnostic_status
 
@@ -45,3 +46,17 @@ class DiagnosticsReporter:
         arr.header.stamp = self._node.get_clock().now().to_msg()
         arr.status = [diagnostic_status(self._name, level, message, values, hardware_id=hardware_id)]
         self._pub.publish(arr)
+
+
+def policy_status(config_error: str, lifecycle_state: str, stale: bool,
+                  faults: list[tuple[str, str]]) -> tuple[int, str]:
+    """The policy loop's (level, message): a configure error, else stale input while active, else
+    the first active fault at its contract level (``safety_contract.CONTRACT``), else the state."""
+    if config_error:
+        return DiagnosticStatus.ERROR, config_error
+    if stale:
+        return DiagnosticStatus.WARN, "stale input"
+    if faults and faults[0][0] != "configure_failed":
+        kind, detail = faults[0]
+        return contract.LEVELS[contract.CONTRACT[kind].level], f"{kind}: {detail}"
+    return DiagnosticStatus.OK, "running" if lifecycle_state == "active" else lifecycle_state

@@ -29,8 +29,6 @@ from typing import Any, Callable
 import numpy as np
 import rclpy
 import rclpy.duration
-from diagnostic_msgs.msg import DiagnosticStatus
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -42,13 +40,13 @@ from trajectory_msgs.msg import JointTrajectory
 
 from mtm_runtime import package_paths
 from mtm_runtime import policy_params as pp
-from mtm_runtime import safety_contract as contract
 from mtm_runtime.control_loop import Command, ControlLoop, Fault, FaultLog
 from mtm_runtime.latency import LoopStats
 from mtm_runtime.policy_params import (EXTERNAL_BACKENDS_ENV, PARAMETERS,  # noqa: F401 - re-exported
                                        load_external_policy)
 from mtm_runtime.ros_nodes import conversions as conv
-from mtm_runtime.ros_nodes.diagnostics import DiagnosticsReporter
+from mtm_runtime.ros_nodes.checked_parameters import CheckedParameters
+from mtm_runtime.ros_nodes.diagnostics import DiagnosticsReporter, policy_status
 from mtm_runtime.ros_nodes.executors import run_node, settle_heap
 
 NODE_NAME = "mtm_policy"
@@ -65,7 +63,7 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 PolicyLoader = Callable[[str, str, str], Any]
 
 
-class PolicyNode(LifecycleNode):
+class PolicyNode(CheckedParameters, LifecycleNode):
     """Lifecycle node running an MTM policy; ``policy_loader(path, backend, mode)`` is injectable."""
 
     def __init__(self, node_name: str = NODE_NAME, *, context: Any = None, cli_args: list[str] | None = None,
@@ -73,15 +71,12 @@ class PolicyNode(LifecycleNode):
                  policy_loader: PolicyLoader | None = None) -> None:
         super().__init__(node_name, context=context, cli_args=cli_args, parameter_overrides=parameter_overrides)
         self._loader = policy_loader or self._load_policy
-        for name, prm in PARAMETERS.items():
-            self.declare_parameter(name, prm.default, conv.parameter_descriptor(prm))
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.declare_checked_parameters(PARAMETERS)
         self.lifecycle_state = "unconfigured"
         self.loop: ControlLoop | None = None
         self._idle_stats = LoopStats()  # what diagnostics read while no loop exists
         self.executor_name = ""
         self._config_error = ""
-        self.param_refusals = 0
         self.config_failures = 0
         self._reset_entities()
         self._diag = DiagnosticsReporter(self, f"{self.get_name()}: policy loop", self._diagnostic_status)
@@ -116,45 +111,16 @@ class PolicyNode(LifecycleNode):
     def watchdog(self) -> Any:
         return self.loop.watchdog if self.loop is not None else None
 
-    # ---- parameters ------------------------------------------------------------------------
-    def p(self, name: str) -> Any:
-        value = self.get_parameter(name).value
-        return [] if value is None and name in pp.LIST_PARAMS else value
-
-    def _values(self) -> dict[str, Any]:
-        return {name: self.p(name) for name in PARAMETERS}
-
-    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """The whole set is checked first (no side effect); only then applied to the live policy."""
-        changes = {prm.name: prm.value for prm in params}
+    # ---- parameters (ros_nodes/checked_parameters.py: the whole set checked, then applied) ------
+    def check_update(self, changes: dict[str, Any]) -> tuple[str, str] | None:
         problem = pp.update(changes, self._values(), self.policy)
-        if problem is not None:
-            name, reason = problem
-            self.get_logger().warning(f"refused {name}={changes.get(name, self.p(name))!r}: {reason}")
-            return SetParametersResult(successful=False, reason=reason)
         live = [f"{k} -> {v!r}" for k, v in changes.items() if k in pp.DYNAMIC_PARAMS and self.policy is not None]
-        if live:
+        if problem is None and live:
             self.get_logger().info(", ".join(live))
-        return SetParametersResult(successful=True)
+        return problem
 
-    def set_parameters(self, parameter_list: list[Parameter]) -> list[SetParametersResult]:
-        """rclpy's, plus: every refusal (descriptor range or our callback) is counted and reported."""
-        results = super().set_parameters(parameter_list)
-        for prm, res in zip(parameter_list, results):
-            self._count_refusal([prm], res)
-        return results
-
-    def set_parameters_atomically(self, parameter_list: list[Parameter]) -> SetParametersResult:
-        """rclpy's (the ``~/set_parameters`` service uses it), plus refusals counted and reported."""
-        res = super().set_parameters_atomically(parameter_list)
-        self._count_refusal(parameter_list, res)
-        return res
-
-    def _count_refusal(self, params: list[Parameter], res: SetParametersResult) -> None:
-        if not res.successful:
-            self.param_refusals += 1
-            names = ", ".join(f"{p.name}={p.value!r}" for p in params)
-            self.faults.note("param_refused", f"{names}: {res.reason}")
+    def on_refused(self, what: str) -> None:
+        self.faults.note("param_refused", what)
 
     def _load_policy(self, path: str, backend: str, mode: str) -> Any:
         values = pp.with_robot(self._values())
@@ -367,16 +333,9 @@ class PolicyNode(LifecycleNode):
         return len(ramp)
 
     def _publish(self, cmd: np.ndarray, stamp_ns: int) -> None:
-        if self._cmd_pub is None:
-            return
-        if self._command_type == "joint_state":
-            msg = conv.array_to_joint_state(cmd, self._joints, conv.ns_to_stamp(stamp_ns), self._command_interface)
-        elif self._command_type == "joint_trajectory":
-            msg = conv.array_to_joint_trajectory(cmd, self._joints, conv.ns_to_stamp(stamp_ns), self._command_interface,
-                                                 self.loop.period_s if self.loop is not None else 0.0)
-        else:
-            msg = conv.array_to_multiarray(cmd)
-        self._cmd_pub.publish(msg)
+        if self._cmd_pub is not None:
+            self._cmd_pub.publish(conv.command_message(cmd, self._command_type, self._joints, conv.ns_to_stamp(stamp_ns),
+                                                       self._command_interface, self.loop.period_s if self.loop else 0.0))
 
     # ---- diagnostics -----------------------------------------------------------------------
     def diagnostics_values(self) -> dict[str, object]:
@@ -389,17 +348,8 @@ class PolicyNode(LifecycleNode):
         return {**vals, **self.faults.report()}
 
     def _diagnostic_status(self) -> tuple[int, str, dict[str, object], str]:
-        faults = self.faults.active()
-        if self._config_error:
-            level, text = DiagnosticStatus.ERROR, self._config_error
-        elif self.lifecycle_state == "active" and self.loop.watchdog.stale():
-            level, text = DiagnosticStatus.WARN, "stale input"
-        elif faults and faults[0][0] != "configure_failed":
-            level, text = contract.LEVELS[contract.CONTRACT[faults[0][0]].level], f"{faults[0][0]}: {faults[0][1]}"
-        elif self.lifecycle_state != "active":
-            level, text = DiagnosticStatus.OK, self.lifecycle_state
-        else:
-            level, text = DiagnosticStatus.OK, "running"
+        stale = self.lifecycle_state == "active" and self.loop is not None and self.loop.watchdog.stale()
+        level, text = policy_status(self._config_error, self.lifecycle_state, stale, self.faults.active())
         return level, text, self.diagnostics_values(), str(self.p("model_path"))
 
 
