@@ -47,6 +47,12 @@ class Normaliser:
         return cls(spec)
 
     @classmethod
+    def fit_packed(cls, spec: TrajectorySpec, x: np.ndarray, std_floor: float = 1e-2) -> "Normaliser":
+        """Fit from packed windows or steps ``x [..., D]`` (every modality's columns of the spec)."""
+        flat = np.asarray(x).reshape(-1, spec.packed_width)
+        return cls.fit(spec, {n: flat[:, spec.slice(n)] for n in spec.names}, std_floor)
+
+    @classmethod
     def fit(cls, spec: TrajectorySpec, data: Mapping[str, np.ndarray], std_floor: float = 1e-2) -> "Normaliser":
         """Fit from ``{name: [N, width]}`` arrays (NaN rows, e.g. missing actions, are ignored).
         Modalities without data keep mean 0, std 1."""

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtm_runtime.normalise import Normaliser
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import TrajectorySpec, pack
 
@@ -51,8 +50,3 @@ class ArraySampler:
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         idx = self.rng.integers(0, len(self.x), size=batch_size)
         return self.x[idx], np.ones((batch_size, self.spec.horizon, self.spec.num_modalities), np.float32)
-
-
-def fit_normaliser(spec: TrajectorySpec, windows: np.ndarray) -> Normaliser:
-    flat = windows.reshape(-1, windows.shape[-1])
-    return Normaliser.fit(spec, {n: flat[:, spec.slice(n)] for n in spec.names})

@@ -1,4 +1,5 @@
-"""A minimal trainer usable from a notebook or a script (the full CLI trainer builds on it).
+"""The training step (``optimiser_step``, the one both trainers run), and a minimal trainer usable
+from a notebook or a script (``training/train.py`` adds DDP, autocast, checkpoints and curves).
 
     sampler.sample(batch_size) -> (x [B, T, D] normalised float32, present [B, T, M])
     trainer = Trainer(model, TrainConfig(steps=300))
@@ -9,10 +10,11 @@ availability, runs the packed-encoder forward and the loss of ``mtm_runtime.loss
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ import torch
 from mtm_runtime import masks as M
 from mtm_runtime.loss import mtm_loss
 from mtm_runtime.model import MTM
+from mtm_runtime.spec import TrajectorySpec
 
 
 class Sampler(Protocol):
@@ -57,6 +60,24 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def optimiser_step(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], params: Iterable[torch.nn.Parameter],
+                   opt: torch.optim.Optimizer, spec: TrajectorySpec, x: torch.Tensor, mask: torch.Tensor,
+                   present: torch.Tensor, grad_clip: float, masked_only: bool = False,
+                   modality_weights: Mapping[str, float] | None = None,
+                   autocast: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One step: ``forward(x, mask)`` (under ``autocast`` if given), the MTM loss in float32,
+    backward, gradient clipping, the optimiser's step. Returns (loss, per-modality parts, gradient
+    norm), all still on the device: the caller decides when to read them."""
+    with autocast if autocast is not None else contextlib.nullcontext():
+        pred = forward(x, mask)
+    loss, parts = mtm_loss(spec, pred.float(), x, mask, present, modality_weights, masked_only)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(list(params), grad_clip)
+    opt.step()
+    return loss, parts, grad_norm
+
+
 class Trainer:
     def __init__(self, model: MTM, cfg: TrainConfig, device: str = "cpu") -> None:
         self.model, self.cfg, self.device = model.to(device), cfg, device
@@ -80,12 +101,8 @@ class Trainer:
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         mt = torch.from_numpy(mask).to(self.device)
         pt = torch.from_numpy(np.ascontiguousarray(present, dtype=np.float32)).to(self.device)
-        pred = self.model.forward_train(xt, mt)
-        loss, parts = mtm_loss(self.spec, pred, xt, mt, pt, self.cfg.modality_weights, self.cfg.masked_only)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.opt.step()
+        loss, parts, _ = optimiser_step(self.model.forward_train, self.model.parameters(), self.opt, self.spec, xt, mt, pt,
+                                        self.cfg.grad_clip, self.cfg.masked_only, self.cfg.modality_weights)
         self.step += 1
         return {"loss": float(loss.detach()), "lr": self.opt.param_groups[0]["lr"], **{k: float(v) for k, v in parts.items()}}
 

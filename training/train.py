@@ -67,7 +67,7 @@ from mtm_runtime.fileio import sha256_file
 from mtm_runtime.loss import mtm_loss
 from mtm_runtime.model import MTM, PRESETS, build_model, count_parameters
 from mtm_runtime.spec import ACTIONS, TrajectorySpec
-from mtm_runtime.trainer import TrainConfig, lr_at, resolve_device
+from mtm_runtime.trainer import TrainConfig, lr_at, optimiser_step, resolve_device
 from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.evaluate import evaluate_checkpoint_object
 from mtm_runtime.training.loaders import Episode, data_widths, read_metadata, split_episodes
@@ -518,13 +518,8 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
         lr = lr_at(step, sched)
         for g in opt.param_groups:
             g["lr"] = lr
-        with autocast:
-            pred = net(xt, mt)
-        loss, parts = mtm_loss(spec, pred.float(), xt, mt, pt, masked_only=args.loss_on == "hidden")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(mtm.parameters(), args.grad_clip)
-        opt.step()
+        loss, parts, grad_norm = optimiser_step(net, mtm.parameters(), opt, spec, xt, mt, pt, args.grad_clip,
+                                                masked_only=args.loss_on == "hidden", autocast=autocast)
 
         done = step + 1
         elapsed = time.perf_counter() - t_start

@@ -20,7 +20,8 @@ import torch
 from mtm_runtime import masks as M
 from mtm_runtime.checkpoint import save_checkpoint
 from mtm_runtime.model import MTMConfig, build_model
-from mtm_runtime.toy import SINUSOID_ACTION_LIMITS, ArraySampler, fit_normaliser, sinusoid_spec, sinusoid_windows
+from mtm_runtime.normalise import Normaliser
+from mtm_runtime.toy import SINUSOID_ACTION_LIMITS, ArraySampler, sinusoid_spec, sinusoid_windows
 from mtm_runtime.trainer import TrainConfig, Trainer, evaluate_mask
 
 
@@ -54,7 +55,7 @@ def run(steps: int = 400, batch_size: int = 128, horizon: int = 4, seed: int = 0
     torch.manual_seed(seed)
     spec = sinusoid_spec(horizon)
     raw_train, raw_val = sinusoid_windows(8192, horizon, seed), sinusoid_windows(1024, horizon, seed + 1)
-    norm = fit_normaliser(spec, raw_train)
+    norm = Normaliser.fit_packed(spec, raw_train)
     x_train, x_val = norm.normalise_packed(raw_train), norm.normalise_packed(raw_val)
     cfg = MTMConfig(d_model=64, n_heads=4, n_enc_layers=2, n_dec_layers=1, mlp_ratio=4, dropout=0.0)
     model = build_model(spec, cfg)
