@@ -13,7 +13,7 @@ not step this call get an all-hidden row whose output is ignored, and their stat
 
 This is the vectorised path of evaluation (``training/evaluate.py``); the control loop stays
 batch 1. Results equal B separate ``Policy.act`` calls up to the backend's batched arithmetic
-(bit for bit with the CPU torch backend here: ``tests/test_policy_batch.py``).
+(bit for bit with the CPU torch backend here: ``tests/runtime/test_policy_batch.py``).
 """
 from __future__ import annotations
 

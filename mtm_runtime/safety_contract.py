@@ -1,7 +1,7 @@
 """The safety contract as data: one row per fault, read by ``docs/safety.md`` tests and fault tests.
 
 Numbers are in control periods ``P = 1 / control_rate_hz`` unless the name says seconds. The
-document ``docs/safety.md`` carries the same table (``tests/test_faults_contract.py`` parses it
+document ``docs/safety.md`` carries the same table (``tests/runtime/test_faults_contract.py`` parses it
 and compares it with ``CONTRACT`` field by field, so the two cannot drift apart).
 
 Bounds a deployment can rely on (the policy node, ``ros_nodes/policy_node.py``, over its

@@ -270,7 +270,7 @@ def task_for_provenance(provenance: dict, env: str = "") -> Task:
 
 
 #: The benchmark tasks: their robot files plus where Reacher's goal sits in the observation.
-#: Checked against MuJoCo by tests/test_sim_tasks.py; building them makes no environment.
+#: Checked against MuJoCo by tests/sim/test_sim_tasks.py; building them makes no environment.
 TASKS: dict[str, Task] = {
     "reacher": task_for_robot(bundled_robot("reacher"), goal_slice=(4, 6)),
     "inverted_double_pendulum": task_for_robot(bundled_robot("inverted_double_pendulum")),

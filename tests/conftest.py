@@ -1,4 +1,6 @@
-"""Shared test fixtures.
+"""Shared test fixtures. Tests live in one folder per layer (``core/``, ``runtime/``, ``export/``,
+``sim/``, ``training/``, ``ros/``, and ``project/`` for what spans them: architecture, packaging,
+the CLI, benchmarks, the worked example); the helpers they share stay in this folder.
 
 ROS tests: every test gets its own ROS_DOMAIN_ID (derived from the pytest worker pid and a
 counter) and discovery stays on localhost, so parallel runs and leftovers never cross-talk.
@@ -24,8 +26,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 REPO = str(Path(__file__).resolve().parents[1])
-if REPO not in sys.path:  # benchmarks.common (the CPU hog) from any working directory
-    sys.path.insert(0, REPO)
+TESTS = str(Path(__file__).resolve().parent)
+for _path in (REPO, TESTS):   # benchmarks.common (the CPU hog); the shared helpers beside this file
+    if _path not in sys.path:  # (ros_harness, fault_helpers, ...) for the tests in the layer folders
+        sys.path.insert(0, _path)
 
 from benchmarks.common import CpuHog  # noqa: E402
 

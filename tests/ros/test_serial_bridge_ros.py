@@ -29,7 +29,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from mtm_runtime import serial_protocol as sp  # noqa: E402
 from mtm_runtime.sim.virtual_mcu import VirtualMCU  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.ros
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from mtm_runtime import safety_contract as contract
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "safety.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "safety.md"
 
 
 def _table() -> list[list[str]]:

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("rclpy")
 
 pytestmark = pytest.mark.ros
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _demo(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from packaging.version import Version
 
 from tools.freeze_lock import TOOLING, closure, installed, read_requirements
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOCK_FILE = ROOT / "requirements-lock.txt"
 DEV_FILE = ROOT / "requirements-dev.txt"
 TORCH = "2.13.0"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: Everything that loads a model, a file or a message at run time.
 LOAD_PATHS = ["mtm_runtime/checkpoint.py", "mtm_runtime/policy.py", "mtm_runtime/onnx_export.py",
               "mtm_runtime/trt_engine.py", "mtm_runtime/backends", "mtm_runtime/serial_protocol.py",

@@ -15,7 +15,7 @@ from mtm_runtime.spec import TrajectorySpec
 from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.datasets import collect, write_hdf5
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "models" / "reacher_embedded"
 
 

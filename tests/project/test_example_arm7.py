@@ -13,7 +13,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "arm7"
 sys.path.insert(0, str(EXAMPLE))
 

@@ -15,7 +15,7 @@ from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.datasets import collect, write_hdf5
 from mtm_runtime.training.train import TRAIN_STATE_JSON, Args, run, weights_digest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from mtm_runtime.recording import (RECORD_METADATA, LossCounter, McapSink, messa
                                    read_messages, recorded_loss, summary)
 
 pytestmark = pytest.mark.ros
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _lockstep(tmp: Path, ckpt: Path, name: str, episodes: int = 2, seed: int = 5):

@@ -19,7 +19,7 @@ from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import TrajectorySpec
 
 SPEC = TrajectorySpec.create(4, states=3, actions=2, returns=1, goals=2)
-BUNDLED = Path(__file__).resolve().parents[1] / "models" / "reacher_embedded"
+BUNDLED = Path(__file__).resolve().parents[2] / "models" / "reacher_embedded"
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "mtm_runtime"
 
 #: layer name -> module-name prefixes (of mtm_runtime.*), lowest layer first

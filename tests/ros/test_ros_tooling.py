@@ -29,7 +29,7 @@ from rcl_interfaces.srv import GetParameters  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 pytestmark = pytest.mark.ros
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 BIN = Path(sys.executable).parent
 GONE_WITHIN_S = 2.0

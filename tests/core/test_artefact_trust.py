@@ -232,7 +232,7 @@ def test_reformatted_json_still_loads(ckpt: Path) -> None:
 def test_bundled_model_is_stamped() -> None:
     from mtm_runtime.checkpoint import META_FILE
 
-    root = Path(__file__).resolve().parents[1] / "models" / "reacher_embedded"
+    root = Path(__file__).resolve().parents[2] / "models" / "reacher_embedded"
     meta = json.loads((root / META_FILE).read_text())
     assert meta["integrity"]["digest"].startswith("sha256:") and meta["fingerprint"]["modes"]
     assert meta["weights"]["sha256"] == sha256_file(root / "model.safetensors")

@@ -18,7 +18,7 @@ import pytest
 from mtm_runtime.ros_nodes.launch_description import (LAUNCH_ARGUMENTS, command_line, describe, launch_node_kwargs,
                                             parse_command_line)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO / "launch" / "policy.launch.py"
 
 

@@ -12,7 +12,7 @@ import pytest
 from mtm_runtime.profiling import SCHEMA, latency_stats_ms, parse_backend_entry, profile_policy
 from tests.export_fixtures import make_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STATS = {"p50", "p90", "p99", "p99_9", "max", "mean"}
 
 

@@ -77,7 +77,7 @@ def test_evaluation_runs_the_loop_and_keeps_the_scores() -> None:
     """``run_episodes`` puts a PolicyBatch behind the ControlLoop: with the default config the
     episodes equal those of lone Policies stepped without a loop (same returns, bit for bit on
     CPU torch); with the deployment's rate limit they differ, as the robot's would."""
-    bundled = Path(__file__).resolve().parents[1] / "models" / "reacher_embedded"
+    bundled = Path(__file__).resolve().parents[2] / "models" / "reacher_embedded"
     task, pairs = get_task("reacher"), [(0, 0), (0, 1)]
     looped = run_episodes(PolicyBatch.load(bundled, size=2), task, "bc", pairs, None)
     lone = run_episodes(SerialBatch([Policy.load(bundled)]), task, "bc", pairs, None)

@@ -20,7 +20,7 @@ from mtm_runtime.trt_engine import (onnx_fp16_matmuls, read_engine_sidecar, side
                                     tensorrt_status, trtexec_command)
 from tests.export_fixtures import SPEC, make_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRT_OK, TRT_WHY = tensorrt_status()
 needs_trt = pytest.mark.skipif(not TRT_OK, reason=TRT_WHY)
 

@@ -311,7 +311,7 @@ def test_parameter_update_is_checked_as_a_whole_before_it_is_applied() -> None:
 def test_the_loop_modules_import_no_ros() -> None:
     code = ("import sys, mtm_runtime.control_loop, mtm_runtime.policy_params; "
             "print([m for m in sys.modules if m.split('.')[0] in ('rclpy', 'rcl_interfaces', 'std_msgs')])")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo).stdout
     assert out.strip() == "[]"
 

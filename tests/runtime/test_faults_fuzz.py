@@ -93,7 +93,7 @@ def test_fuzz_benchmark_quick() -> None:
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import fuzz
 
     assert fuzz.main(["--cases", "1500"]) == 0

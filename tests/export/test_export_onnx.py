@@ -20,7 +20,7 @@ from mtm_runtime.onnx_export import (DEFAULT_OPSET, INT8_QUANTIZATION, INT8_TOLE
                                      quantize_int8, read_onnx_metadata)
 from tests.export_fixtures import SPEC, make_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 

@@ -19,7 +19,7 @@ from mtm_runtime.safety import ActionLimits  # noqa: E402
 from mtm_runtime.serial_link import Backoff, LinkState, SerialLink  # noqa: E402
 from mtm_runtime.sim.virtual_mcu import VirtualMCU  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Host:
