@@ -17,6 +17,7 @@
     # limits: {from: arm7.xml}         # ... or read from an MJCF (actuator ctrlrange) or URDF (joint limit)
     sim: {env: Pusher-v5}              # optional: a Gymnasium id, or {mjcf: arm7.xml}, for evaluation and HIL
     success: {body: fingertip, target: target, radius: 0.02}   # optional: a distance rule at episode end
+    dataset: {state_keys: [observation.state], action_key: action}   # optional: a LeRobotDataset's features
 
 One home: :func:`load_robot` validates the whole file (every message names the file and the key)
 and gives a frozen :class:`Robot`; :meth:`Robot.to_dict` / :func:`robot_from_dict` carry it in a
@@ -71,6 +72,8 @@ class Robot:
     limits: ActionLimits | None = field(default=None, compare=False)
     sim: tuple[tuple[str, Any], ...] = ()             # ("env", id) / ("mjcf", path) / ("episode_steps", n)
     success: tuple[tuple[str, Any], ...] = ()         # ("body", b), ("target", t), ("radius", r)
+    state_keys: tuple[str, ...] = ()                   # dataset features that are the states (LeRobotDataset)
+    action_key: str = ""                               # ... and the actions
 
     # ---- widths ----------------------------------------------------------------------------
     @property
@@ -123,6 +126,8 @@ class Robot:
             d["sim"] = dict(self.sim)
         if self.success:
             d["success"] = dict(self.success)
+        if self.state_keys or self.action_key:
+            d["dataset"] = {k: v for k, v in (("state_keys", list(self.state_keys)), ("action_key", self.action_key)) if v}
         return d
 
 
@@ -184,7 +189,7 @@ def _choice(value: Any, allowed: Sequence[str], key: str, where: str) -> str:
 def robot_from_dict(data: Any, where: str = "robot", base: Path | None = None) -> Robot:
     """Validate a parsed robot description (a YAML file's content, or ``Robot.to_dict()``)."""
     d = _mapping(data, "robot", where)
-    _unknown(d, ("name", "joints", "rate_hz", "state", "action", "limits", "sim", "success"), "", where)
+    _unknown(d, ("name", "joints", "rate_hz", "state", "action", "limits", "sim", "success", "dataset"), "", where)
     name = _need(d, "name", where)
     if not isinstance(name, str) or not _NAME.match(name):
         raise RobotError(f"{where}: 'name' must be a word ([A-Za-z0-9_./-]), got {name!r}")
@@ -255,7 +260,16 @@ def robot_from_dict(data: Any, where: str = "robot", base: Path | None = None) -
         r = _need(success, "radius", where + " success")
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0:
             raise RobotError(f"{where}: 'success.radius' must be a distance > 0 (m)")
+    dataset = _mapping(d.get("dataset"), "dataset", where)
+    _unknown(dataset, ("state_keys", "action_key"), "dataset", where)
+    state_keys = dataset.get("state_keys", [])
+    if not isinstance(state_keys, list) or not all(isinstance(k, str) and k for k in state_keys):
+        raise RobotError(f"{where}: 'dataset.state_keys' must be a list of feature names")
+    action_key = dataset.get("action_key", "")
+    if not isinstance(action_key, str):
+        raise RobotError(f"{where}: 'dataset.action_key' must be a feature name")
     return Robot(name=name, joints=tuple(joints), rate_hz=float(rate), state_fields=tuple(fields), observation_dim=obs_dim,
+                 state_keys=tuple(state_keys), action_key=action_key,
                  extras=tuple((k, int(w)) for k, w in extras.items()), action_interface=interface,
                  command_topic=topic, command_type=ctype, limits=limits, sim=tuple(sim.items()),
                  success=tuple(success.items()))

@@ -99,7 +99,9 @@ def load_dataset(path: str | Path, env: str = "", robot: Robot | str | Path | No
             env_id = (meta.get("env_spec") or {}).get("id")
             notes.append(f"environment {env_id or '(none named)'} does not install here: training only, no rollout evaluation")
     elif fmt == "lerobot":
-        episodes, _info, notes = read_lerobot(path, state_keys, action_key, rob if isinstance(rob, Robot) else None)
+        robot_arg = rob if isinstance(rob, Robot) else None   # the flags, else the robot file's dataset keys
+        episodes, _info, notes = read_lerobot(path, state_keys or (robot_arg.state_keys if robot_arg else ()),
+                                              action_key or (robot_arg.action_key if robot_arg else ""), robot_arg)
     else:
         if not isinstance(rob, Robot):
             raise DatasetError(f"{path}: a rosbag2 needs a robot file (--robot robot.yaml) to say which joints and topics to read")

@@ -119,6 +119,14 @@ def test_lerobot_dataset(version: str, tmp_path: Path, capsys: pytest.CaptureFix
     act_once(tmp_path / "run", limits=ActionLimits.symmetric(1.0, 6))
     one_line_exit_2(["train", "--data", str(data), "--state-keys", "observation.joints", "--out", str(tmp_path / "x")],
                     capsys, "no feature 'observation.joints' for the state")
+    so100 = tmp_path / "so100.yaml"   # the robot file names the dataset's features instead of the flags
+    so100.write_text("name: so100\njoints: [m0, m1, m2, m3, m4, m5]\nrate_hz: 30\nstate: {observation: 6}\n"
+                     "limits: {low: -3.0, high: 3.0}\ndataset: {state_keys: [observation.state], action_key: action}\n")
+    ds = load_dataset(data, robot=so100)
+    assert ds.robot.name == "so100" and ds.limits is not None and ds.widths["states"] == 6
+    so100.write_text(so100.read_text().replace("action_key: action", "action_key: action.joints"))
+    one_line_exit_2(["train", "--data", str(data), "--robot", str(so100), "--out", str(tmp_path / "x")], capsys,
+                    "no feature 'action.joints' for the action")
     robot = write_arm_robot(tmp_path / "arm.yaml")                    # 14 state values, 7 joints: not this data
     one_line_exit_2(["train", "--data", str(data), "--robot", str(robot), "--out", str(tmp_path / "x")], capsys,
                     "robot 'synthetic_arm7' describes 14")
