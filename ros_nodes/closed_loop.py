@@ -126,6 +126,7 @@ class LoopMonitor(Node):
         self.create_timer(0.05, self._resolve)
 
     def _subscribe(self, topic: str, type_name: str, qos: QoSProfile) -> None:
+        assert self.sink is not None
         self.sink.add_topic(topic, type_name)
         self.loss.subscribed(topic, [bytes(i.endpoint_gid) for i in self.get_publishers_info_by_topic(topic)])
         self.create_subscription(message_class(type_name), topic, self._writer(topic), qos, raw=True)
@@ -169,6 +170,7 @@ class LoopMonitor(Node):
     def _writer(self, topic: str):
         """Raw callback for ``topic``: queue the bytes with the DDS receive and source times, count
         the publisher's sequence number. Nothing slower runs per message (no lock, no file I/O)."""
+        assert self.sink is not None
         write, note, latest, now = self.sink.write, self.loss.note, self.latest, time.monotonic
         if not MESSAGE_INFO:
             def on_message(data: bytes) -> None:
@@ -201,6 +203,7 @@ class LoopMonitor(Node):
         """Write the per-topic received/missed counts into the file (metadata ``mtm_record``) and
         close it; returns ``LossCounter.report()``."""
         report = self.loss.report()
+        assert self.sink is not None
         self.sink.add_metadata(RECORD_METADATA, loss_metadata(report))
         self.sink.close()
         return report
@@ -422,7 +425,7 @@ def record_main(output: Path, topics: list[str] | None, duration_s: float) -> in
         return 2
     # /observation last, once the bridge's other topics are subscribed (see LoopMonitor ``last``): with
     # the bridge's start_subscribers the loop then starts only when every stream reaches the recorder
-    gate = {"last": "/observation", "first": tuple(t for t in BRIDGE_TOPICS if t in wanted),
+    gate: dict[str, Any] = {"last": "/observation", "first": tuple(t for t in BRIDGE_TOPICS if t in wanted),
             "last_wait_s": RECORD_LAST_WAIT_S} if "/observation" in wanted else {}
     node = LoopMonitor(dict(wanted), sink, context=context, **gate)
     executor, _ = make_executor(context, prefer=MONITOR_EXECUTOR)

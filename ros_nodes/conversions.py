@@ -165,9 +165,9 @@ def parameter_descriptor(prm: Param) -> ParameterDescriptor:
     ROS tools, choices as text for people (the checks read the table, never this text)."""
     d = ParameterDescriptor(description=prm.text, dynamic_typing=True)
     if prm.lo is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=float(prm.lo), to_value=float(prm.hi), step=0.0)]
+        d.floating_point_range = [FloatingPointRange(from_value=float(prm.lo), to_value=float(prm.hi or 0.0), step=0.0)]
     if prm.ilo is not None:
-        d.integer_range = [IntegerRange(from_value=int(prm.ilo), to_value=int(prm.ihi), step=1)]
+        d.integer_range = [IntegerRange(from_value=int(prm.ilo), to_value=int(prm.ihi or 0), step=1)]
     if prm.choices:
         d.additional_constraints = "one of: " + ", ".join(prm.choices)
     return d

@@ -128,7 +128,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _autostart(self) -> None:
-        self.destroy_timer(self._autostart_timer)
+        if self._autostart_timer is not None:
+            self.destroy_timer(self._autostart_timer)
         if self.lifecycle_state != "unconfigured":
             return
         self.trigger_configure()
@@ -278,7 +279,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
             self.get_logger().warning(f"'{name}' topic value refused: {result.reason}")
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        if self.lifecycle_state != "active":  # activation starts a new episode anyway
+        if self.lifecycle_state != "active" or self.loop is None:  # activation starts a new episode anyway
             response.success, response.message = False, f"not active ({self.lifecycle_state})"
         else:
             self.loop.reset("reset service")
@@ -300,7 +301,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
 
     def _stale_soon(self) -> bool:
         """The input could go stale before the watch timer's next look (``_idle_guard_s``)."""
-        return self.loop.input_age(time.monotonic()) + self._idle_guard_s >= self.loop.watchdog.timeout_s
+        loop = self.loop
+        return loop is not None and loop.input_age(time.monotonic()) + self._idle_guard_s >= loop.watchdog.timeout_s
 
     def _on_watch(self) -> None:
         """``trigger: state``, every WATCH_PERIOD_S: restart the control timer before the input can go stale."""
@@ -314,7 +316,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
     def _emit(self, out: Command | Fault | None) -> None:
         """Publish what the loop returned; a deferred state wakes the control timer."""
         if out is None:
-            if self.loop.pending:
+            if self.loop is not None and self.loop.pending:
                 self._wake_control_timer()
             return
         self._publish(out.action, out.stamp_ns)
@@ -323,7 +325,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
 
     def safe_stop(self) -> int:
         """Publish the shutdown ramp (rate-limited, bounded) if active; returns commands sent."""
-        if self.lifecycle_state != "active" or self._cmd_pub is None:
+        if self.lifecycle_state != "active" or self._cmd_pub is None or self.loop is None:
             return 0
         ramp = self.loop.safe_stop_commands()
         for n, out in enumerate(ramp):

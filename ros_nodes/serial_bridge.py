@@ -83,7 +83,7 @@ class SerialBridge(Node):
                                device_timeout=p["device_timeout"])
         self._was_up = False
         if p["heartbeat_hz"] > 0:
-            self.create_timer(1.0 / p["heartbeat_hz"], self.link.send_heartbeat)
+            self.create_timer(1.0 / p["heartbeat_hz"], lambda: None if self.link.send_heartbeat() else None)
         self._last_diag_t = 0.0
         self._faults: tuple[str, ...] = ()
         self._counts: dict[str, int] = {}

@@ -153,7 +153,7 @@ class SimBridge(Node):
         self.create_subscription(cmd_type, "commands", self._on_command, QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE))
         srv = str(p("policy_reset_service"))
-        self._reset_client = self.create_client(Trigger, srv) if srv else None
+        self._reset_client: Any = self.create_client(Trigger, srv) if srv else None
         self._reset_deadline = 0.0
         self.create_timer(1.0, self._publish_diagnostics)
         rate = float(p("control_rate_hz")) or 1.0 / self.dt
@@ -200,7 +200,7 @@ class SimBridge(Node):
         # the first episode waits for the policy node to come up (loading a model takes seconds)
         wait = self.p("start_wait_s") if self.episode == 0 else self.p("reset_timeout_s")
         self._reset_deadline = time.monotonic() + float(wait)
-        self._reset_future = None
+        self._reset_future: Any = None
         self._try_reset_call()
 
     def _try_reset_call(self) -> None:
@@ -237,7 +237,7 @@ class SimBridge(Node):
         self.results.append(row)
         self.get_logger().info(f"episode {self.episode}: return {self.episode_return:.3f} "
                                f"normalised score {score:.1f} in {self.steps} steps")
-        self.stats_pub.publish(conv.array_to_multiarray([self.episode, self.episode_return, score, self.steps, success],
+        self.stats_pub.publish(conv.array_to_multiarray(np.array([self.episode, self.episode_return, score, self.steps, success]),
                                                         "episode,return,normalised_score,steps,success"))
         path = str(self.p("results_path"))
         if path:

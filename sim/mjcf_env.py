@@ -66,7 +66,7 @@ class MjcfRobotEnv(gymnasium.Env):
         high = np.array([m.actuator_ctrlrange[a, 1] if m.actuator_ctrllimited[a] else np.inf for a in self.actuators])
         if robot.limits is not None:
             low, high = np.maximum(low, robot.limits.low), np.minimum(high, robot.limits.high)
-        self.action_space = gymnasium.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+        self.action_space: gymnasium.spaces.Box = gymnasium.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
         n = robot.state_dim
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (n,), dtype=np.float64)
         self._q0 = (m.key_qpos[0] if m.nkey else m.qpos0).copy()

@@ -56,7 +56,8 @@ class RandomisationWrapper(gymnasium.Wrapper):
     def __init__(self, env: gymnasium.Env, randomisation: Randomisation, seed: int | None = None) -> None:
         super().__init__(env)
         self.randomisation = randomisation
-        model = env.unwrapped.model
+        mujoco_env: Any = env.unwrapped   # a MuJoCo env: its MjModel is untyped in gymnasium
+        model = self._model = mujoco_env.model
         self._mass = model.body_mass.copy()
         self._inertia = model.body_inertia.copy()
         self._friction = model.geom_friction.copy()
@@ -66,7 +67,7 @@ class RandomisationWrapper(gymnasium.Wrapper):
         self.current: dict[str, float] = {}
 
     def _apply(self) -> None:
-        r, model = self.randomisation, self.env.unwrapped.model
+        r, model = self.randomisation, self._model
         self.current = {
             "mass_scale": r.sample(r.mass_scale, self._rng),
             "friction_scale": r.sample(r.friction_scale, self._rng),
@@ -88,7 +89,8 @@ class RandomisationWrapper(gymnasium.Wrapper):
             self._rng = np.random.default_rng([seed, 0x5EED])
         self._apply()
         obs, info = self.env.reset(seed=seed, options=options)
-        zero = np.zeros(self.env.action_space.shape, dtype=self.env.action_space.dtype)
+        space: Any = self.env.action_space
+        zero = np.zeros(space.shape, dtype=space.dtype)
         self._queue = deque([zero] * int(self.randomisation.action_latency_steps))
         info = dict(info, randomisation=dict(self.current))
         return self._noisy(obs), info

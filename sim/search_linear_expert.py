@@ -27,6 +27,7 @@ import datetime
 import json
 import multiprocessing as mp
 import sys
+from typing import Any
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import numpy as np
 from mtm_runtime.sim.experts import LinearExpert
 from mtm_runtime.sim.tasks import get_task
 
-_ENV: dict[str, object] = {}
+_ENV: dict[str, Any] = {}
 
 
 def _rollout(job: tuple) -> tuple[float, int, np.ndarray, np.ndarray]:
@@ -43,7 +44,7 @@ def _rollout(job: tuple) -> tuple[float, int, np.ndarray, np.ndarray]:
     task_name, M, mu, sigma, seed, shift = job
     if task_name not in _ENV:
         _ENV[task_name] = get_task(task_name).make_env()
-    env = _ENV[task_name]
+    env: Any = _ENV[task_name]
     policy = LinearExpert(M, mu, sigma, env.action_space.low, env.action_space.high)
     obs, _ = env.reset(seed=int(seed))
     total, steps = 0.0, 0
@@ -76,7 +77,7 @@ def search(task_name: str, iterations: int, directions: int = 8, top: int = 4, s
     M = np.zeros((act_dim, obs_dim))
     n, mean, m2 = 0, np.zeros(obs_dim), np.zeros(obs_dim)      # running statistics (Chan et al.)
     mu, sigma = np.zeros(obs_dim), np.ones(obs_dim)
-    best = {"score": -np.inf}
+    best: dict[str, Any] = {"score": -np.inf}
     t0, total_steps = time.time(), 0
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers) as pool:
@@ -105,7 +106,7 @@ def search(task_name: str, iterations: int, directions: int = 8, top: int = 4, s
                 ret = evaluate(task_name, M, mu, sigma, [int(s) for s in rng.integers(0, 2**31 - 1, size=4)], pool)
                 log(f"iter {it + 1:4d}  steps {total_steps:9d}  eval return {ret.mean():8.1f} +- {ret.std():6.1f}  "
                     f"({time.time() - t0:6.0f} s)")
-                if ret.mean() > best["score"]:
+                if ret.mean() > float(best["score"]):
                     best = {"score": float(ret.mean()), "M": M.copy(), "mu": mu.copy(), "sigma": sigma.copy(),
                             "iteration": it + 1}
     return {"task": task_name, "M": best["M"].tolist(), "mu": best["mu"].tolist(), "sigma": best["sigma"].tolist(),

@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class Task:
 
     # ---- environments ---------------------------------------------------------------------
     def make_env(self, seed: int | None = None, randomisation: Randomisation | None = None,
-                 episode_steps: int | None = None) -> gymnasium.Env:
+                 episode_steps: int | None = None) -> Any:   # a gymnasium.Env (MuJoCo attributes untyped there)
         """A fresh env (with the TimeLimit of ``episode_steps``, the task's own unless given); randomised if asked.
 
         ``seed`` seeds the action space and the randomisation generator; still pass a seed to
@@ -164,7 +164,7 @@ class Task:
         """The normalised score where reference returns exist, else None (report the return)."""
         return self.normalised_score(episode_return) if self.has_reference else None
 
-    def success(self, env: gymnasium.Env, info: dict | None = None) -> bool | None:
+    def success(self, env: Any, info: dict | None = None) -> bool | None:
         """The robot file's success rule (a body within ``radius`` of a target body in the
         horizontal plane, at episode end: Reacher's fingertip within 2 cm); None without one."""
         rule = dict(self.robot.success) if self.robot is not None else {}
@@ -175,7 +175,7 @@ class Task:
         return bool(np.linalg.norm(d) < float(rule["radius"]))
 
 
-def actuated_joint_names(env: gymnasium.Env) -> tuple[str, ...]:
+def actuated_joint_names(env: Any) -> tuple[str, ...]:
     """Names of the joints driven by the env's actuators, in actuator order."""
     import mujoco
 

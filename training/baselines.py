@@ -199,6 +199,8 @@ class BaselineAgent:
         if self.kind == "rcbc":
             parts.append(np.array([self.rtg / self.norm.std[RETURNS][0]], np.float32))
         if self.kind == "gcbc":
+            if self.goal is None:
+                raise ValueError("gcbc: set_goal() before act()")
             parts.append(self.norm.normalise(GOALS, self.goal))
         y = self.net(torch.from_numpy(np.concatenate(parts)[None])).numpy()[0]
         return self.limits.clip(self.norm.denormalise(ACTIONS, y))

@@ -114,6 +114,7 @@ def start_episode(agent: Any, task: Task, env: Any, mode: str, seed: int, target
     if mode == "goal":
         agent.set_goal(parts["goals"])
     if mode == "rcbc":
+        assert target_return is not None, "rcbc needs a target return"
         agent.set_target_return(float(target_return))
     agent.set_mode(mode)
     agent.reset()

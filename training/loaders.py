@@ -107,7 +107,7 @@ def build_episode(where: str, parts: dict[str, np.ndarray], actions: np.ndarray 
     return Episode(arrays, present, terminated)
 
 
-def make_episode(task: Task, observations: np.ndarray, actions: np.ndarray | None, rewards: np.ndarray,
+def make_episode(task: Task, observations: np.ndarray, actions: np.ndarray | None, rewards: np.ndarray | None,
                  terminated: bool = False, action_present: bool | None = None) -> Episode:
     """Build one Episode of a task from raw per-step arrays (observations [L, obs_dim], actions [L, a])."""
     widths = task.modality_widths()
@@ -166,7 +166,8 @@ def split_d4rl(task: Task, data: dict[str, np.ndarray]) -> list[Episode]:
     n = len(term)
     if len(ends) == 0 or ends[-1] != n:
         ends = np.append(ends, n)
-    episodes, start = [], 0
+    episodes: list[Episode] = []
+    start = 0
     ap = data.get("infos/action_present")
     rewards = data.get("rewards") if task.rewards else None
     for end in ends:
@@ -174,7 +175,7 @@ def split_d4rl(task: Task, data: dict[str, np.ndarray]) -> list[Episode]:
         episodes.append(make_episode(task, data["observations"][sl], data["actions"][sl],
                                      None if rewards is None else rewards[sl], terminated=bool(term[end - 1]),
                                      action_present=None if ap is None else bool(ap[start])))
-        start = end
+        start = int(end)
     return episodes
 
 
@@ -287,11 +288,11 @@ class WindowSampler:
             self.packed.append(x)
             self.avail.append(av)
         self.lengths = np.array([len(x) for x in self.packed])
-        T, L = self.T, self.lengths
+        T, lens = self.T, self.lengths
         if start_windows:
-            self.first_start, self.starts_per_episode = np.full(len(L), -(T - 1)), L.copy()
+            self.first_start, self.starts_per_episode = np.full(len(lens), -(T - 1)), lens.copy()
         else:
-            self.first_start, self.starts_per_episode = np.minimum(L - T, 0), np.maximum(L - T + 1, 1)
+            self.first_start, self.starts_per_episode = np.minimum(lens - T, 0), np.maximum(lens - T + 1, 1)
         self.cum = np.cumsum(self.starts_per_episode)
         self.set_labelled_share(labelled_share)
 

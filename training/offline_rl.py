@@ -131,9 +131,9 @@ def build_transitions(episodes: Sequence[Episode], task: Task, relabel: Relabel)
         nxt.append(n + steps + 1)
         dones.append(np.zeros(L - 1))
         if ep.terminated:
-            idx.append([n + L - 1])
-            nxt.append([n + L - 1])
-            dones.append([1.0])
+            idx.append(np.array([n + L - 1]))
+            nxt.append(np.array([n + L - 1]))
+            dones.append(np.ones(1))
         n += L
     observations = np.concatenate(obs).astype(np.float32)
     actions = np.concatenate(acts).astype(np.float32)
@@ -146,6 +146,9 @@ def build_transitions(episodes: Sequence[Episode], task: Task, relabel: Relabel)
 # ---- 3. observation sources -----------------------------------------------------------------------
 class Standardise(nn.Module):
     """``(z - mean) / std`` with fixed statistics (std floored at 1e-3)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, table: np.ndarray) -> None:
         super().__init__()
@@ -165,12 +168,15 @@ class ObsSource:
     def __init__(self, kind: str, table: np.ndarray | None = None, extractor: Any = None,
                  windows: tuple[np.ndarray, np.ndarray] | None = None, stats_table: np.ndarray | None = None) -> None:
         self.kind = kind
-        self.norm = Standardise(table if table is not None else stats_table)
+        stats = table if table is not None else stats_table
+        if stats is None:
+            raise ValueError("ObsSource needs a table or a stats_table")
+        self.norm = Standardise(stats)
         self.table = None if table is None else self.norm(torch.from_numpy(table)).contiguous()
-        self.extractor = extractor
-        self.target_extractor = None if extractor is None else copy.deepcopy(extractor).requires_grad_(False)
-        self.x = None if windows is None else torch.from_numpy(windows[0])
-        self.m = None if windows is None else torch.from_numpy(windows[1])
+        self.extractor: Any = extractor
+        self.target_extractor: Any = None if extractor is None else copy.deepcopy(extractor).requires_grad_(False)
+        self.x: Any = None if windows is None else torch.from_numpy(windows[0])
+        self.m: Any = None if windows is None else torch.from_numpy(windows[1])
         self.dim = int(self.norm.mean.shape[0])
 
     def get(self, steps: torch.Tensor, target: bool = False) -> torch.Tensor:

@@ -152,7 +152,9 @@ class _Stream:
     """One topic's samples: times (ns) and values [N, width] (NaN rows: unusable messages)."""
 
     def __init__(self, topic: str) -> None:
-        self.topic, self.t, self.v, self.unusable = topic, [], [], 0
+        self.topic, self.unusable = topic, 0
+        self.t: list[int] = []
+        self.v: list[np.ndarray] = []
 
     def add(self, t: int, values: np.ndarray | None) -> None:
         if values is None:

@@ -92,7 +92,8 @@ def load_dataset(path: str | Path, env: str = "", robot: Robot | str | Path | No
         episodes, task, meta = read_minari(path, task)
         limits = _box_limits(meta.get("action_space"))
         lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
-        if not task.has_reference and _finite(lo) and _finite(hi) and hi != lo:
+        if not task.has_reference and isinstance(lo, (int, float)) and isinstance(hi, (int, float)) \
+                and _finite(lo) and _finite(hi) and hi != lo:
             task = dataclasses.replace(task, reference_returns={"random": float(lo), "expert": float(hi), "zero": math.nan})
             notes.append(f"normalised scores use the dataset's ref_min_score {lo} / ref_max_score {hi}")
         if not task.env_id:

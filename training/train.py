@@ -137,7 +137,7 @@ def _coerce(name: str, value: Any) -> Any:
         return tuple(str(v).strip() for v in items if str(v).strip())
     if isinstance(default, bool):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-    return type(default)(value)
+    return type(default)(value)  # type: ignore[misc]  # every Args field has a plain default
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
