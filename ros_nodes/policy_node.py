@@ -77,6 +77,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         self._idle_stats = LoopStats()  # what diagnostics read while no loop exists
         self.executor_name = ""
         self._config_error = ""
+        self._configuring: dict[str, Any] = {}   # the checked values of the configure in progress
         self.config_failures = 0
         self._reset_entities()
         self._diag = DiagnosticsReporter(self, f"{self.get_name()}: policy loop", self._diagnostic_status)
@@ -123,7 +124,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         self.faults.note("param_refused", what)
 
     def _load_policy(self, path: str, backend: str, mode: str) -> Any:
-        values = pp.with_robot(self._values())
+        values = self._configuring   # the values _configure checked (robot file applied once)
         return pp.load_policy(path, backend, mode, int(values["inference_threads"]), pp.configured_limits(values))
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -155,6 +156,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
     def _configure(self) -> None:
         values = pp.with_robot(self._values())   # a robot file fills the joints, fields, command type, topic, rate
         pp.checked_values(values)
+        self._configuring = values
         path = str(package_paths.resolve(str(values["model_path"])))  # package://... -> its share directory
         mode = str(values["mask_mode"])
         policy = self._loader(path, str(values["backend"]), mode)

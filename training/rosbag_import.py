@@ -37,7 +37,6 @@ more than S seconds in the state stream), ``length:N`` (N ticks each; a shorter 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -163,9 +162,9 @@ class _Stream:
         self.t.append(t)
         self.v.append(values)
 
-    def arrays(self, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.t:
-            return np.zeros(0, np.int64), np.zeros((0, width or 0))
+            return np.zeros(0, np.int64), np.zeros((0, 0))
         widths = {len(v) for v in self.v}
         if len(widths) > 1:
             raise BagError(f"topic {self.topic}: messages have different widths {sorted(widths)}")
@@ -395,8 +394,3 @@ def write_episodes_hdf5(output: str | Path, episodes: Sequence[Episode], robot: 
         tmp.unlink(missing_ok=True)
         raise
     return output
-
-
-def bag_duration_s(path: str | Path) -> float:
-    with AnyReader([Path(path)], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as r:
-        return (r.end_time - r.start_time) / 1e9 if r.message_count else math.nan

@@ -111,13 +111,9 @@ def load_dataset(path: str | Path, env: str = "", robot: Robot | str | Path | No
         notes.append(report.summary())
     widths = data_widths(episodes, str(path))
     if fmt in ("lerobot", "rosbag2"):
-        if task is None:
-            name = rob.name if isinstance(rob, Robot) else path.name
-            task = dataclasses.replace(task_for_robot(rob) if isinstance(rob, Robot) else
-                                       task_for_data(name, widths["states"], widths["actions"]),
-                                       rewards="returns" in widths)
-        else:
-            task = dataclasses.replace(task, rewards="returns" in widths)
+        if task is None:   # no --env and no robot file: the data alone gives the layout
+            task = task_for_data(path.name, widths["states"], widths["actions"])
+        task = dataclasses.replace(task, rewards="returns" in widths)
     assert task is not None
     expected = task.modality_widths()
     if expected != widths:

@@ -70,7 +70,7 @@ from mtm_runtime.spec import ACTIONS, TrajectorySpec
 from mtm_runtime.trainer import TrainConfig, lr_at, optimiser_step, resolve_device
 from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.evaluate import evaluate_checkpoint_object
-from mtm_runtime.training.loaders import Episode, data_widths, read_metadata, split_episodes
+from mtm_runtime.training.loaders import DatasetError, Episode, data_widths, read_metadata, split_episodes
 from mtm_runtime.training.sources import load_dataset
 from mtm_runtime.training.pipeline import PRESET_LR, NormalisedSampler, fit_normaliser, step_rng
 
@@ -216,14 +216,6 @@ def weights_digest(mtm: MTM) -> str:
         h.update(k.encode())
         h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _has_metadata(path: str) -> bool:
-    """Whether an HDF5 file has our ``metadata`` group (a plain D4RL file has none)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return "metadata" in f
 
 
 def git_commit() -> str | None:
@@ -391,7 +383,10 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
                           action_key=args.action_key)
         episodes, task, limits, widths, source = ds.episodes, ds.task, ds.limits, ds.widths, ds.source
         if ds.source == "hdf5":
-            meta = read_metadata(args.data) if _has_metadata(args.data) else {}
+            try:
+                meta = read_metadata(args.data)
+            except DatasetError:   # a plain D4RL-layout file: no metadata group
+                meta = {}
         for note in ds.notes:
             log(f"[train] {ds.path}: {note}")
     else:   # in-memory episodes of a benchmark task (tests, benchmarks)
