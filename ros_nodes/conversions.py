@@ -111,14 +111,15 @@ def array_to_joint_trajectory(values: np.ndarray, joint_names: Sequence[str], st
     return msg
 
 
-def command_message(values: np.ndarray, command_type: str, joint_names: Sequence[str], stamp: Time,
+def command_message(values: np.ndarray, command_type: str, joint_names: Sequence[str], stamp_ns: int,
                     field: str, period_s: float) -> Float64MultiArray | JointState | JointTrajectory:
     """The message for ``command_type`` (``policy_params.COMMAND_TYPES``): Float64MultiArray (forward
-    command controllers), JointState stamped with the source state's stamp, or a one-point JointTrajectory."""
+    command controllers; no stamp to build), JointState stamped with the source state's stamp, or a
+    one-point JointTrajectory."""
     if command_type == "joint_state":
-        return array_to_joint_state(values, joint_names, stamp, field)
+        return array_to_joint_state(values, joint_names, ns_to_stamp(stamp_ns), field)
     if command_type == "joint_trajectory":
-        return array_to_joint_trajectory(values, joint_names, stamp, field, period_s)
+        return array_to_joint_trajectory(values, joint_names, ns_to_stamp(stamp_ns), field, period_s)
     return array_to_multiarray(values)
 
 

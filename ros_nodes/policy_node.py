@@ -338,7 +338,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
 
     def _publish(self, cmd: np.ndarray, stamp_ns: int) -> None:
         if self._cmd_pub is not None:
-            self._cmd_pub.publish(conv.command_message(cmd, self._command_type, self._joints, conv.ns_to_stamp(stamp_ns),
+            self._cmd_pub.publish(conv.command_message(cmd, self._command_type, self._joints, stamp_ns,
                                                        self._command_interface, self.loop.period_s if self.loop else 0.0))
 
     # ---- diagnostics -----------------------------------------------------------------------
