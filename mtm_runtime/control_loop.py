@@ -181,6 +181,10 @@ class ControlLoop:
         self.watchdog.arm(now)
         self.active = True
 
+    def reset_history(self) -> None:
+        """Empty the policy's history (the chunked loop also restarts its planner)."""
+        self.policy.reset()
+
     def deactivate(self) -> None:
         self.watchdog.disarm()
         self.active = False
@@ -188,7 +192,7 @@ class ControlLoop:
     def reset(self, why: str, from_rest: bool = False) -> None:
         """New episode: empty policy history, no reward carried, old stamps void; ``from_rest``:
         the limiter ramps from the resting fault action (a simulator reset, not a live robot)."""
-        self.policy.reset()
+        self.reset_history()
         if from_rest:
             self.rate_limiter.reset(self.fault_action.action(None))
             self.last_command = None

@@ -121,6 +121,8 @@ class LoopStats:
     faults: int = 0             # fault actions published (any reason)
     episode_resets: int = 0     # policy history resets (service, long gap)
     saturated_steps: int = 0    # commands pinned at a limit for longer than saturation_s
+    stale_chunks: int = 0       # chunked loop: ticks no fresh chunk covered (model thread stalled)
+    model_mismatches: int = 0   # world-model monitor: alarms (residual over threshold)
     last_fault_reason: str = ""
     act_latency: LatencyRing = field(default_factory=LatencyRing)
     e2e_latency: LatencyRing = field(default_factory=LatencyRing)
@@ -141,4 +143,4 @@ class LoopStats:
     def counters(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in ("ticks", "published", "overruns", "stale_ticks",
                                               "rejected_inputs", "act_errors", "faults", "episode_resets",
-                                              "saturated_steps")}
+                                              "saturated_steps", "stale_chunks", "model_mismatches")}

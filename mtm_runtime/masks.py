@@ -119,6 +119,45 @@ def fd_mask(spec: TrajectorySpec, prefix: int | None = None) -> np.ndarray:
     return m
 
 
+def chunk_mask(spec: TrajectorySpec, k: int, committed: int = 0, base: str = "bc") -> np.ndarray:
+    """Action chunk of ``k`` steps: the present is ``p = T-k``; states up to ``p`` and actions
+    before ``p`` visible, the future hidden, so one pass predicts ``a[p] .. a[T-1]``. With
+    ``committed = d`` the actions ``a[p] .. a[p+d-1]``, already streamed while the model was
+    thinking, are shown too (real-time chunking by inpainting): the new chunk continues them.
+    T = 8, k = 4 (p = 4)::
+
+        committed = 0                     committed = 1
+        states  # # # # # . . .           states  # # # # # . . .
+        actions # # # # . . . .           actions # # # # # . . .
+                        ^ predict a[4..7]                   ^ predict a[5..7]
+
+    ``base``: ``bc``; ``rcbc`` (returns-to-go visible up to ``p``) or ``goal`` (a ``goals``
+    modality, visible at every step). ``k = 1, committed = 0`` is ``bc_mask``.
+    """
+    T = spec.horizon
+    if not 1 <= int(k) <= T:
+        raise MaskError(f"chunk length must be in [1, {T}] (the horizon), got {k}")
+    if not 0 <= int(committed) < int(k):
+        raise MaskError(f"committed actions must be in [0, {int(k) - 1}] for a chunk of {k}, got {committed}")
+    if ACTIONS not in spec:
+        raise MaskError("a chunk mask needs an 'actions' modality")
+    p = T - int(k)
+    m = _empty(spec)
+    m[:p + 1, spec.index(STATES)] = 1.0
+    m[:p + int(committed), spec.index(ACTIONS)] = 1.0
+    if base == "rcbc":
+        if RETURNS not in spec:
+            raise MaskError("rcbc needs a 'returns' modality in the spec")
+        m[:p + 1, spec.index(RETURNS)] = 1.0
+    elif base == "goal":
+        if GOALS not in spec:
+            raise MaskError("chunked goal mode needs a 'goals' modality in the spec")
+        m[:, spec.index(GOALS)] = 1.0
+    elif base != "bc":
+        raise MaskError(f"chunk base mode must be bc, rcbc or goal, got {base!r}")
+    return m
+
+
 def mode_mask(spec: TrajectorySpec, mode: str) -> np.ndarray:
     """The inference mask of a named mode (one of INFERENCE_MODES)."""
     builders = {"bc": bc_mask, "rcbc": rcbc_mask, "goal": goal_mask, "id": id_mask, "fd": fd_mask}
@@ -213,7 +252,27 @@ def auto_mask(spec: TrajectorySpec, rng: np.random.Generator,
     return sample_training_masks(spec, 1, rng, ("auto",), keep_ratios, modality_order, modality_weights)[0]
 
 
-TRAINING_MASKS = ("auto", "random", "bc", "rcbc", "goal", "id", "fd")
+TRAINING_MASKS = ("auto", "random", "chunk", "bc", "rcbc", "goal", "id", "fd")
+
+
+def _chunk_training_masks(spec: TrajectorySpec, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` chunk masks (``chunk_mask``) with chunk length ``k`` uniform in [1, T-1] (all of
+    [1, T] when T = 1), a committed prefix uniform in [0, k-1], returns-to-go visible up to the
+    present in half of them, goals always visible: what the chunk and async modes run."""
+    T = spec.horizon
+    k = rng.integers(1, max(T - 1, 1) + 1, size=n)
+    d = (rng.random(n) * k).astype(np.int64)  # uniform in [0, k-1]
+    p = (T - k)[:, None]
+    t = np.arange(T)[None, :]
+    out = np.zeros((n, T, spec.num_modalities), np.float32)
+    out[:, :, spec.index(STATES)] = t <= p
+    if ACTIONS in spec:
+        out[:, :, spec.index(ACTIONS)] = t < p + d[:, None]
+    if RETURNS in spec:
+        out[:, :, spec.index(RETURNS)] = (t <= p) & (rng.random(n) < 0.5)[:, None]
+    if GOALS in spec:
+        out[:, :, spec.index(GOALS)] = 1.0
+    return out
 
 
 def sample_training_masks(spec: TrajectorySpec, batch: int, rng: np.random.Generator,
@@ -222,7 +281,8 @@ def sample_training_masks(spec: TrajectorySpec, batch: int, rng: np.random.Gener
                           modality_order: Sequence[str] | None = None,
                           modality_weights: Sequence[float] | None = None) -> np.ndarray:
     """``[B, T, M]``: one independently drawn mask per sample; each sample's kind drawn from
-    ``kinds`` (``auto``, ``random`` or an inference mode available for the spec).
+    ``kinds`` (``auto``, ``random``, ``chunk`` (``_chunk_training_masks``) or an inference mode
+    available for the spec).
 
     Vectorised over the batch (same distributions as ``auto_mask`` / ``random_mask``), so mask
     sampling costs microseconds, not a Python loop per sample.
@@ -256,6 +316,9 @@ def sample_training_masks(spec: TrajectorySpec, batch: int, rng: np.random.Gener
     for ki, kind in enumerate(kinds):
         if kind in INFERENCE_MODES:
             out[kind_of == ki] = mode_mask(spec, kind)
+        elif kind == "chunk":
+            rows = kind_of == ki
+            out[rows] = _chunk_training_masks(spec, int(rows.sum()), rng)
     blind_auto = is_auto & (out.reshape(batch, -1).sum(axis=1) == 0)
     out[blind_auto, 0, spec.index(order[0])] = 1.0  # a cut before everything: keep the first token
     blind = np.flatnonzero(out.reshape(batch, -1).sum(axis=1) == 0)

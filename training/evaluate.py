@@ -168,7 +168,7 @@ def run_episodes(batch: Any, task: Task, mode: str, pairs: Sequence[tuple[int, i
     def start(i: int) -> None:
         seed, episode = waiting.pop()
         state = start_episode(batch.members[i], task, envs[i], mode, reset_seed(seed, episode), target_return)
-        if isinstance(batch, _LoopAgents):
+        if callable(getattr(batch, "reset", None)):  # agents behind a control loop (_LoopAgents, ChunkAgents)
             batch.reset(i)
         live[i] = {"seed": seed, "episode": episode, "state": state, "reward": None, "return": 0.0, "length": 0}
 
