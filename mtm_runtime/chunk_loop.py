@@ -89,6 +89,7 @@ class ChunkLoop(ControlLoop):
         self.model_period_s = 1.0 / (chunk.model_rate_hz or config.rate_hz)
         self.max_chunk_age_s = chunk.max_chunk_age_s or chunk.chunk * self.model_period_s
         self.threaded = threaded
+        self.streams = chunk.mode == "async"
         self.async_planner: AsyncPlanner | None = None
         if chunk.mode == "async":
             self.async_planner = AsyncPlanner(self.planner, self.stream, self.model_period_s, chunk.committed,
@@ -122,6 +123,19 @@ class ChunkLoop(ControlLoop):
         else:
             self.planner.reset()
             self.stream.reset()
+
+    def report(self) -> dict[str, object]:
+        """Diagnostics: the loop mode, chunk, plan counts and latency, the monitor's residuals."""
+        ap = self.async_planner
+        lat = self.planner.latency.summary()
+        vals: dict[str, object] = {"loop_mode": self.chunk.mode, "chunk": self.chunk.chunk,
+                                   "plan_p50_ms": lat.p50 * 1e3, "plan_p99_ms": lat.p99 * 1e3}
+        if ap is not None:
+            vals.update(plans=ap.plans, late_plans=ap.late, committed=ap.committed_steps(),
+                        model_rate_hz=1.0 / self.model_period_s)
+        if self.chunk.monitor:
+            vals.update({f"monitor_{k}": v for k, v in self.monitor.report().as_dict().items()})
+        return vals
 
     # ---- monitor -----------------------------------------------------------------------------
     def _planned(self, plan: Plan, now: float) -> None:

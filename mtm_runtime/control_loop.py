@@ -169,6 +169,8 @@ class ControlLoop:
         self.active = False
         self.last_command: np.ndarray | None = None
         self._ep = _Episode()
+        #: every tick commands (the async chunked loop streams); the plain loop commands on states
+        self.streams = False
 
     # ---- lifecycle -------------------------------------------------------------------------
     def activate(self, now: float) -> None:
@@ -180,6 +182,10 @@ class ControlLoop:
         self.faults.clear("stale_input")
         self.watchdog.arm(now)
         self.active = True
+
+    def report(self) -> dict[str, object]:
+        """Diagnostics keys beyond ``LoopStats`` (the chunked loop's plans and monitor)."""
+        return {}
 
     def reset_history(self) -> None:
         """Empty the policy's history (the chunked loop also restarts its planner)."""

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mtm_runtime import safety_contract as contract
+from mtm_runtime.chunk_loop import CHUNK_MODES, INTERPOLATIONS, MONITOR_ACTIONS, ChunkConfig
 from mtm_runtime.control_loop import TRIGGERS, LoopConfig
 from mtm_runtime.integrity import CheckpointError
 from mtm_runtime import package_paths
@@ -98,6 +99,22 @@ PARAMETERS: dict[str, Param] = {
     "saturation_fault": Param(False, "answer 'saturated' with the fault action (else: diagnostics only)"),
     "max_input_rate_factor": Param(contract.MAX_INPUT_RATE_FACTOR,
                                    "trigger=state: at most this many steps per control period", lo=1.0, hi=100.0),
+    # chunks, asynchronous inference and the world-model monitor (mtm_runtime/chunk_loop.py)
+    "loop_mode": Param("sync", "sync: the model steps on each state; async: the model replans on its own thread "
+                       "at model_rate_hz and commands stream at control_rate_hz", choices=CHUNK_MODES),
+    "chunk": Param(1, "actions per forward pass (a model of horizon >= chunk trained with --masks ...,chunk)",
+                   ilo=1, ihi=64),
+    "replan_every": Param(1, "sync: model steps between plans (<= chunk)", ilo=1, ihi=64),
+    "model_rate_hz": Param(0.0, "async: model steps (replans) per second; 0 = control_rate_hz", lo=0.0, hi=2000.0),
+    "interpolate": Param("hold", "async: commands between model steps: hold or linear", choices=INTERPOLATIONS),
+    "committed": Param(-1, "async: actions shown to the model as committed (-1 = from the plan latency)",
+                       ilo=-1, ihi=63),
+    "max_chunk_age_s": Param(0.0, "async: a chunk planned from an older state is stale (s; 0 = the chunk's span)",
+                             lo=0.0, hi=3600.0),
+    "monitor": Param(False, "world-model monitor: forward-dynamics residual of each reported state (batch of two)"),
+    "monitor_threshold": Param(0.0, "monitor alarm level (RMS normalised residual; 0 = report only)", lo=0.0, hi=1e6),
+    "monitor_persist": Param(3, "model steps over (under) the threshold to raise (clear) the alarm", ilo=1, ihi=100000),
+    "monitor_action": Param("warn", "on a monitor alarm: warn, or command the fault action", choices=MONITOR_ACTIONS),
 }
 #: Parameters whose value is a list. The rcl YAML parser cannot type an empty list: a params file's
 #: ``goal: []`` leaves the parameter unset (None), which reads as the empty list.
@@ -272,6 +289,17 @@ def loop_config(values: Mapping[str, Any]) -> LoopConfig:
         saturation_s=float(values["saturation_s"]), saturation_fault=bool(values["saturation_fault"]))
 
 
+def chunk_config(values: Mapping[str, Any]) -> ChunkConfig:
+    """The chunked loop's configuration from parameter values (``ChunkConfig.active`` False:
+    the plain ControlLoop runs)."""
+    return ChunkConfig(
+        mode=str(values["loop_mode"]), chunk=int(values["chunk"]), replan_every=int(values["replan_every"]),
+        model_rate_hz=float(values["model_rate_hz"]), interpolate=str(values["interpolate"]),
+        committed=int(values["committed"]), max_chunk_age_s=float(values["max_chunk_age_s"]),
+        monitor=bool(values["monitor"]), monitor_threshold=float(values["monitor_threshold"]),
+        monitor_persist=int(values["monitor_persist"]), monitor_action=str(values["monitor_action"]))
+
+
 def load_external_policy(path: str, spec_str: str, mode: str) -> Any:
     """``external:module:Class`` -> a Policy on that Backend subclass (tests only)."""
     from mtm_runtime.backends import Backend
@@ -301,15 +329,17 @@ def configured_limits(values: Mapping[str, Any]) -> ActionLimits | None:
     return ActionLimits(np.asarray(low), np.asarray(high))
 
 
-def load_policy(path: str, backend: str, mode: str, threads: int, limits: ActionLimits | None = None) -> Any:
+def load_policy(path: str, backend: str, mode: str, threads: int, limits: ActionLimits | None = None,
+                batch_size: int = 1) -> Any:
     """Default loader: ``Policy.load``; torch backends on a checkpoint get ``threads`` threads
     (1 by default: on a couple of shared cores one thread has the lowest jitter). ``limits``:
-    ``configured_limits`` (required for a model that carries none)."""
+    ``configured_limits`` (required for a model that carries none). ``batch_size`` 2: the
+    monitor's chunk + forward-dynamics rows (an .onnx/.engine must be exported at that size)."""
     from mtm_runtime.policy import Policy  # torch: only where a model is loaded, not in the bridges
 
     if backend.startswith(EXTERNAL_PREFIX):
         return load_external_policy(path, backend, mode)
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = {"batch_size": batch_size} if batch_size != 1 else {}
     if threads and (backend or "torch").startswith("torch") and not path.endswith((".onnx", ".engine")):
         opts["threads"] = threads
     try:

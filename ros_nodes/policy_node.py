@@ -40,6 +40,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from mtm_runtime import package_paths
 from mtm_runtime import policy_params as pp
+from mtm_runtime.chunk_loop import ChunkLoop
 from mtm_runtime.control_loop import Command, ControlLoop, Fault, FaultLog
 from mtm_runtime.latency import LoopStats
 from mtm_runtime.policy_params import (EXTERNAL_BACKENDS_ENV, PARAMETERS,  # noqa: F401 - re-exported
@@ -125,7 +126,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
 
     def _load_policy(self, path: str, backend: str, mode: str) -> Any:
         values = self._configuring   # the values _configure checked (robot file applied once)
-        return pp.load_policy(path, backend, mode, int(values["inference_threads"]), pp.configured_limits(values))
+        return pp.load_policy(path, backend, mode, int(values["inference_threads"]), pp.configured_limits(values),
+                              batch_size=2 if values["monitor"] else 1)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def _autostart(self) -> None:
@@ -164,8 +166,11 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         self._joint_input = values["input_type"] == "joint_state"
         self._command_type = str(values["command_type"])
         policy.set_mode(mode, **pp.mode_kwargs(values))
-        loop = ControlLoop(policy, pp.loop_config(values), clock_ns=self._clock_ns, faults=self.faults,
-                           stats=self._idle_stats, log=self._log)
+        chunk = pp.chunk_config(values)
+        loop = (ChunkLoop(policy, pp.loop_config(values), chunk, clock_ns=self._clock_ns, faults=self.faults,
+                          stats=self._idle_stats, log=self._log) if chunk.active else
+                ControlLoop(policy, pp.loop_config(values), clock_ns=self._clock_ns, faults=self.faults,
+                            stats=self._idle_stats, log=self._log))
         self._joints, self._fields = list(values["joint_names"]), list(values["state_fields"])
         self._command_interface = str(values["command_interface"])
         # trigger: state: the control timer may idle only while the input stays fresh for longer
@@ -298,7 +303,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         out = self.loop.on_tick(time.monotonic())
         if out is not None:
             self._emit(out)
-        elif self.loop.config.trigger == "state" and not self._stale_soon():
+        elif self.loop.config.trigger == "state" and not self.loop.streams and not self._stale_soon():
             self._timer.cancel()
 
     def _stale_soon(self) -> bool:
@@ -348,7 +353,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
                                    "executor": self.executor_name, "trigger": self.p("trigger"),
                                    **self.stats.report(), "param_refusals": self.param_refusals,
                                    "config_failures": self.config_failures,
-                                   "last_fault_reason": self.stats.last_fault_reason or "none"}
+                                   "last_fault_reason": self.stats.last_fault_reason or "none",
+                                   **(self.loop.report() if self.loop is not None else {})}
         return {**vals, **self.faults.report()}
 
     def _diagnostic_status(self) -> tuple[int, str, dict[str, object], str]:

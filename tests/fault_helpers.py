@@ -41,7 +41,8 @@ class FaultyBackend(Backend):
         return self._out
 
 
-def tiny_checkpoint(directory: Path, states: int, actions: int, bound: float = 1.0, provenance: dict | None = None) -> Path:
+def tiny_checkpoint(directory: Path, states: int, actions: int, bound: float = 1.0, provenance: dict | None = None,
+                    horizon: int = 4) -> Path:
     """An untrained small MTM checkpoint with ``states``/``actions`` widths (plumbing only)."""
     import torch
 
@@ -50,7 +51,7 @@ def tiny_checkpoint(directory: Path, states: int, actions: int, bound: float = 1
     from mtm_runtime.normalise import Normaliser
     from mtm_runtime.safety import ActionLimits
 
-    spec = TrajectorySpec.create(4, states=states, actions=actions)
+    spec = TrajectorySpec.create(horizon, states=states, actions=actions)
     torch.manual_seed(0)
     model = MTM(spec, MTMConfig(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, mlp_ratio=2))
     return save_checkpoint(directory, model, Normaliser.identity(spec), ActionLimits.symmetric(bound, actions),
