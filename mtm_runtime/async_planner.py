@@ -18,6 +18,7 @@ it on a daemon thread. Everything shared with the control loop goes through ``lo
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from typing import Callable
 import numpy as np
 
 from mtm_runtime.chunking import ChunkPlanner, ChunkStream, Plan
+
+
+#: GIL switch interval while a model thread runs (s)
+GIL_SWITCH_S = 1e-4
 
 
 @dataclass
@@ -136,8 +141,13 @@ class AsyncPlanner:
         return plan
 
     def start(self) -> None:
+        """Run the thread. The interpreter's GIL switch interval is lowered to
+        ``GIL_SWITCH_S`` (process-wide; the default 5 ms would let the model thread's Python work
+        delay a control tick by up to that much)."""
         if self._thread is not None:
             return
+        if sys.getswitchinterval() > GIL_SWITCH_S:
+            sys.setswitchinterval(GIL_SWITCH_S)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="mtm-model", daemon=True)
         self._thread.start()

@@ -202,7 +202,8 @@ class ControlLoop:
         if from_rest:
             self.rate_limiter.reset(self.fault_action.action(None))
             self.last_command = None
-        self._ep = _Episode(last_arrival=self._ep.last_arrival)
+        # a simulator's reset may restart its clock: the flood guard starts afresh there
+        self._ep = _Episode(last_arrival=-math.inf if from_rest else self._ep.last_arrival)
         self.stats.episode_resets += 1
         self._log("info", f"new episode: {why}")
 
@@ -292,7 +293,7 @@ class ControlLoop:
             return None
         return self._step(pending.state, pending.stamp_ns, pending.arrival)
 
-    def _step(self, state: np.ndarray, stamp_ns: int, arrival: float) -> Command | Fault:
+    def _step(self, state: np.ndarray, stamp_ns: int, arrival: float) -> Command | Fault | None:
         reward = self.take_reward()
         t0 = self._act_clock()
         try:

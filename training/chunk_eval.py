@@ -104,6 +104,7 @@ def evaluate_chunked(path: str | Path, task: Task | str, chunk: ChunkConfig, mod
     rows = 2 if chunk.monitor else 1
     policies = [Policy.load(path, backend=backend, mode="bc", batch_size=rows) for _ in seeds]
     target = target_for_score(task, target_score) if mode == "rcbc" else None
+    assert task.robot is not None, f"task {task.name} has no robot description (rate)"
     agents = ChunkAgents(policies, LoopConfig(rate_hz=task.robot.rate_hz, stale_timeout=10.0, stale_reset_s=0.0,
                                               max_rate=max_rate), chunk)
     pairs = [(s, e) for s in seeds for e in range(episodes)]

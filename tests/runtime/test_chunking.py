@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from mtm_runtime import masks as M
-from mtm_runtime.async_planner import AsyncPlanner
 from mtm_runtime.backends.torch_backend import TorchBackend
 from mtm_runtime.chunk_loop import ChunkConfig, ChunkLoop
 from mtm_runtime.chunking import ChunkPlanner, ChunkStream, WorldModelMonitor, interpolate
