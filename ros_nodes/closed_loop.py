@@ -354,7 +354,8 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
                 with monitor.lock:
                     at_bridge_end = dict(monitor.policy_diag)
                 break  # the bridge finished its episodes
-            procs.check()
+            # the bridge may finish between exited() and check(): the next pass takes it as done
+            procs.check(allowed_to_exit=(bridge_name,) if episodes else ())
             if duration_s and now >= duration_s:
                 break
             if not n_eps and episodes and now > startup_timeout_s:
