@@ -7,7 +7,7 @@ auto,chunk,chunk,bc``). The policy runs through ``ChunkLoop`` (sync, chunk 1 = B
 one batched forward of the BC row and the forward-dynamics row per step) in real MuJoCo:
 
 1. calibration: ``--calibrate`` nominal episodes (own seeds); threshold = ``--margin`` x the
-   largest per-step residual score seen (RMS normalised residual);
+   largest per-step residual score seen (RMS normalised residual) once the window holds T steps;
 2. nominal: ``--nominal`` further episodes with that threshold: any alarm is a false alarm;
 3. faults, ``--faulty`` episodes each, injected at step ``--fault-step`` into the simulator's
    ``MjModel``: every link mass x1.5; every actuator gear x0.5; one joint locked (its position
@@ -70,7 +70,7 @@ def episode(loop: Any, task: Any, seed: int, fault: str | None, fault_step: int,
             out = loop.on_state(np.asarray(state, np.float32), 0, (t + 0.5) * period)
             a = out.action if isinstance(out, (Command, Fault)) else np.zeros(loop.limits.width, np.float32)
             scores.append(loop.monitor.last_score)
-            if loop.monitor.alarm and alarm_step is None and (fault is None or t >= fault_step):
+            if loop.monitor.alarm and alarm_step is None and t >= loop.policy.spec.horizon and (fault is None or t >= fault_step):
                 alarm_step = t
             obs, _r, term, trunc, _ = env.step(a)
             if hook is not None:
@@ -81,7 +81,8 @@ def episode(loop: Any, task: Any, seed: int, fault: str | None, fault_step: int,
                 break
     finally:
         env.close()
-    return {"seed": seed, "fault": fault, "steps": steps, "max_score": float(np.max(scores[2:] or [0.0])),
+    warm = loop.policy.spec.horizon  # scores once the window holds a full history
+    return {"seed": seed, "fault": fault, "steps": steps, "max_score": float(np.max(scores[warm:] or [0.0])),
             "alarm_step": alarm_step, "period_s": period}
 
 

@@ -45,7 +45,8 @@ from mtm_runtime.spec import ACTIONS, STATES
 class Plan:
     """One chunk: raw actions for model steps ``start .. start+k-1`` (the first ``committed``
     are the committed ones, unchanged) and the monitor's residual for the state of ``start``
-    (normalised, per state dimension; None without a monitor or without history)."""
+    (normalised, per state dimension; None without a monitor, or before the window holds a full
+    history: an episode's first steps would otherwise raise alarms on partial context)."""
 
     start: int
     actions: np.ndarray
@@ -144,7 +145,7 @@ class ChunkPlanner:
         if com is not None and d:
             actions[:d] = com
         residual = None
-        if self._fd is not None and m[1].any() and avail[p - 1, self._ai]:
+        if self._fd is not None and pol.buffer.history_len > p and avail[p - 1, self._ai]:  # a full window
             residual = (y[1, p, self._s] - xs[0, p, self._s]).astype(np.float32)
         return Plan(self.step, actions, d, residual, backend_s)
 
