@@ -7,7 +7,8 @@ auto,chunk,chunk,bc``). The policy runs through ``ChunkLoop`` (sync, chunk 1 = B
 one batched forward of the BC row and the forward-dynamics row per step) in real MuJoCo:
 
 1. calibration: ``--calibrate`` nominal episodes (own seeds); threshold = ``--margin`` x the
-   largest per-step residual score seen (RMS normalised residual) once the window holds T steps;
+   largest alarm level seen (the RMS normalised residual averaged over ``--average`` steps) once
+   the window holds T steps;
 2. nominal: ``--nominal`` further episodes with that threshold: any alarm is a false alarm;
 3. faults, ``--faulty`` episodes each, injected at step ``--fault-step`` into the simulator's
    ``MjModel``: every link mass x1.5; every actuator gear x0.5; one joint locked (its position
@@ -69,7 +70,7 @@ def episode(loop: Any, task: Any, seed: int, fault: str | None, fault_step: int,
             state = task.split_observation(obs)["states"]
             out = loop.on_state(np.asarray(state, np.float32), 0, (t + 0.5) * period)
             a = out.action if isinstance(out, (Command, Fault)) else np.zeros(loop.limits.width, np.float32)
-            scores.append(loop.monitor.last_score)
+            scores.append(loop.monitor.last_level)
             if loop.monitor.alarm and alarm_step is None and t >= loop.policy.spec.horizon and (fault is None or t >= fault_step):
                 alarm_step = t
             obs, _r, term, trunc, _ = env.step(a)
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fault-step", type=int, default=100)
     ap.add_argument("--margin", type=float, default=1.5)
     ap.add_argument("--persist", type=int, default=3)
+    ap.add_argument("--average", type=int, default=16, help="steps the alarm level is averaged over")
     ap.add_argument("--joint", type=int, default=0, help="actuator whose joint is locked")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -112,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def make(threshold: float) -> ChunkLoop:
         pol = Policy.load(args.model, batch_size=2)
-        loop = ChunkLoop(pol, cfg, ChunkConfig(monitor=True, monitor_threshold=threshold,
-                                               monitor_persist=args.persist), threaded=False)
+        loop = ChunkLoop(pol, cfg, ChunkConfig(monitor=True, monitor_threshold=threshold, monitor_persist=args.persist,
+                                               monitor_average=args.average), threaded=False)
         loop.activate(0.0)
         return loop
 
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     cost["added_p50_ms"] = round(cost["monitor"]["plan_p50_ms"] - cost["no_monitor"]["plan_p50_ms"], 4)
     false_alarms = sum(e["alarm_step"] is not None for e in nominal)
     result = {"benchmark": "world_model_monitor", "machine": machine(), "model": args.model, "task": args.task,
-              "threshold": round(threshold, 4), "margin": args.margin, "persist": args.persist,
+              "threshold": round(threshold, 4), "margin": args.margin, "persist": args.persist, "average": args.average,
               "calibration_max_scores": [round(e["max_score"], 4) for e in cal],
               "nominal": {"episodes": len(nominal), "false_alarms": false_alarms,
                           "max_scores": [round(e["max_score"], 4) for e in nominal]},

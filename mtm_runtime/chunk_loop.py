@@ -50,6 +50,7 @@ class ChunkConfig:
     monitor: bool = False          # world-model monitor (backend batch size 2)
     monitor_threshold: float = 0.0  # alarm level of the RMS normalised residual; 0 = report only
     monitor_persist: int = 3       # model steps over (under) the threshold to raise (clear) it
+    monitor_average: int = 1       # steps the alarm's residual level is averaged over
     monitor_action: str = "warn"   # warn | fault
 
     def __post_init__(self) -> None:
@@ -63,6 +64,7 @@ class ChunkConfig:
             ("max_chunk_age_s", math.isfinite(self.max_chunk_age_s) and self.max_chunk_age_s >= 0, ">= 0 (0 = chunk span)"),
             ("monitor_threshold", math.isfinite(self.monitor_threshold) and self.monitor_threshold >= 0, ">= 0 (0 = off)"),
             ("monitor_persist", self.monitor_persist >= 1, ">= 1"),
+            ("monitor_average", self.monitor_average >= 1, ">= 1"),
             ("monitor_action", self.monitor_action in MONITOR_ACTIONS, f"one of {MONITOR_ACTIONS}"),
         ) if not ok]
         if self.mode == "async" and self.chunk < 2:
@@ -85,7 +87,8 @@ class ChunkLoop(ControlLoop):
         self.chunk = chunk
         self.planner = ChunkPlanner(policy, chunk.chunk, chunk.monitor)
         self.stream = ChunkStream(self.limits.width)
-        self.monitor = WorldModelMonitor(self.state_width, chunk.monitor_threshold, chunk.monitor_persist)
+        self.monitor = WorldModelMonitor(self.state_width, chunk.monitor_threshold, chunk.monitor_persist,
+                                         average=chunk.monitor_average)
         self.model_period_s = 1.0 / (chunk.model_rate_hz or config.rate_hz)
         self.max_chunk_age_s = chunk.max_chunk_age_s or chunk.chunk * self.model_period_s
         self.threaded = threaded
@@ -142,7 +145,7 @@ class ChunkLoop(ControlLoop):
         was = self.monitor.alarm
         if self.monitor.observe(plan.residual) and not was:
             self.stats.model_mismatches += 1
-            detail = (f"world model mismatch: residual {self.monitor.last_score:.3f} > monitor_threshold "
+            detail = (f"world model mismatch: residual {self.monitor.last_level:.3f} > monitor_threshold "
                       f"{self.chunk.monitor_threshold} for {self.chunk.monitor_persist} steps "
                       f"(worst state dim {self.monitor.report().worst_dim})")
             self.faults.note("model_mismatch", detail)

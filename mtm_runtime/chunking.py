@@ -235,25 +235,30 @@ class MonitorReport:
 
 class WorldModelMonitor:
     """Residual statistics and the alarm rule. The per-step score is the RMS over state
-    dimensions of the normalised residual; an alarm starts when ``persist`` consecutive scores
-    exceed ``threshold`` (0 = never) and ends after ``persist`` consecutive ones below it."""
+    dimensions of the normalised residual; the alarm reads its mean over the last ``average``
+    steps (1 = the step's own; a longer mean lets a persistent bias rise above the per-step
+    noise). An alarm starts when ``persist`` consecutive values exceed ``threshold`` (0 = never)
+    and ends after ``persist`` consecutive ones below it."""
 
-    def __init__(self, state_width: int, threshold: float = 0.0, persist: int = 3, window: int = 2048) -> None:
+    def __init__(self, state_width: int, threshold: float = 0.0, persist: int = 3, window: int = 2048,
+                 average: int = 1) -> None:
         if not (math.isfinite(threshold) and threshold >= 0):
             raise ValueError(f"monitor threshold must be a finite number >= 0 (0 = off), got {threshold!r}")
-        if persist < 1:
-            raise ValueError(f"monitor persist must be >= 1, got {persist!r}")
+        if persist < 1 or average < 1:
+            raise ValueError(f"monitor persist and average must be >= 1, got {persist!r}, {average!r}")
+        self._recent = np.zeros(int(average))
+        self._n_recent = 0
         self.threshold, self.persist = float(threshold), int(persist)
         self.scores = LatencyRing(window)  # a ring of floats with percentiles
         self.sum_sq = np.zeros(state_width, np.float64)
         self.steps = self.alarms = 0
         self.alarm = False
         self._run = 0
-        self.last_score = 0.0
+        self.last_score = self.last_level = 0.0
         self.last_residual: np.ndarray | None = None
 
     def reset_episode(self) -> None:
-        self._run = 0
+        self._run = self._n_recent = 0
         self.alarm = False
 
     def observe(self, residual: np.ndarray | None) -> bool:
@@ -266,7 +271,11 @@ class WorldModelMonitor:
         self.sum_sq += r * r
         self.scores.add(score)
         self.last_score, self.last_residual = score, r
-        over = self.threshold > 0 and score > self.threshold
+        self._recent[self._n_recent % len(self._recent)] = score
+        self._n_recent += 1
+        level = float(self._recent[:min(self._n_recent, len(self._recent))].mean())
+        self.last_level = level
+        over = self.threshold > 0 and level > self.threshold
         if over != self.alarm:
             self._run += 1
             if self._run >= self.persist:

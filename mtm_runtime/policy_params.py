@@ -114,6 +114,7 @@ PARAMETERS: dict[str, Param] = {
     "monitor": Param(False, "world-model monitor: forward-dynamics residual of each reported state (batch of two)"),
     "monitor_threshold": Param(0.0, "monitor alarm level (RMS normalised residual; 0 = report only)", lo=0.0, hi=1e6),
     "monitor_persist": Param(3, "model steps over (under) the threshold to raise (clear) the alarm", ilo=1, ihi=100000),
+    "monitor_average": Param(1, "model steps the monitor's residual level is averaged over", ilo=1, ihi=100000),
     "monitor_action": Param("warn", "on a monitor alarm: warn, or command the fault action", choices=MONITOR_ACTIONS),
 }
 #: Parameters whose value is a list. The rcl YAML parser cannot type an empty list: a params file's
@@ -297,7 +298,8 @@ def chunk_config(values: Mapping[str, Any]) -> ChunkConfig:
         model_rate_hz=float(values["model_rate_hz"]), interpolate=str(values["interpolate"]),
         committed=int(values["committed"]), max_chunk_age_s=float(values["max_chunk_age_s"]),
         monitor=bool(values["monitor"]), monitor_threshold=float(values["monitor_threshold"]),
-        monitor_persist=int(values["monitor_persist"]), monitor_action=str(values["monitor_action"]))
+        monitor_persist=int(values["monitor_persist"]), monitor_average=int(values["monitor_average"]),
+        monitor_action=str(values["monitor_action"]))
 
 
 def load_external_policy(path: str, spec_str: str, mode: str) -> Any:

@@ -132,6 +132,11 @@ def test_world_model_monitor_alarm_and_recovery() -> None:
     r = mon.report()
     assert r.alarms == 1 and r.steps == 16 and r.worst_dim == 0 and r.p99 > r.p50
     assert WorldModelMonitor(2).observe(np.array([9.0, 9.0])) is False  # threshold 0: report only
+    avg = WorldModelMonitor(1, threshold=1.0, persist=1, average=4)
+    for _ in range(4):
+        avg.observe(np.array([0.2]))
+    assert not avg.observe(np.array([3.0]))     # one spike: the 4-step mean (0.9) stays under
+    assert avg.observe(np.array([3.0]))         # a persistent bias rises above it (1.6)
 
 
 def test_stream_never_rewrites_a_played_step() -> None:
