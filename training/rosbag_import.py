@@ -363,8 +363,11 @@ def _episode(cfg: BagImport, data: dict, idx: dict, state_roles: list[str], piec
 
 
 # ---- our HDF5 ------------------------------------------------------------------------------------
-def write_episodes_hdf5(output: str | Path, episodes: Sequence[Episode], robot: Robot, report: BagReport) -> Path:
+def write_episodes_hdf5(output: str | Path, episodes: Sequence[Episode], robot: Robot, report: BagReport,
+                        inferred: Sequence[int] = (), inferred_by: str = "") -> Path:
     """Our D4RL layout with a ``metadata`` group that names the robot (read back by ``read_hdf5``).
+    ``inferred``: episodes whose actions a model inferred (``training/relabel.py``): their steps
+    are ``infos/action_inferred`` and ``metadata.actions_inferred_by`` names the model.
     Written to a temporary name and renamed: a failed import leaves no half-written file."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -386,9 +389,11 @@ def write_episodes_hdf5(output: str | Path, episodes: Sequence[Episode], robot: 
             f["timeouts"] = timeouts
             f["infos/action_present"] = np.concatenate([np.full(L, ep.labelled) for L, ep in zip(lengths, episodes)])
             f["infos/episode_id"] = np.concatenate([np.full(L, i, np.int32) for i, L in enumerate(lengths)])
+            f["infos/action_inferred"] = np.concatenate([np.full(L, i in set(inferred)) for i, L in enumerate(lengths)])
             meta = f.create_group("metadata")
             meta.attrs.update({"robot": json.dumps(robot.to_dict()), "tier": "recorded", "source": "rosbag2",
-                               "import_report": json.dumps(report.to_dict()), "episodes": len(episodes)})
+                               "import_report": json.dumps(report.to_dict()), "episodes": len(episodes),
+                               "actions_inferred_by": inferred_by, "episodes_inferred": len(inferred)})
         tmp.replace(output)
     except BaseException:
         tmp.unlink(missing_ok=True)

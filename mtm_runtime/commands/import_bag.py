@@ -4,6 +4,8 @@ States from ``JointState`` by joint name (or ``--state TOPIC:FIELD``), actions f
 command topic (``--actions topic``), derived from the next measured state (``derive``) or left
 missing (``missing``: state-only episodes for heteromodal training); streams resampled to the
 robot's control rate by zero-order hold; episodes cut by ``--episodes bag|gap:S|length:N|marker:TOPIC``.
+``--relabel-actions MODEL`` fills action-free episodes with the model's inverse dynamics
+(``training/relabel.py``), marked as inferred in the file.
 The rules and the counts in the report: ``training/rosbag_import.py``. The output trains with
 ``mtm train --data data.hdf5`` (the robot file travels inside it). Bad input is one line and exit
 code 2; the output is written whole or not at all.
@@ -15,9 +17,17 @@ import json
 import sys
 from pathlib import Path
 
+from mtm_runtime.integrity import CheckpointError
+from mtm_runtime.policy import Policy
 from mtm_runtime.robot import RobotError, load_robot
 from mtm_runtime.training.loaders import DatasetError
+from mtm_runtime.training.relabel import relabel_actions
 from mtm_runtime.training.rosbag_import import ACTION_SOURCES, BagImport, read_bag, write_episodes_hdf5
+
+
+def load_labeller(path: str) -> Policy:
+    """The model whose inverse dynamics labels the episodes (its own limits; torch or onnxruntime)."""
+    return Policy.load(path, mode="bc")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time", default="log", choices=("log", "header"), help="message time: bag receive time or header.stamp")
     parser.add_argument("--min-length", type=int, default=2, help="drop episodes shorter than this many steps")
     parser.add_argument("--report", type=Path, default=None, help="also write the import report as JSON")
+    parser.add_argument("--relabel-actions", default="", metavar="MODEL",
+                        help="fill the actions of action-free episodes with MODEL's inverse dynamics "
+                             "(checkpoint or .onnx; marked infos/action_inferred in the file)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -47,11 +60,15 @@ def main(args: argparse.Namespace) -> int:
                         action_topic=args.action_topic, goal_path=args.goal, reward_path=args.reward,
                         episodes=args.episodes, max_age_s=args.max_age, time=args.time, min_length=args.min_length)
         episodes, report = read_bag(args.bag, cfg)
-        path = write_episodes_hdf5(args.output, episodes, robot, report)
-    except (DatasetError, RobotError) as e:
+        inferred: list[int] = []
+        if args.relabel_actions:
+            inferred = relabel_actions(episodes, load_labeller(args.relabel_actions), args.relabel_actions)
+        path = write_episodes_hdf5(args.output, episodes, robot, report, inferred, args.relabel_actions)
+    except (DatasetError, RobotError, CheckpointError, FileNotFoundError) as e:
         print(f"mtm import-bag: {e}", file=sys.stderr)
         return 2
     if args.report:
         args.report.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    print(f"wrote {path}: {report.summary()}")
+    print(f"wrote {path}: {report.summary()}" + (f"; actions inferred by {args.relabel_actions} for "
+                                                  f"{len(inferred)} episode(s)" if args.relabel_actions else ""))
     return 0
