@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mtm_runtime.chunking import ChunkPlanner
+
 SCHEMA = "mtm_runtime.profile/1"
 SPIN_MARGIN_S = 0.0005
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}
@@ -89,6 +91,28 @@ def prepare_mode(policy: Any, mode: str) -> None:
     if mode == "goal" and "goals" in policy.spec:
         kw["goal"] = np.zeros(policy.spec.width("goals"), np.float32)
     policy.set_mode(mode, **kw)
+
+
+def profile_planner(policy: Any, chunk: int, monitor: bool, steps: int = 1000, warmup: int = 50,
+                    seed: int = 0) -> dict[str, Any]:
+    """``steps`` plans of a ``ChunkPlanner`` (chunk ``chunk``; ``monitor``: the batch-of-two pass
+    with the forward-dynamics row) on random states, each plan's first action fed back as the
+    executed one; plan latency in ms (p50/p99/max)."""
+    planner = ChunkPlanner(policy, chunk, monitor)
+    rng = np.random.default_rng(seed)
+    states = rng.standard_normal((steps + warmup, policy.spec.width("states"))).astype(np.float32)
+    executed = None
+    for i in range(warmup):
+        executed = planner.plan(states[i], executed=executed).actions[0]
+    planner.latency.clear()
+    times = np.empty(steps)
+    for i in range(steps):
+        t0 = time.perf_counter()
+        executed = planner.plan(states[warmup + i], executed=executed).actions[0]
+        times[i] = time.perf_counter() - t0
+    ms = times * 1e3
+    return {"chunk": chunk, "monitor": monitor, "batch": 2 if monitor else 1, "steps": steps,
+            "plan_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}}
 
 
 def profile_policy(policy: Any, steps: int, rate_hz: float | None = None, warmup: int = 50,

@@ -77,6 +77,34 @@ def compare(path_a: str | Path, path_b: str | Path, png: str | Path | None = Non
     return out
 
 
+def fd_residuals(policy: Any, path: str | Path) -> np.ndarray:
+    """Per state dimension, the RMS of the world-model residual over a recording: the model's
+    forward-dynamics prediction of each state from the T-1 steps before it (states and the
+    recorded actions), minus the recorded state, in units of the data's standard deviation (the
+    runtime monitor's residual, ``mtm_runtime.chunking``). Episodes shorter than T are skipped."""
+    seg = segment(path, require_rewards=False)
+    T = policy.spec.horizon
+    std = policy.normaliser.std["states"]
+    sq, n = np.zeros(seg.states.shape[1]), 0
+    for off, length, *_ in seg.episodes:
+        st, ac = seg.states[off:off + length], seg.actions[off:off + length]
+        for t in range(T - 1, length):
+            r = (policy.predict_next_state(st[t - T + 1:t], ac[t - T + 1:t]) - st[t]) / std
+            sq += r * r
+            n += 1
+    if not n:
+        raise ValueError(f"{path}: no episode of at least T = {T} steps for the world-model residual")
+    return np.sqrt(sq / n)
+
+
+def model_gap(policy: Any, path_a: str | Path, path_b: str | Path) -> dict[str, Any]:
+    """The world-model residual per state dimension in A and in B: where B (the robot, say) leaves
+    the model's dynamics more than A (the simulator it was trained on), the ratio says by how much."""
+    ra, rb = fd_residuals(policy, path_a), fd_residuals(policy, path_b)
+    return {"residual_a": ra.round(5).tolist(), "residual_b": rb.round(5).tolist(),
+            "ratio_b_over_a": (rb / np.maximum(ra, 1e-9)).round(3).tolist(), "worst_dim_b": int(np.argmax(rb))}
+
+
 def format_table(result: dict[str, Any]) -> str:
     loss = result["recorded_loss"]
     lines = [f"A: {result['a']} ({loss_note(loss['a'])})", f"B: {result['b']} ({loss_note(loss['b'])})",
@@ -84,6 +112,12 @@ def format_table(result: dict[str, Any]) -> str:
              f"{'modality':9s} {'dim':>3s} {'rmse':>10s} {'max|a-b|':>10s} {'corr':>7s}"]
     for r in result["rows"]:
         lines.append(f"{r['modality']:9s} {r['dim']:3d} {r['rmse']:10.4g} {r['max_abs']:10.4g} {r['corr']:7.3f}")
+    gap = result.get("model_gap")
+    if gap:
+        lines.append(f"world-model residual per state dim (RMS, normalised; model {result.get('model', '')}):")
+        lines.append(f"{'dim':>3s} {'A':>9s} {'B':>9s} {'B/A':>7s}")
+        for i, (a, b, q) in enumerate(zip(gap["residual_a"], gap["residual_b"], gap["ratio_b_over_a"])):
+            lines.append(f"{i:3d} {a:9.4g} {b:9.4g} {q:7.3g}")
     return "\n".join(lines)
 
 

@@ -14,16 +14,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("b", type=Path, help="second recording (.mcap)")
     parser.add_argument("--png", type=Path, default=None, help="plot (default: compare.png next to A)")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON")
+    parser.add_argument("--model", default="", help="also the world-model residual per state dimension in A and B "
+                        "(the runtime monitor's; a checkpoint of these widths): the sim-to-real gap")
 
 
 def main(args: argparse.Namespace) -> int:
     from mtm_runtime.recording import RecordingError, loss_note
-    from mtm_runtime.training.rollout_compare import compare, format_table
+    from mtm_runtime.integrity import CheckpointError
+    from mtm_runtime.policy import Policy
+    from mtm_runtime.training.rollout_compare import compare, format_table, model_gap
 
     png = args.png or args.a.with_name("compare.png")
     try:
         result = compare(args.a, args.b, png)
-    except (RecordingError, ValueError) as e:
+        if args.model:
+            result["model"] = args.model
+            result["model_gap"] = model_gap(Policy.load(args.model, mode="bc"), args.a, args.b)
+    except (RecordingError, ValueError, CheckpointError, FileNotFoundError) as e:
         print(f"mtm compare-rollouts: {e}", file=sys.stderr)
         return 1
     print(format_table(result))

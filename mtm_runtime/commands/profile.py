@@ -27,6 +27,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--series", action="store_true", help="include raw per-step series in the JSON")
     p.add_argument("--png", type=Path, default=None, help="histogram + time series plot")
+    p.add_argument("--chunk", type=int, default=0, help="also profile chunk planning with chunks of this length")
+    p.add_argument("--monitor", action="store_true",
+                   help="also profile the world-model monitor's batch-of-two pass (with --chunk, or chunk 1)")
+
+
+def planner_rows(args: argparse.Namespace) -> list[dict]:
+    """Plan latency without and (``--monitor``) with the monitor's row, same model and backend."""
+    from mtm_runtime.policy import Policy
+    from mtm_runtime.profiling import profile_planner
+
+    if args.model.startswith("preset:"):
+        raise ValueError("--chunk/--monitor need a checkpoint (a model trained with chunk masks)")
+    rows = []
+    for monitor in (False, True) if args.monitor else (False,):
+        policy = Policy.load(args.model, backend=args.backend, batch_size=2 if monitor else 1)
+        rows.append(profile_planner(policy, args.chunk or 1, monitor, args.steps, args.warmup))
+    return rows
 
 
 def main(args: argparse.Namespace) -> int:
@@ -44,6 +61,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"mtm profile: refused: {e}", file=sys.stderr)
         return 2
     print(format_table(report))
+    if args.chunk or args.monitor:
+        try:
+            report["planner"] = planner_rows(args)
+        except (BackendError, CheckpointError, ValueError) as e:
+            print(f"mtm profile: refused: {e}", file=sys.stderr)
+            return 2
+        for row in report["planner"]:
+            print(f"plan chunk {row['chunk']} batch {row['batch']}{' (monitor)' if row['monitor'] else ''}: "
+                  f"p50 {row['plan_ms']['p50']:.3f} ms, p99 {row['plan_ms']['p99']:.3f} ms")
     if args.json:
         args.json.write_text(to_json(report, include_series=args.series))
         print(f"wrote {args.json}")

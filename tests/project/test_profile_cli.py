@@ -66,3 +66,16 @@ def test_helpers() -> None:
     assert s["max"] == pytest.approx(3.0) and s["p50"] == pytest.approx(2.0)
     assert parse_backend_entry("onnxruntime+quantize=int8+intra_op_threads=2") == (
         "onnxruntime", {"quantize": "int8", "intra_op_threads": 2})
+
+
+def test_profile_cli_chunk_and_monitor(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--chunk 2 --monitor``: plan latency without and with the monitor's forward-dynamics row."""
+    from mtm_runtime.cli import main
+
+    out = tmp_path / "p.json"
+    rc = main(["profile", str(ckpt), "--chunk", "2", "--monitor", "--steps", "30", "--warmup", "3", "--json", str(out)])
+    assert rc == 0 and "(monitor)" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["planner"]
+    assert [(r["chunk"], r["batch"], r["monitor"]) for r in rows] == [(2, 1, False), (2, 2, True)]
+    assert all(r["plan_ms"]["p99"] >= r["plan_ms"]["p50"] > 0 for r in rows)
+    assert main(["profile", "preset:embedded", "--monitor", "--steps", "5", "--warmup", "1"]) == 2

@@ -148,15 +148,20 @@ def test_record_import_load_and_train(recordings, tmp_path: Path) -> None:
 def test_compare_rollouts_cli(recordings, tmp_path: Path) -> None:
     tmp, a, b = recordings
     out = subprocess.run([sys.executable, "-m", "mtm_runtime.cli", "compare-rollouts", a.record_path, b.record_path,
-                          "--png", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json")],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+                          "--png", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json"),
+                          "--model", str(tmp / "ckpt")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+    assert "world-model residual per state dim" in out.stdout
     assert "states" in out.stdout and "actions" in out.stdout and (tmp_path / "c.png").stat().st_size > 1000
     res = json.loads((tmp_path / "c.json").read_text())
     assert res["matched_steps"] == 100, (res["episodes"], a.recorded, b.recorded)
     states = [r for r in res["rows"] if r["modality"] == "states"]
     assert len(states) == 8 and all(r["rmse"] < 1e-9 for r in states)  # lockstep, same seeds: identical
     assert len([r for r in res["rows"] if r["modality"] == "actions"]) == 2
+    gap = res["model_gap"]  # the same rollouts: the same residual in A and B, dimension by dimension
+    assert len(gap["residual_a"]) == 8 and all(np.isfinite(gap["residual_a"])) and max(gap["residual_a"]) > 0
+    assert gap["ratio_b_over_a"] == [1.0] * 8
 
 
 @contextmanager
