@@ -51,7 +51,7 @@ TARGETS = {500: {"achieved_rate_hz": 499.0, "miss_fraction": 0.001, "latency_p99
            1000: {"miss_fraction": 0.005, "latency_p99_ms": 1.0}}
 
 
-def make_model(directory: Path) -> Path:
+def make_model(directory: Path, horizon: int = 4) -> Path:
     """Untrained ``embedded`` MTM: states 4 (joint0/1 position, velocity), actions 2, returns 1, goals 2
     (the bridge's Reacher target, so the node runs in ``goal`` mode like the bundled model), T=4."""
     import torch
@@ -63,7 +63,7 @@ def make_model(directory: Path) -> Path:
     from mtm_runtime.spec import TrajectorySpec
 
     torch.manual_seed(0)
-    spec = TrajectorySpec.create(4, states=4, actions=2, returns=1, goals=2)
+    spec = TrajectorySpec.create(horizon, states=4, actions=2, returns=1, goals=2)
     model = build_model(spec, "embedded").eval()
     return save_checkpoint(directory, model, Normaliser.identity(spec), ActionLimits.symmetric(1.0, 2),
                            provenance={"note": "untrained embedded preset for benchmarks/closed_loop.py"})
@@ -184,14 +184,14 @@ def echo_baseline(rate: float, executor: str, duration: float, work: Path, env: 
 
 
 def policy_loop(rate: float, model: Path, backend: str, duration: float, work: Path, env: dict[str, str],
-                episode_reset: bool, episode_s: float) -> dict[str, Any]:
+                episode_reset: bool, episode_s: float, chunked: dict[str, Any] | None = None) -> dict[str, Any]:
     from mtm_runtime.ros_nodes.launch_description import describe
     from mtm_runtime.ros_nodes.closed_loop import write_params
 
     out = work / f"policy_{int(rate)}.json"
     policy = {"input_type": "joint_state", "joint_names": ["joint0", "joint1"], "state_fields": ["position", "velocity"],
               "command_type": "joint_state", "command_interface": "effort", "trigger": "state", "mask_mode": "goal",
-              "warmup_iters": 200, "stale_timeout": 0.5, "inference_threads": 1}
+              "warmup_iters": 200, "stale_timeout": 0.5, "inference_threads": 1, **(chunked or {})}
     # the policy reads joint_states: the bridge skips the redundant observation topic (one
     # publish less between the state and the moment the bridge can take the command)
     bridge = {"command_type": "joint_state", "reset_timeout_s": 30.0, "publish_observation": False,
@@ -201,7 +201,8 @@ def policy_loop(rate: float, model: Path, backend: str, duration: float, work: P
     params = write_params(work / f"params_{int(rate)}.yaml", policy, bridge)
     nodes = describe(model=str(model), backend=backend, rate=f"{rate:g}", params_file=str(params), target="sim",
                      task="reacher", sim_mode="realtime")
-    e = dict(env, MTM_BENCH_ROLE="bridge", MTM_BENCH_DURATION=str(duration), MTM_BENCH_OUT=str(out))
+    e = dict(env, MTM_BENCH_ROLE="bridge", MTM_BENCH_DURATION=str(duration), MTM_BENCH_OUT=str(out),
+             MTM_BENCH_STREAM="1" if chunked and chunked.get("loop_mode") == "async" else "0")
     import threading
 
     import rclpy
@@ -257,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episode-s", type=float, default=2.0,
                     help="episode length in seconds of control (Reacher's own 50 steps are 0.1 s at 500 Hz, "
                          "far shorter than any robot episode); 0 = the task's own length")
+    ap.add_argument("--loop-mode", default="sync", choices=("sync", "async"),
+                    help="async: the node's model thread replans at --model-rate, commands stream at the rate "
+                         "(T = 8 model, chunk --chunk); a period without a command is the miss")
+    ap.add_argument("--chunk", type=int, default=4)
+    ap.add_argument("--model-rate", type=float, default=100.0)
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     ap.add_argument("--work-dir", type=Path, default=None, help="logs and intermediate files (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -268,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="mtm_closed_loop_"))
     work.mkdir(parents=True, exist_ok=True)
-    model = make_model(work / "model")
+    chunked = ({"loop_mode": "async", "chunk": args.chunk, "model_rate_hz": args.model_rate}
+               if args.loop_mode == "async" else None)
+    model = make_model(work / "model", horizon=8 if chunked else 4)
     backend, why = pick_backend(model, args.backend)
     try:
         load = os.getloadavg()
@@ -281,13 +289,13 @@ def main(argv: list[str] | None = None) -> int:
                                                      "backend": backend, "backend_choice": why,
                                                      "trigger": "state", "command_type": "joint_state",
                                                      "episode_reset_service": not args.no_episode_reset,
-                                                     "episode_s": args.episode_s},
+                                                     "episode_s": args.episode_s, "chunked": chunked},
         "work_dir": str(work), "settings": {}}
     for rate in rates:
         entry: dict[str, Any] = {}
         if not args.no_echo:
             entry["echo_baseline"] = {ex: echo_baseline(rate, ex, duration, work, env) for ex in ("single", "events")}
-        pol = policy_loop(rate, model, backend, duration, work, env, not args.no_episode_reset, args.episode_s)
+        pol = policy_loop(rate, model, backend, duration, work, env, not args.no_episode_reset, args.episode_s, chunked)
         entry["policy_loop"] = pol
         ex = pol.get("executor", "events")
         ex_key = "events" if ex == "events" else "single"

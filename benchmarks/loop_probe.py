@@ -9,7 +9,10 @@ the first reply):
   (``time.monotonic``) just before publication; a JointState command carrying that stamp (the
   policy node's ``command_type: joint_state`` copies the state's stamp) gives the state->command
   latency *at the simulator side*. At every realtime tick, a state whose command has not
-  arrived is a deadline miss (the command was not received within one period).
+  arrived is a deadline miss (the command was not received within one period). With
+  ``MTM_BENCH_STREAM=1`` (an async policy streaming commands, each stamped with the state its
+  chunk was planned from) a period with no command at all is the miss, and the latency is the
+  age of the state a command derives from.
 * ``echo-client`` / ``echo-server``: the baseline. The client publishes a stamped JointState at
   ``MTM_BENCH_RATE`` Hz (like the bridge, sensor topic) and measures the same way; the server
   answers each with a JointState carrying the same stamp (like the policy node, without a
@@ -42,7 +45,8 @@ class LoopProbe:
     ignored; only events after ``start()`` count.
     """
 
-    def __init__(self, capacity: int = 2_000_000) -> None:
+    def __init__(self, capacity: int = 2_000_000, stream: bool = False) -> None:
+        self.stream = stream  # commands stream (async policy): any command in a period answers it
         self.latency = np.zeros(capacity)
         self.n_lat = 0
         self.step_s = np.zeros(capacity)
@@ -77,12 +81,12 @@ class LoopProbe:
             self.states += 1
 
     def on_reply(self, stamp_ns: int, t: float) -> None:
-        ts = self.sent.pop(stamp_ns, None)
+        ts = self.sent.get(stamp_ns) if self.stream else self.sent.pop(stamp_ns, None)
         if ts is None:
             return
         if not self.first_reply_t:
             self.first_reply_t = t
-        if stamp_ns == self.last_stamp:
+        if self.stream or stamp_ns == self.last_stamp:
             self.answered = True
         if self.measuring and self.n_lat < len(self.latency):
             self.latency[self.n_lat] = t - ts
@@ -98,6 +102,8 @@ class LoopProbe:
             self.n_tick += 1
         if self.last_stamp is not None and not self.answered:
             self.misses += 1
+        if self.stream:
+            self.answered = False  # the next period needs a command of its own
 
     def on_step_time(self, seconds: float) -> None:
         if self.measuring and self.n_step < len(self.step_s):
@@ -148,7 +154,7 @@ def run_bridge(argv: list[str]) -> int:
         """SimBridge + LoopProbe; stops itself after the measurement (``finished``)."""
 
         def __init__(self, **kw: Any) -> None:
-            self.probe = LoopProbe()
+            self.probe = LoopProbe(stream=os.environ.get("MTM_BENCH_STREAM") == "1")
             self.resets: list[float] = []
             self._reset_began = 0.0
             super().__init__(**kw)

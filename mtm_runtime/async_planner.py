@@ -38,6 +38,7 @@ class _Offer:
     state: np.ndarray
     arrival: float
     reward: float | None
+    stamp_ns: int = 0
 
 
 class AsyncPlanner:
@@ -55,6 +56,7 @@ class AsyncPlanner:
         self.lock = threading.Lock()
         self.t0 = 0.0
         self.last_plan_state_arrival = -math.inf  # arrival of the state the newest chunk came from
+        self.last_plan_stamp_ns = 0               # and its stamp (what a streamed command carries)
         self.plans = self.late = self.skipped = 0
         self._offer: _Offer | None = None
         self._next_step = 0
@@ -72,13 +74,14 @@ class AsyncPlanner:
             self.last_plan_state_arrival = -math.inf
             self._epoch += 1  # the thread resets the planner before its next plan; a plan under way is dropped
 
-    def offer(self, state: np.ndarray, arrival: float, reward: float | None = None) -> None:
+    def offer(self, state: np.ndarray, arrival: float, reward: float | None = None, stamp_ns: int = 0) -> None:
         """The newest valid state (the thread plans from whatever is newest at its grid time);
         rewards of states it never planned from add up."""
         with self.lock:
-            if self._offer is not None and reward is not None and self._offer.reward is not None:
-                reward += self._offer.reward
-            self._offer = _Offer(np.array(state, np.float32), arrival, reward)
+            old = self._offer.reward if self._offer is not None else None
+            if old is not None:
+                reward = old + (reward or 0.0)
+            self._offer = _Offer(np.array(state, np.float32), arrival, reward, stamp_ns)
         self._fresh.set()
 
     def step_of(self, now: float) -> int:
@@ -134,7 +137,7 @@ class AsyncPlanner:
                 return None  # a new episode began while the model was thinking
             d = len(committed)
             self.stream.install(j + d, plan.actions[d:])  # the committed steps keep their actions
-            self.last_plan_state_arrival = offer.arrival
+            self.last_plan_state_arrival, self.last_plan_stamp_ns = offer.arrival, offer.stamp_ns
             self.plans += 1
         if self.on_plan is not None:
             self.on_plan(plan, now)

@@ -8,9 +8,12 @@ action) is unchanged; what changes is where the action comes from:
   chunk (``ChunkPlanner``), the steps in between play it (their states still enter the history).
   A plan slower than the period is an ``overrun`` as in the plain loop.
 * ``async``: states go to the model thread (``AsyncPlanner``), which replans at ``model_rate_hz``
-  from the newest one; every ``on_tick`` (the control rate, e.g. 1 kHz) plays the stream, held or
-  interpolated between model steps. No chunk for the step being played, or a chunk planned from
-  a state older than ``max_chunk_age_s``: ``stale_chunk``, the fault action.
+  from the newest one. With ``trigger: state`` each valid state is answered at once from the
+  stream and ``on_tick`` fills only periods without a state; with ``trigger: timer`` every
+  ``on_tick`` (the control rate, e.g. 1 kHz) plays it. The stream is held or
+  interpolated between model steps, each command stamped with the state its chunk was planned
+  from. No chunk for the step being played, or a chunk planned from a state older than
+  ``max_chunk_age_s``: ``stale_chunk``, the fault action.
 
 With ``monitor`` the same forward pass predicts, by forward dynamics, the state just reported;
 ``WorldModelMonitor`` turns the residual into ``model_mismatch`` (a warning, or the fault action
@@ -101,6 +104,7 @@ class ChunkLoop(ControlLoop):
         self._cmd = np.zeros(self.limits.width, np.float32)
         self._plan_error: Exception | None = None
         self._since = 0.0
+        self._last_play = -math.inf
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def activate(self, now: float) -> None:
@@ -165,8 +169,9 @@ class ChunkLoop(ControlLoop):
     # ---- sync: one model step per state ---------------------------------------------------------
     def _step(self, state: np.ndarray, stamp_ns: int, arrival: float) -> Command | Fault | None:
         if self.async_planner is not None:
-            self.async_planner.offer(state, arrival, self.take_reward())
-            return None
+            self.async_planner.offer(state, arrival, self.take_reward(), stamp_ns)
+            # trigger: state: the state is answered at once from the stream; the timer fills the rest
+            return self._play(arrival) if self.config.trigger == "state" else None
         reward = self.take_reward()
         j = self._model_step + 1
         t0 = self._act_clock()
@@ -193,6 +198,15 @@ class ChunkLoop(ControlLoop):
         ap = self.async_planner
         if ap is None or out is not None or not self.active:
             return out
+        if now - self._last_play < 0.5 * self.period_s:
+            return None  # a state was just answered from the stream (trigger: state)
+        return self._play(now)
+
+    def _play(self, now: float) -> Command | Fault | None:
+        """The stream's command at ``now`` (held or interpolated), or stale_chunk's fault action."""
+        ap = self.async_planner
+        assert ap is not None
+        self._last_play = now
         if not self.threaded:
             ap.step_once(now)
         if self._plan_error is not None:
@@ -213,4 +227,5 @@ class ChunkLoop(ControlLoop):
         if self.chunk.interpolate == "linear":
             frac = (now - ap.t0) / self.model_period_s - step
             action = interpolate(action, following, frac, self._cmd)
-        return self.finish(action, 0.0, self._clock_ns(), now, check_overrun=False)
+        # stamped with the state its chunk was planned from: the data the command derives from
+        return self.finish(action, 0.0, ap.last_plan_stamp_ns, ap.last_plan_state_arrival, check_overrun=False)

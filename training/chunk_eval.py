@@ -61,8 +61,8 @@ class ChunkAgents:
             now = self._now[i] = (self._step[i] + 0.5) * self.period_s
             if rewards[k] is not None:
                 loop.on_reward(float(rewards[k]))  # type: ignore[arg-type]
-            cmd = loop.on_state(np.asarray(states[k], np.float32), 0, now)
-            if self.async_mode:
+            cmd = loop.on_state(np.asarray(states[k], np.float32), 0, now)  # async: answered from the stream
+            if self.async_mode and cmd is None:
                 cmd = loop.on_tick(now)
             if isinstance(cmd, Fault):
                 self.faults[cmd.kind] = self.faults.get(cmd.kind, 0) + 1

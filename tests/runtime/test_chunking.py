@@ -172,17 +172,17 @@ def test_async_loop_stalled_model_gives_the_fault_action_within_the_bound() -> N
     stalled_at, outs = 0.2, []
     for tick in range(600):
         clock.t = now = tick * 1e-3
-        loop.on_state(np.array([np.sin(now), 2.0, 3.0]), 0, now)
+        answered = loop.on_state(np.array([np.sin(now), 2.0, 3.0]), 0, now)  # trigger: state answers at once
         if now >= stalled_at:
             loop.async_planner.step_once = lambda now: None  # type: ignore[method-assign]
         if 0.45 <= now:
             del loop.async_planner.step_once                 # the model thread is back
-        outs.append((now, loop.on_tick(now)))
+        outs.append((now, answered or loop.on_tick(now)))
     for _, o in outs:
         if isinstance(o, (Command, Fault)):
             assert np.all(np.isfinite(o.action)) and np.all(np.abs(o.action) <= 0.5)
     faults = [t for t, o in outs if isinstance(o, Fault) and o.kind == "stale_chunk"]
-    last_state = 0.18 + 1e-3  # the state of the last plan (step 9 at 180 ms) arrived then at the latest
+    last_state = stalled_at + 1e-3  # the last plan: step 10, from the state answered at 200 ms
     assert faults and faults[0] <= last_state + 0.05 + 2e-3 and faults[0] >= stalled_at
     assert all(isinstance(o, Fault) for t, o in outs if faults[0] <= t < 0.45)
     assert isinstance(outs[-1][1], Command)  # recovered
@@ -206,8 +206,7 @@ def test_async_loop_real_thread_stall_and_recovery() -> None:
         t_end = time.monotonic() + limit_s
         while not done() and time.monotonic() < t_end:  # type: ignore[operator]
             now = time.monotonic()
-            loop.on_state(np.array([0.5, 2.0, 3.0]), 0, now)
-            o = loop.on_tick(now)
+            o = loop.on_state(np.array([0.5, 2.0, 3.0]), 0, now) or loop.on_tick(now)
             if isinstance(o, (Command, Fault)):
                 assert np.all(np.abs(o.action) <= 0.5)
                 kinds.append(f"{phase}:{o.kind if isinstance(o, Fault) else 'cmd'}")
