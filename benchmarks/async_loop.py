@@ -4,8 +4,8 @@
 
 What runs (no ROS: this measures the loop and the model thread, not DDS; ``closed_loop.py`` is
 the ROS benchmark): a control thread ticks at the control rate on absolute deadlines
-(``time.sleep`` to the next deadline); each tick offers a fresh state and plays
-``ChunkLoop.on_tick`` (clip, rate limit, stale-chunk check). The model thread
+(``time.sleep`` to the next deadline); each tick offers a fresh state, which ``ChunkLoop``
+answers from the stream (clip, rate limit, stale-chunk check). The model thread
 (``AsyncPlanner``) replans at ``--model-rate`` Hz with an untrained ``embedded`` MTM at T = 8,
 chunk 4, on ONNX Runtime (batch 1; with ``--monitor`` the batch-of-two graph). The baseline is
 the same control thread with nothing behind the tick but a copy of a constant command (the
@@ -109,8 +109,7 @@ def chunked(rate: float, model_rate: float, duration: float, onnx: Path, monitor
     def tick(now: float) -> None:
         k[0] += 1
         state[0] = np.sin(0.01 * k[0])
-        loop.on_state(state, 0, now)
-        out = loop.on_tick(now)
+        out = loop.on_state(state, 0, now) or loop.on_tick(now)  # trigger: state answers from the stream
         if isinstance(out, Command):
             counts["commands"] += 1
         elif isinstance(out, Fault):

@@ -11,13 +11,17 @@ diagnostics and the lifecycle, and publishes what the loop returns.
 * activate: start the loop (``trigger: state`` steps on every valid state, ``trigger: timer`` at
   ``control_rate_hz`` on the newest). In ``trigger: state`` the control-rate timer (stale check,
   deferred states) idles while fresh states keep coming; a 20 Hz watch timer restarts it in time.
+  With ``loop_mode``/``chunk``/``monitor`` set the loop is ``mtm_runtime.chunk_loop.ChunkLoop``
+  (chunks, the model on its own thread, the world-model monitor); in async mode the timer never
+  idles (it streams the periods no state answered).
 * ``autostart: true`` runs configure + activate at start-up; ``~/change_state`` stays usable.
 * parameters: an update is checked as a whole set (no side effects), then applied to the live
   policy; one bad value refuses the set and changes nothing.
 * SIGINT/SIGTERM (``main``): while active the shutdown ramp is published, then exit 0.
 * /diagnostics: ``fault`` / ``fault_detail`` and the counters, at once on a fault (at most every
   ``DIAG_MIN_INTERVAL_S``) and at 1 Hz. Contract: ``docs/safety.md``. ``act`` latency is the time in
-  ``policy.act()``, ``e2e`` from the state's arrival to the command's publication.
+  ``policy.act()``, ``e2e`` from the state's arrival to the command's publication (async: from the
+  arrival of the state the command's chunk was planned from).
 * Test backends: ``backend: external:package.module:Class`` only with ``MTM_ALLOW_EXTERNAL_BACKENDS=1``.
 """
 from __future__ import annotations
