@@ -87,14 +87,13 @@ class AsyncPlanner:
     def step_of(self, now: float) -> int:
         return int(math.floor((now - self.t0) / self.period_s))
 
-    def play(self, now: float) -> tuple[int, np.ndarray | None, np.ndarray | None]:
-        """The step at ``now``, its action (None: no chunk covers it) and the next step's (for
-        interpolation; None if not planned yet)."""
+    def play(self, now: float, with_next: bool = False) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+        """The step at ``now``, its action (None: no chunk covers it) and, ``with_next``, the next
+        step's (for interpolation; None if not planned yet). The rows returned are never written
+        to again (``install`` replaces rows, it does not modify them)."""
         with self.lock:
             i = self.step_of(now)
-            a = self.stream.at(i)
-            nxt = self.stream.actions(i + 1, i + 2)
-            return i, (None if a is None else a.copy()), (nxt[0].copy() if len(nxt) else None)
+            return i, self.stream.at(i), self.stream.peek(i + 1) if with_next else None
 
     # ---- the thread ------------------------------------------------------------------------------
     def committed_steps(self) -> int:

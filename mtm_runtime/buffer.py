@@ -66,6 +66,11 @@ class TrajectoryBuffer:
         """Normalised value of ``name`` ``age`` steps ago (a view; 0 = current step)."""
         return self._ring[(self._head - age) % self.spec.horizon, self._slices[name]]
 
+    @property
+    def available(self) -> np.ndarray:
+        """``[1, T, M]`` availability of the last ``window()`` (the array it returned)."""
+        return self._avail
+
     def window(self) -> tuple[np.ndarray, np.ndarray]:
         """``(x [1, T, D], available [1, T, M])``, oldest -> newest, newest at T-1. The arrays
         are reused by the next call."""

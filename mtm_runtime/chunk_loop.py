@@ -212,7 +212,7 @@ class ChunkLoop(ControlLoop):
         if self._plan_error is not None:
             e, self._plan_error = self._plan_error, None
             return self.act_failed(e)
-        step, action, following = ap.play(now)
+        step, action, following = ap.play(now, with_next=self.chunk.interpolate == "linear")
         age = now - ap.last_plan_state_arrival
         if action is None or age > self.max_chunk_age_s:
             if age == math.inf and now - self._since <= self.max_chunk_age_s:

@@ -121,7 +121,7 @@ class ChunkPlanner:
         xs[0, :p + 1] = x[0, k - 1:]
         avail = self._avail
         avail.fill(0.0)
-        avail[:p + 1] = pol.buffer.window()[1][0, k - 1:]
+        avail[:p + 1] = pol.buffer.available[0, k - 1:]  # the window begin_step laid out
         if com is not None and d:
             xs[0, p:p + d, self._a] = pol.normaliser.normalise(ACTIONS, com)
             avail[p:p + d, self._ai] = 1.0
@@ -180,12 +180,16 @@ class ChunkStream:
     def has(self, step: int) -> bool:
         return step in self._played or step in self._planned
 
+    def peek(self, step: int) -> np.ndarray | None:
+        """The played or planned action of ``step`` without playing it (None: not covered)."""
+        return self._played.get(step, self._planned.get(step))
+
     def actions(self, first: int, end: int) -> np.ndarray:
         """Planned or played actions of steps ``first .. end-1`` (``[n, A]``, the steps the stream
         holds, stopping at the first gap)."""
         out = []
         for i in range(first, end):
-            a = self._played.get(i, self._planned.get(i))
+            a = self.peek(i)
             if a is None:
                 break
             out.append(a)

@@ -183,6 +183,11 @@ class ControlLoop:
         self.watchdog.arm(now)
         self.active = True
 
+    def held_command(self) -> np.ndarray:
+        """What an actuator keeps when the loop sends nothing new: the last command, or the
+        resting fault action before the first."""
+        return self.last_command if self.last_command is not None else self.fault_action.action(None)
+
     def report(self) -> dict[str, object]:
         """Diagnostics keys beyond ``LoopStats`` (the chunked loop's plans and monitor)."""
         return {}

@@ -171,10 +171,9 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         self._command_type = str(values["command_type"])
         policy.set_mode(mode, **pp.mode_kwargs(values))
         chunk = pp.chunk_config(values)
-        loop = (ChunkLoop(policy, pp.loop_config(values), chunk, clock_ns=self._clock_ns, faults=self.faults,
-                          stats=self._idle_stats, log=self._log) if chunk.active else
-                ControlLoop(policy, pp.loop_config(values), clock_ns=self._clock_ns, faults=self.faults,
-                            stats=self._idle_stats, log=self._log))
+        hooks: dict[str, Any] = dict(clock_ns=self._clock_ns, faults=self.faults, stats=self._idle_stats, log=self._log)
+        loop = (ChunkLoop(policy, pp.loop_config(values), chunk, **hooks) if chunk.active
+                else ControlLoop(policy, pp.loop_config(values), **hooks))
         self._joints, self._fields = list(values["joint_names"]), list(values["state_fields"])
         self._command_interface = str(values["command_interface"])
         # trigger: state: the control timer may idle only while the input stays fresh for longer

@@ -66,10 +66,7 @@ class ChunkAgents:
                 cmd = loop.on_tick(now)
             if isinstance(cmd, Fault):
                 self.faults[cmd.kind] = self.faults.get(cmd.kind, 0) + 1
-            if isinstance(cmd, (Command, Fault)):
-                a = cmd.action.copy()
-            else:
-                a = loop.last_command.copy() if loop.last_command is not None else loop.fault_action.action(None)
+            a = (cmd.action if isinstance(cmd, (Command, Fault)) else loop.held_command()).copy()
             self.played[i].append(a)
             out.append(a)
         return np.stack(out)

@@ -143,11 +143,8 @@ class _LoopAgents:
             if r is not None:
                 self.loops.on_reward(i, r)
         outs = self.loops.step(rows, states)
-        return np.stack([o.action if isinstance(o, (Command, Fault)) else self._held(i) for o, i in zip(outs, rows)])
-
-    def _held(self, i: int) -> np.ndarray:
-        loop = self.loops.loops[i]
-        return loop.last_command if loop.last_command is not None else loop.fault_action.action(None)
+        return np.stack([o.action if isinstance(o, (Command, Fault)) else self.loops.loops[i].held_command()
+                         for o, i in zip(outs, rows)])
 
 
 def run_episodes(batch: Any, task: Task, mode: str, pairs: Sequence[tuple[int, int]],
