@@ -115,6 +115,11 @@ class Task:
             widths["goals"] = self.goal_dim
         return widths
 
+    def with_data_widths(self, widths: dict[str, int]) -> "Task":
+        """This task with a returns modality exactly when the data has one (a log without rewards
+        trains without returns)."""
+        return dataclasses.replace(self, rewards="returns" in widths)
+
     @property
     def goal_dim(self) -> int:
         return 0 if self.goal_slice is None else self.goal_slice[1] - self.goal_slice[0]

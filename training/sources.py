@@ -113,7 +113,7 @@ def load_dataset(path: str | Path, env: str = "", robot: Robot | str | Path | No
     if fmt in ("lerobot", "rosbag2"):
         if task is None:   # no --env and no robot file: the data alone gives the layout
             task = task_for_data(path.name, widths["states"], widths["actions"])
-        task = dataclasses.replace(task, rewards="returns" in widths)
+        task = task.with_data_widths(widths)
     assert task is not None
     expected = task.modality_widths()
     if expected != widths:

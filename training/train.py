@@ -390,9 +390,8 @@ def run(args: Args, episodes: list[Episode] | None = None) -> dict[str, Any]:
         for note in ds.notes:
             log(f"[train] {ds.path}: {note}")
     else:   # in-memory episodes of a benchmark task (tests, benchmarks)
-        task = get_task(args.env or args.task)
         widths = data_widths(episodes, "episodes")
-        task = dataclasses.replace(task, rewards="returns" in widths)
+        task = get_task(args.env or args.task).with_data_widths(widths)
         limits = task.robot.limits if task.robot is not None else None
         source = None
     train_eps, val_eps = split_episodes(episodes, args.val_fraction, seed=args.seed, labelled_only=args.labelled_only)
