@@ -43,16 +43,14 @@ from mtm_runtime.spec import ACTIONS, STATES
 
 @dataclass(frozen=True)
 class Plan:
-    """One chunk: raw actions for model steps ``start .. start+k-1`` (the first ``committed``
-    are the committed ones, unchanged) and the monitor's residual for the state of ``start``
-    (normalised, per state dimension; None without a monitor, or before the window holds a full
-    history: an episode's first steps would otherwise raise alarms on partial context)."""
+    """One chunk: raw actions ``[k, A]`` for the planned state's step and the k-1 after it (the
+    committed ones first, unchanged) and the monitor's residual for that state (normalised, per
+    state dimension; None without a monitor, or before the window holds a full history: an
+    episode's first steps would otherwise raise alarms on partial context). The backend time of
+    each plan is in ``ChunkPlanner.latency``."""
 
-    start: int
     actions: np.ndarray
-    committed: int
     residual: np.ndarray | None
-    backend_s: float
 
 
 class ChunkPlanner:
@@ -122,7 +120,7 @@ class ChunkPlanner:
         avail = self._avail
         avail.fill(0.0)
         avail[:p + 1] = pol.buffer.available[0, k - 1:]  # the window begin_step laid out
-        if com is not None and d:
+        if com is not None:
             xs[0, p:p + d, self._a] = pol.normaliser.normalise(ACTIONS, com)
             avail[p:p + d, self._ai] = 1.0
         key = (pol.mode, d)
@@ -134,20 +132,19 @@ class ChunkPlanner:
             np.minimum(self._fd, avail, out=m[1])
         t0 = time.perf_counter()
         y = pol.backend.run(xs, m)
-        backend_s = time.perf_counter() - t0
-        self.latency.add(backend_s)
+        self.latency.add(time.perf_counter() - t0)
         actions = pol.normaliser.denormalise(ACTIONS, y[0, p:, self._a]).astype(np.float32)
         try:
             for row in actions:
                 pol.limits.clip(row, out=row)
         except UnsafeCommandError:
             raise InferenceError(f"backend {pol.backend.name!r} returned a non-finite chunk; nothing was emitted") from None
-        if com is not None and d:
+        if com is not None:
             actions[:d] = com
         residual = None
         if self._fd is not None and pol.buffer.history_len > p and avail[p - 1, self._ai]:  # a full window
             residual = (y[1, p, self._s] - xs[0, p, self._s]).astype(np.float32)
-        return Plan(self.step, actions, d, residual, backend_s)
+        return Plan(actions, residual)
 
 
 class ChunkStream:
