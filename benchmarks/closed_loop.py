@@ -207,7 +207,7 @@ def policy_loop(rate: float, model: Path, backend: str, duration: float, work: P
 
     import rclpy
 
-    from mtm_runtime.ros_nodes.closed_loop import LoopMonitor
+    from mtm_runtime.ros_nodes.loop_monitor import LoopMonitor
     from mtm_runtime.ros_nodes.executors import spin_loop
 
     # the policy node's own /diagnostics (act and in-node latency), listened to from here

@@ -16,7 +16,7 @@ recorder is stopped with SIGINT a second later.
 
 Messages lost, per topic, counted two ways:
 * by the recorder itself: gaps in each publisher's DDS publication sequence numbers (the
-  ``mtm_record`` metadata of the file, ``mtm_runtime.recording.LossCounter``);
+  ``mtm_record`` metadata of the file, ``mtm_runtime.recording_loss.LossCounter``);
 * independently, from what the publishers say they published: the bridge's per-episode results
   file (an episode of L steps publishes L observations and joint states, L - 1 rewards, one goal
   and one ``episode_stats``) and the policy node's ``published`` counter in its last recorded
@@ -161,7 +161,7 @@ def stream_rate_hz(record_file: Path, topic: str = "/joint_states") -> float | N
 
 def loss_table(record_file: Path, results_file: Path) -> dict[str, dict[str, Any]]:
     """Per topic: the recorder's counts and the independent count (published vs received)."""
-    from mtm_runtime.recording import recorded_loss
+    from mtm_runtime.recording_loss import recorded_loss
 
     loss = recorded_loss(record_file) or {}
     table: dict[str, dict[str, Any]] = {}

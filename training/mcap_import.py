@@ -49,7 +49,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mtm_runtime.recording import RecordingError, read_messages, recorded_loss
+from mtm_runtime.recording import RecordingError, read_messages
+from mtm_runtime.recording_loss import recorded_loss
 from mtm_runtime.sim.tasks import Task, get_task
 
 #: Receive-order race allowance: at most this (ns), and at most a quarter of the median interval
@@ -77,7 +78,7 @@ class ImportReport:
     dropped_partial_first: bool = False
     truncated_last: bool = False
     counts: dict[str, int] = field(default_factory=dict)
-    #: the recorder's per-topic counts (``mtm_runtime.recording.LossCounter.report``), None if the file has none
+    #: the recorder's per-topic counts (``mtm_runtime.recording_loss.LossCounter.report``), None if the file has none
     recorded_loss: dict[str, dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mtm_runtime.recording import loss_note
+from mtm_runtime.recording_loss import loss_note
 from mtm_runtime.training.mcap_import import segment
 
 

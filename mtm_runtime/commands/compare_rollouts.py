@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mtm_runtime.recording import RecordingError, loss_note
+    from mtm_runtime.recording import RecordingError
+    from mtm_runtime.recording_loss import loss_note
     from mtm_runtime.integrity import CheckpointError
     from mtm_runtime.policy import Policy
     from mtm_runtime.training.rollout_compare import compare, format_table, model_gap

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mtm_runtime.recording import RecordingError, loss_note
+    from mtm_runtime.recording import RecordingError
+    from mtm_runtime.recording_loss import loss_note
     from mtm_runtime.training.mcap_import import import_to_hdf5
 
     try:

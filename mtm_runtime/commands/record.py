@@ -1,6 +1,6 @@
 """``mtm record [--topics ...] -o FILE.mcap [--duration S]``: record the closed-loop topics to MCAP.
 
-Thin wrapper over ``mtm_runtime.ros_nodes.closed_loop.record_main`` (rclpy is imported only here, when the
+Thin wrapper over ``mtm_runtime.ros_nodes.recorder.record_main`` (rclpy is imported only here, when the
 command runs). Default topics: ``mtm_runtime.recording.CLOSED_LOOP_TOPICS``. The file is
 rosbag2-compatible MCAP (profile ``ros2``, ``ros2msg`` schemas, CDR messages).
 
@@ -25,6 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mtm_runtime.ros_nodes.closed_loop import record_main
+    from mtm_runtime.ros_nodes.recorder import record_main
 
     return record_main(args.output, args.topics, args.duration)

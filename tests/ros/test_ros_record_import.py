@@ -22,8 +22,8 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("mcap_ros2")
 
-from mtm_runtime.recording import (RECORD_METADATA, LossCounter, McapSink, message_definition,  # noqa: E402
-                                   read_messages, recorded_loss, summary)
+from mtm_runtime.recording import McapSink, message_definition, read_messages, summary  # noqa: E402
+from mtm_runtime.recording_loss import RECORD_METADATA, LossCounter, recorded_loss  # noqa: E402
 
 pytestmark = pytest.mark.ros
 REPO = Path(__file__).resolve().parents[2]
@@ -261,7 +261,7 @@ def _copy_with_loss(src: str, dst: Path, loss: dict) -> Path:
     """``src``'s messages (raw, times kept) in a new file whose ``mtm_record`` record says ``loss``."""
     from mcap.reader import make_reader
 
-    from mtm_runtime.recording import loss_metadata
+    from mtm_runtime.recording_loss import loss_metadata
 
     with open(src, "rb") as f, McapSink(dst) as sink:
         for schema, channel, message in make_reader(f).iter_messages():
