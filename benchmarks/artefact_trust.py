@@ -32,9 +32,10 @@ from benchmarks.common import emit_json, interleaved, machine, summarise  # noqa
 from mtm_runtime.backends.ort_backend import OrtBackend  # noqa: E402
 from mtm_runtime.backends.torch_backend import TorchBackend  # noqa: E402
 from mtm_runtime.checkpoint import load_checkpoint  # noqa: E402
+from mtm_runtime.export.onnx_export import export_onnx  # noqa: E402
 from mtm_runtime.fingerprint import FP32_TOLERANCE, check_fingerprint  # noqa: E402
 from mtm_runtime.integrity import check_json_stamp  # noqa: E402
-from mtm_runtime.onnx_export import export_onnx, read_onnx_metadata  # noqa: E402
+from mtm_runtime.onnx_metadata import read_onnx_metadata  # noqa: E402
 from mtm_runtime.policy import Policy  # noqa: E402
 from mtm_runtime.profiling import resolve_model  # noqa: E402
 

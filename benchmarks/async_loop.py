@@ -41,7 +41,7 @@ def make_onnx(work: Path, batch: int) -> Path:
     from mtm_runtime.checkpoint import load_checkpoint, save_checkpoint
     from mtm_runtime.model import build_model
     from mtm_runtime.normalise import Normaliser
-    from mtm_runtime.onnx_export import export_onnx
+    from mtm_runtime.export.onnx_export import export_onnx
     from mtm_runtime.safety import ActionLimits
     from mtm_runtime.spec import TrajectorySpec
 

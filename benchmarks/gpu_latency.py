@@ -31,7 +31,7 @@ def bench_preset(preset: str, steps: int, workdir: Path) -> dict:
     from mtm_runtime.backends.torch_backend import CudaGraphBackend, TorchBackend
     from mtm_runtime.checkpoint import load_checkpoint
     from mtm_runtime.profiling import resolve_model
-    from mtm_runtime.trt_engine import tensorrt_status
+    from mtm_runtime.export.trt_engine import tensorrt_status
 
     torch.manual_seed(0)
     ckpt = load_checkpoint(resolve_model(f"preset:{preset}", workdir))
@@ -47,8 +47,8 @@ def bench_preset(preset: str, steps: int, workdir: Path) -> dict:
     if ok:
         def make_trt():
             from mtm_runtime.backends.trt_backend import TrtBackend
-            from mtm_runtime.onnx_export import export_onnx
-            from mtm_runtime.trt_engine import build_engine
+            from mtm_runtime.export.onnx_export import export_onnx
+            from mtm_runtime.export.trt_engine import build_engine
 
             onnx_path, engine = workdir / f"{preset}.onnx", workdir / f"{preset}.engine"
             export_onnx(ckpt, onnx_path)

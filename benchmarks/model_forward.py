@@ -28,9 +28,9 @@ from mtm_runtime import masks as M  # noqa: E402
 from mtm_runtime.backends.ort_backend import OrtBackend  # noqa: E402
 from mtm_runtime.backends.torch_backend import TorchBackend  # noqa: E402
 from mtm_runtime.checkpoint import Checkpoint  # noqa: E402
+from mtm_runtime.export.onnx_export import export_onnx  # noqa: E402
 from mtm_runtime.model import PRESETS, build_model  # noqa: E402
 from mtm_runtime.normalise import Normaliser  # noqa: E402
-from mtm_runtime.onnx_export import export_onnx  # noqa: E402
 from mtm_runtime.policy import Policy  # noqa: E402
 from mtm_runtime.spec import TrajectorySpec  # noqa: E402
 

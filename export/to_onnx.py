@@ -1,7 +1,7 @@
 """Checkpoint -> validated ONNX: ``mtm export onnx CHECKPOINT -o model.onnx [--batch-size N]
 [--opset 17]``, or ``python -m mtm_runtime.export.to_onnx`` (the same arguments).
 
-The export itself is ``mtm_runtime.onnx_export.export_onnx``; this is its command line. Exit
+The export itself is ``mtm_runtime.export.onnx_export.export_onnx``; this is its command line. Exit
 status 0 written, 2 refused (the reason in one line).
 """
 from __future__ import annotations
@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint
-from mtm_runtime.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, read_onnx_metadata
+from mtm_runtime.export.onnx_export import export_onnx
+from mtm_runtime.onnx_graph import DEFAULT_OPSET, ExportError
+from mtm_runtime.onnx_metadata import read_onnx_metadata
 
 
 def add_onnx_arguments(p: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 [--workspace MiB] [--timing-cache FILE] [--version-compatible] [--force]``, or
 ``python -m mtm_runtime.export.to_trt`` (the same arguments).
 
-The build is ``mtm_runtime.trt_engine``; this is its command line. Where ``tensorrt`` is not
+The build is ``mtm_runtime.export.trt_engine``; this is its command line. Where ``tensorrt`` is not
 importable it says so in one line, prints the equivalent ``trtexec`` command and exits 2.
 """
 from __future__ import annotations
@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from mtm_runtime.checkpoint import CheckpointError
-from mtm_runtime.onnx_export import read_onnx_metadata
-from mtm_runtime.trt_engine import EngineError, ensure_engine, sidecar_path, tensorrt_status, trtexec_command
+from mtm_runtime.engine_sidecar import sidecar_path
+from mtm_runtime.export.trt_engine import EngineError, ensure_engine, tensorrt_status, trtexec_command
+from mtm_runtime.onnx_metadata import read_onnx_metadata
 
 
 def add_trt_arguments(p: argparse.ArgumentParser) -> None:

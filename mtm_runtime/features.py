@@ -44,9 +44,12 @@ import torch.nn as nn
 
 from mtm_runtime import masks as M
 from mtm_runtime.buffer import TrajectoryBuffer
-from mtm_runtime.checkpoint import Checkpoint, load_checkpoint, parse_metadata
+from mtm_runtime.checkpoint import Checkpoint, CheckpointError, load_checkpoint, parse_metadata
+from mtm_runtime.fileio import atomic_write
 from mtm_runtime.model import MTM
 from mtm_runtime.normalise import Normaliser
+from mtm_runtime.onnx_graph import INPUT_NAMES, SUPPORTED_OPSETS, ExportError, check_allowed_ops, clean_graph
+from mtm_runtime.onnx_metadata import read_onnx_metadata, set_metadata, weights_sha256
 from mtm_runtime.spec import ACTIONS, GOALS, STATES, TrajectorySpec
 
 FEATURE_KINDS = ("state", "state_action")
@@ -175,7 +178,7 @@ def export_features_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None
                          tolerance: float = 1e-4) -> bytes:
     """Export the feature function as ``(x [B,T,D], mask [B,T,M]) -> features [B, F]``.
 
-    Uses the conventions of ``mtm_runtime.onnx_export`` (TorchScript exporter, opset 17..20,
+    Uses the conventions of ``mtm_runtime.onnx_graph`` (TorchScript exporter, opset 17..20,
     onnxscript clean-up, TensorRT op allow-list, checkpoint metadata as JSON in
     ``metadata_props["mtm_runtime"]`` plus an ``export`` record with ``graph: "features"``,
     the kind and F), and refuses the graph unless ONNX Runtime matches torch within
@@ -184,10 +187,8 @@ def export_features_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None
     """
     import onnx
 
-    from mtm_runtime import onnx_export as ox
-
-    if opset not in ox.SUPPORTED_OPSETS:
-        raise ox.ExportError(f"opset {opset!r} is not supported (17..20)")
+    if opset not in SUPPORTED_OPSETS:
+        raise ExportError(f"opset {opset!r} is not supported (17..20)")
     spec = ckpt.spec
     fx = extractor if extractor is not None else extractor_from_checkpoint(ckpt, kind)
     kind = fx.kind
@@ -198,23 +199,23 @@ def export_features_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(static, (x, m), buf, dynamo=False, opset_version=opset,  # type: ignore[arg-type]  # torch accepts a file object
-                          input_names=list(ox.INPUT_NAMES), output_names=[FEATURES_OUTPUT],
+                          input_names=list(INPUT_NAMES), output_names=[FEATURES_OUTPUT],
                           do_constant_folding=True, export_params=True)
-    proto = ox.clean_graph(onnx.load_from_string(buf.getvalue()))
+    proto = clean_graph(onnx.load_from_string(buf.getvalue()))
     proto.producer_name = "mtm_runtime.features"
     proto.doc_string = f"MTM features ({kind}) {spec.describe()} batch {batch_size}: (x, mask) -> features"
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise ox.ExportError(f"onnx.checker rejected the features graph: {e}") from None
-    ox.check_allowed_ops(proto)
+        raise ExportError(f"onnx.checker rejected the features graph: {e}") from None
+    check_allowed_ops(proto)
     outs = [(o.name, tuple(d.dim_value for d in o.type.tensor_type.shape.dim)) for o in proto.graph.output]
     if outs != [(FEATURES_OUTPUT, (batch_size, fx.feature_dim))]:
-        raise ox.ExportError(f"features graph outputs {outs}, expected [('features', {(batch_size, fx.feature_dim)})]")
+        raise ExportError(f"features graph outputs {outs}, expected [('features', {(batch_size, fx.feature_dim)})]")
     data = proto.SerializeToString()
     worst = features_parity(data, static, batch_size, tolerance)
     meta = ckpt.metadata()
-    weights_sha = ox.weights_sha256(ckpt) if extractor is None else "fine-tuned (not the checkpoint's weights)"
+    weights_sha = weights_sha256(ckpt) if extractor is None else "fine-tuned (not the checkpoint's weights)"
     meta["export"] = {"graph": "features", "feature_kind": kind, "feature_dim": fx.feature_dim,
                       "exporter": "torch.onnx.export(dynamo=False)", "torch_version": torch.__version__,
                       "opset": opset, "batch_size": batch_size, "source_weights_sha256": weights_sha,
@@ -222,10 +223,10 @@ def export_features_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None
                                  "mask": [batch_size, spec.horizon, spec.num_modalities]},
                       "output": {FEATURES_OUTPUT: [batch_size, fx.feature_dim]},
                       "parity_max_abs_diff": worst}
-    ox.set_metadata(proto, meta, weights_sha)
+    set_metadata(proto, meta, weights_sha)
     data = proto.SerializeToString()
     if path is not None:
-        ox.atomic_write(Path(path), data)
+        atomic_write(Path(path), data)
     return data
 
 
@@ -255,8 +256,6 @@ def features_parity(onnx_bytes: bytes, extractor: FeatureExtractor, batch_size: 
                     tolerance: float = 1e-4) -> float:
     """Worst max abs diff ONNX Runtime vs torch on ``features_parity_cases``; ExportError above
     ``tolerance``."""
-    from mtm_runtime.onnx_export import ExportError
-
     sess = _ort_session(onnx_bytes)
     worst = 0.0
     for label, x, m in features_parity_cases(extractor.spec, extractor.kind, batch_size):
@@ -290,9 +289,6 @@ class OrtFeatures:
 
 def read_features_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of a ``features.onnx`` (checkpoint metadata + ``export`` record)."""
-    from mtm_runtime.checkpoint import CheckpointError
-    from mtm_runtime.onnx_export import read_onnx_metadata
-
     meta = read_onnx_metadata(path)
     if meta.get("export", {}).get("graph") != "features":
         raise CheckpointError(path, "export.graph", "not a features graph (export.graph != 'features')")

@@ -15,8 +15,8 @@ it recomputed the digest (only a signature stops someone who also recomputes the
 Inputs: ``x`` standard normal from ``numpy.random.default_rng(seed)`` (PCG64: the same numbers
 on every platform), drawn mode by mode in the recorded order; the mask is the mode's
 ``masks.mode_mask``. Tolerances (max abs difference, normalised units): fp32 backends
-``FP32_TOLERANCE``; int8 ONNX Runtime ``onnx_export.INT8_TOLERANCE``; TensorRT fp16
-``trt_engine.FP16_TOLERANCE`` (set on the backend as ``output_tolerance``).
+``FP32_TOLERANCE``; int8 ONNX Runtime ``onnx_int8.INT8_TOLERANCE``; TensorRT fp16
+``engine_sidecar.FP16_TOLERANCE`` (set on the backend as ``output_tolerance``).
 """
 from __future__ import annotations
 

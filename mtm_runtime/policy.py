@@ -36,9 +36,12 @@ from mtm_runtime import package_paths
 from mtm_runtime.backends import Backend, BackendError, backend_class, source_kind
 from mtm_runtime.buffer import TrajectoryBuffer
 from mtm_runtime.checkpoint import Checkpoint, CheckpointError, load_checkpoint, parse_metadata
+from mtm_runtime.engine_sidecar import engine_output_tolerance, read_engine_sidecar
 from mtm_runtime.fingerprint import check_fingerprint
 from mtm_runtime.integrity import Trust
 from mtm_runtime.normalise import Normaliser
+from mtm_runtime.onnx_graph import checked_graph
+from mtm_runtime.onnx_metadata import read_onnx_metadata
 from mtm_runtime.safety import ActionLimits, UnsafeCommandError, all_finite, intersect_limits
 from mtm_runtime.spec import ACTIONS, GOALS, RETURNS, STATES, TrajectorySpec
 
@@ -57,14 +60,14 @@ class InferenceError(RuntimeError):
 def backend_for_checkpoint(ckpt: Checkpoint, backend: str = "torch", batch_size: int = 1,
                            **backend_options: Any) -> Backend:
     """A ``backend`` of static batch ``batch_size`` running ``ckpt``: torch kinds take the
-    network, ONNX Runtime an in-memory export; a TensorRT engine must be built beforehand."""
+    network, ONNX Runtime the checked graph traced in memory (``onnx_graph.checked_graph``; no
+    file, so no artefact metadata); a TensorRT engine must be built beforehand."""
     kind = source_kind(backend)
     if kind == "torch":
         return backend_class(backend)(ckpt.build_model(), batch_size=batch_size, **backend_options)
     if kind == "onnx":
-        from mtm_runtime.onnx_export import export_onnx
-
-        return backend_class(backend)(export_onnx(ckpt, batch_size=batch_size), ckpt.spec,
+        graph = checked_graph(ckpt, batch_size).proto.SerializeToString()
+        return backend_class(backend)(graph, ckpt.spec,
                                       batch_size=batch_size, **backend_options)
     raise BackendError(f"backend {backend!r} needs a built engine: run `mtm export trt` first")
 
@@ -154,16 +157,12 @@ class Policy:
             raise FileNotFoundError(f"{p}: no such checkpoint directory, .onnx or .engine file")
         source: Path | bytes = p
         if p.suffix == ".onnx":
-            from mtm_runtime.onnx_export import read_onnx_metadata
-
             if not p.is_file():  # a FIFO or a link to /dev/zero is never read
                 raise CheckpointError(p, "(file)", "not a regular file")
             source = p.read_bytes()  # read once: the backend runs the bytes that were verified
             meta, kind = read_onnx_metadata(p, trust, source), "onnx"
             backend = backend or "onnxruntime"
         elif p.suffix == ".engine":
-            from mtm_runtime.trt_engine import read_engine_sidecar
-
             meta, kind = read_engine_sidecar(p, trust), "engine"
             backend = backend or "tensorrt"
         else:
@@ -175,8 +174,6 @@ class Policy:
                                f"use a checkpoint directory for torch backends")
         be = backend_class(backend)(source, spec, **backend_options)
         if kind == "engine":
-            from mtm_runtime.trt_engine import engine_output_tolerance
-
             be.output_tolerance = engine_output_tolerance(meta)
         verify_behaviour(be, meta.get("fingerprint"), p)
         return cls(spec, norm, be, chosen, mode, meta)

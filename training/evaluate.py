@@ -50,7 +50,7 @@ import numpy as np
 
 from mtm_runtime.control_loop import Command, Fault, LoopConfig
 from mtm_runtime.loop_batch import LoopBatch
-from mtm_runtime.onnx_export import read_onnx_metadata
+from mtm_runtime.onnx_metadata import read_onnx_metadata
 from mtm_runtime.policy_batch import PolicyBatch
 from mtm_runtime.sim.tasks import Task, TaskError, get_task, task_for_provenance
 from mtm_runtime.training.baselines import baseline_id_fd, load_baseline_agent

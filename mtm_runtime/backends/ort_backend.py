@@ -24,9 +24,9 @@ other core back. For the ``paper`` preset intra_op 2 cuts p50 (2.8 vs 3.8-4.0 ms
 core is idle; pass ``intra_op_threads=2`` if it is.
 
 ``quantize="int8"`` (opt-in) runs ONNX Runtime's dynamic int8 quantisation of the MatMuls
-(``onnx_export.quantize_int8``: 7-bit per-channel weights, so the integer MatMuls are exact and
+(``onnx_int8.quantize_int8``: 7-bit per-channel weights, so the integer MatMuls are exact and
 the same on every CPU, VNNI or not) and refuses the result unless it stays within
-``onnx_export.INT8_TOLERANCE`` of the fp32 graph on the parity cases.
+``onnx_int8.INT8_TOLERANCE`` of the fp32 graph on the parity cases.
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtm_runtime.backends.base import Backend, BackendError
+from mtm_runtime.onnx_graph import ExportError
+from mtm_runtime.onnx_int8 import INT8_TOLERANCE, check_int8_parity, quantize_int8
 from mtm_runtime.spec import TrajectorySpec
 
 #: provider preference, best first; only those the installed onnxruntime offers are used
@@ -68,8 +70,6 @@ class OrtBackend(Backend):
         if quantize is not None:
             if quantize != "int8":
                 raise BackendError(f"onnxruntime backend: quantize must be None or 'int8', got {quantize!r}")
-            from mtm_runtime.onnx_export import INT8_TOLERANCE, ExportError, check_int8_parity, quantize_int8
-
             q = quantize_int8(model)
             try:
                 self.int8_max_abs_diff = check_int8_parity(model, q, spec, batch_size)
@@ -191,11 +191,11 @@ if __name__ == "__main__":  # python -m mtm_runtime.backends.ort_backend [preset
     from mtm_runtime.checkpoint import Checkpoint
     from mtm_runtime.model import build_model
     from mtm_runtime.normalise import Normaliser
-    from mtm_runtime.onnx_export import export_onnx
+    from mtm_runtime.onnx_graph import checked_graph
 
     preset = sys.argv[1] if len(sys.argv) > 1 else "embedded"
     spec = TrajectorySpec.create(4, states=11, actions=3, returns=1)
     net = build_model(spec, preset)
     ck = Checkpoint(spec, net.cfg, Normaliser.identity(spec), dict(net.state_dict()))
-    for row in _measure(export_onnx(ck), spec):
+    for row in _measure(checked_graph(ck).proto.SerializeToString(), spec):
         print(json.dumps(row))

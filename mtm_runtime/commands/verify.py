@@ -53,7 +53,7 @@ def restamp(path: Path, trust: Trust) -> list[str]:
     if path.is_dir():
         return restamp_checkpoint(path, trust)
     if path.suffix == ".onnx":
-        from mtm_runtime.onnx_export import restamp_onnx
+        from mtm_runtime.export.onnx_export import restamp_onnx
 
         return restamp_onnx(path, trust)
     raise CheckpointError(path, "(file)", "only checkpoint directories and .onnx files are restamped "
@@ -69,7 +69,7 @@ def verify(path: Path, trust: Trust) -> str:
         return f"checkpoint {ckpt.spec.describe()}, fingerprint reproduced by torch"
     if path.suffix == ".onnx":
         from mtm_runtime.backends.ort_backend import OrtBackend
-        from mtm_runtime.onnx_export import read_onnx_metadata
+        from mtm_runtime.onnx_metadata import read_onnx_metadata
 
         meta = read_onnx_metadata(path, trust)
         spec = parse_metadata(meta, path)[0]
@@ -80,7 +80,7 @@ def verify(path: Path, trust: Trust) -> str:
         worst = check_fingerprint(be.run, spec, meta.get("fingerprint"), FP32_TOLERANCE, path, be.batch_size)
         return f"ONNX {spec.describe()}, fingerprint max abs diff {worst:.2e} (onnxruntime CPU)"
     if path.suffix == ".engine":
-        from mtm_runtime.trt_engine import read_engine_sidecar
+        from mtm_runtime.engine_sidecar import read_engine_sidecar
 
         spec = parse_metadata(read_engine_sidecar(path, trust), path)[0]
         return f"engine sidecar {spec.describe()} (its fingerprint runs when Policy.load builds the TensorRT backend)"

@@ -24,15 +24,15 @@ from onnx import helper, numpy_helper
 from export_fixtures import SPEC, make_checkpoint
 from mtm_runtime import policy_params as pp
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint, restamp_checkpoint
+from mtm_runtime.engine_sidecar import read_engine_sidecar, sidecar_path
+from mtm_runtime.export.onnx_export import export_onnx, restamp_onnx
 from mtm_runtime.fileio import sha256_file
 from mtm_runtime.integrity import ALLOW_UNSTAMPED_ENV, Trust, stamp_json
 from mtm_runtime.model import MTM, PRESETS, count_parameters, memory_estimate, parameter_count
-from mtm_runtime.onnx_export import (INTEGRITY_KEY, METADATA_KEY, export_onnx, read_onnx_metadata, restamp_onnx,
-                                     stamp_onnx)
+from mtm_runtime.onnx_metadata import INTEGRITY_KEY, METADATA_KEY, read_onnx_metadata, stamp_onnx
 from mtm_runtime.policy import Policy
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.spec import TrajectorySpec
-from mtm_runtime.trt_engine import read_engine_sidecar, sidecar_path
 
 REFUSED = CheckpointError
 

@@ -8,9 +8,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 #: Everything that loads a model, a file or a message at run time.
-LOAD_PATHS = ["mtm_runtime/checkpoint.py", "mtm_runtime/policy.py", "mtm_runtime/onnx_export.py",
-              "mtm_runtime/trt_engine.py", "mtm_runtime/backends", "mtm_runtime/serial_protocol.py",
-              "mtm_runtime/serial_link.py", "ros_nodes", "sim/ros_bridge.py", "sim/virtual_mcu.py"]
+LOAD_PATHS = ["mtm_runtime/checkpoint.py", "mtm_runtime/policy.py", "mtm_runtime/onnx_metadata.py",
+              "mtm_runtime/onnx_graph.py", "mtm_runtime/onnx_int8.py", "mtm_runtime/engine_sidecar.py",
+              "mtm_runtime/backends", "mtm_runtime/serial_protocol.py", "mtm_runtime/serial_link.py", "ros_nodes",
+              "sim/ros_bridge.py", "sim/virtual_mcu.py"]
 FORBIDDEN = re.compile(r"^\s*(import pickle|from pickle|import dill|import cloudpickle|import marshal)|"
                        r"torch\.load\(|pickle\.loads?\(|np\.load\([^)]*allow_pickle\s*=\s*True|(?<![.\w])eval\(|(?<![.\w])exec\(",
                        re.M)
@@ -37,14 +38,14 @@ def test_no_pickle_or_torch_load_on_load_paths() -> None:
 
 def test_onnx_is_read_without_external_data(tmp_path: Path) -> None:
     """An ONNX file is parsed with load_external_data=False: a path inside it is never opened."""
-    src = (REPO / "mtm_runtime/onnx_export.py").read_text()
+    src = (REPO / "mtm_runtime/onnx_metadata.py").read_text()
     assert "load_external_data=False" in src
 
 
 def test_engine_sidecar_names_no_file(tmp_path: Path) -> None:
     """The sidecar is found by name next to the engine; a tampered one is refused with its field."""
     from mtm_runtime.checkpoint import CheckpointError
-    from mtm_runtime.trt_engine import read_engine_sidecar, sidecar_path
+    from mtm_runtime.engine_sidecar import read_engine_sidecar, sidecar_path
 
     eng = tmp_path / "m.engine"
     eng.write_bytes(b"x")

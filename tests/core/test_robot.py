@@ -146,7 +146,8 @@ def test_the_robot_travels_in_the_checkpoint_and_the_onnx_metadata(tmp_path: Pat
     from fault_helpers import tiny_checkpoint
     from mtm_runtime.checkpoint import CheckpointError, load_checkpoint
     from mtm_runtime.integrity import stamp_json
-    from mtm_runtime.onnx_export import export_onnx, read_onnx_metadata
+    from mtm_runtime.export.onnx_export import export_onnx
+    from mtm_runtime.onnx_metadata import read_onnx_metadata
     from mtm_runtime.policy import Policy
     from mtm_runtime.robot import robot_of_metadata
 

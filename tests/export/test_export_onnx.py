@@ -13,11 +13,12 @@ import pytest
 from onnx import numpy_helper
 
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint, parse_metadata
+from mtm_runtime.export.onnx_export import export_onnx
 from mtm_runtime.integrity import stamp_json
-from mtm_runtime.onnx_export import (DEFAULT_OPSET, INT8_QUANTIZATION, INT8_TOLERANCE, INT8_WEIGHT_LIMIT,
-                                     METADATA_KEY, TRT_ALLOWED_OPS, ExportError, check_allowed_ops,
-                                     check_int8_parity, check_int8_weight_range, check_parity, export_onnx,
-                                     quantize_int8, read_onnx_metadata)
+from mtm_runtime.onnx_graph import DEFAULT_OPSET, TRT_ALLOWED_OPS, ExportError, check_allowed_ops, check_parity
+from mtm_runtime.onnx_int8 import (INT8_QUANTIZATION, INT8_TOLERANCE, INT8_WEIGHT_LIMIT, check_int8_parity,
+                                   check_int8_weight_range, quantize_int8)
+from mtm_runtime.onnx_metadata import METADATA_KEY, read_onnx_metadata
 from tests.export_fixtures import SPEC, make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

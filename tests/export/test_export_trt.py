@@ -15,9 +15,10 @@ import pytest
 from mtm_runtime.checkpoint import CheckpointError, load_checkpoint
 from mtm_runtime.fileio import sha256_file
 from mtm_runtime.integrity import stamp_json
-from mtm_runtime.onnx_export import export_onnx, parity_cases
-from mtm_runtime.trt_engine import (onnx_fp16_matmuls, read_engine_sidecar, sidecar_path, stale_reason,
-                                    tensorrt_status, trtexec_command)
+from mtm_runtime.engine_sidecar import read_engine_sidecar, sidecar_path, stale_reason
+from mtm_runtime.export.onnx_export import export_onnx
+from mtm_runtime.export.trt_engine import onnx_fp16_matmuls, tensorrt_status, trtexec_command
+from mtm_runtime.onnx_graph import parity_cases
 from tests.export_fixtures import SPEC, make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_sidecar_and_cache_logic(onnx_path: Path, tmp_path: Path) -> None:
 
 @needs_trt
 def test_build_engine_parity_and_cache(onnx_path: Path, tmp_path: Path) -> None:
-    from mtm_runtime.trt_engine import ensure_engine
+    from mtm_runtime.export.trt_engine import ensure_engine
 
     eng = tmp_path / "m.engine"
     path, rebuilt = ensure_engine(onnx_path, eng, timing_cache=tmp_path / "t.cache")
@@ -102,7 +103,7 @@ def test_build_engine_parity_and_cache(onnx_path: Path, tmp_path: Path) -> None:
 
 @needs_trt
 def test_build_engine_fp16(onnx_path: Path, tmp_path: Path) -> None:
-    from mtm_runtime.trt_engine import build_engine
+    from mtm_runtime.export.trt_engine import build_engine
 
     side = build_engine(onnx_path, tmp_path / "h.engine", fp16=True)
     assert side["engine"]["parity_max_abs_diff"] <= 2e-2

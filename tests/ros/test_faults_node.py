@@ -226,7 +226,7 @@ def test_configure_refuses_corrupt_tampered_and_wrong_spec(ros_env, tmp_path: Pa
     import shutil
 
     from mtm_runtime.checkpoint import load_checkpoint
-    from mtm_runtime.onnx_export import export_onnx
+    from mtm_runtime.export.onnx_export import export_onnx
 
     good = tiny_checkpoint(tmp_path / "good", states=3, actions=2)
     cases: dict[str, tuple[Path, dict[str, Any], str]] = {}

@@ -12,7 +12,9 @@ import torch
 
 from mtm_runtime.backends import BackendError, available_backends, backend_class
 from mtm_runtime.checkpoint import load_checkpoint
-from mtm_runtime.onnx_export import INT8_TOLERANCE, export_onnx, parity_cases
+from mtm_runtime.export.onnx_export import export_onnx
+from mtm_runtime.onnx_graph import parity_cases
+from mtm_runtime.onnx_int8 import INT8_TOLERANCE
 from tests.export_fixtures import SPEC, make_checkpoint
 
 AVAILABLE = available_backends()
@@ -37,7 +39,7 @@ def _make(name: str, art: dict, batch: int = 1):
     if name == "onnxruntime":
         return cls(art["onnx"] if batch == 1 else export_onnx(art["ckpt"], batch_size=batch), SPEC,
                    batch_size=batch, warmup=1)
-    from mtm_runtime.trt_engine import build_engine
+    from mtm_runtime.export.trt_engine import build_engine
 
     onnx_path = art["onnx"]
     if batch != 1:
