@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtm_runtime import serial_protocol as sp  # noqa: E402
+from mtm_runtime import serial_framing as sf, serial_messages as sm, serial_protocol as sp  # noqa: E402
 from mtm_runtime.safety import state_rejection_reason  # noqa: E402
 
 
@@ -35,11 +35,11 @@ def decoder_case(rng: np.random.Generator) -> None:
         data = rng.integers(0, 256, rng.integers(0, 3000), dtype=np.uint8).tobytes()
     else:
         n = int(rng.integers(0, 40))
-        frames = [sp.encode_state(int(rng.integers(0, 65536)), int(rng.integers(0, 2**63)),
+        frames = [sm.encode_state(int(rng.integers(0, 65536)), int(rng.integers(0, 2**63)),
                                   rng.normal(size=n).astype(np.float32)),
-                  sp.encode_command(int(rng.integers(0, 65536)), rng.normal(size=int(rng.integers(0, 10)))),
-                  sp.encode_heartbeat(int(rng.integers(0, 65536)), int(rng.integers(0, 3)), int(rng.integers(0, 2**32))),
-                  sp.encode_fault(int(rng.integers(0, 65536)), int(rng.integers(0, 65536)), "x" * int(rng.integers(0, 80)))]
+                  sm.encode_command(int(rng.integers(0, 65536)), rng.normal(size=int(rng.integers(0, 10)))),
+                  sm.encode_heartbeat(int(rng.integers(0, 65536)), int(rng.integers(0, 3)), int(rng.integers(0, 2**32))),
+                  sm.encode_fault(int(rng.integers(0, 65536)), int(rng.integers(0, 65536)), "x" * int(rng.integers(0, 80)))]
         buf = bytearray(b"".join(frames[int(i)] for i in rng.integers(0, 4, rng.integers(1, 8))))
         for _ in range(int(rng.integers(0, 6))):  # bit flips
             if buf:
@@ -54,9 +54,9 @@ def decoder_case(rng: np.random.Generator) -> None:
     while pos < len(data):
         step = int(rng.integers(1, 600))
         for m in dec.feed(data[pos:pos + step]):
-            if isinstance(m, sp.State):
-                assert m.values.dtype == np.float32 and m.values.size <= sp.MAX_STATE_VALUES
-        assert dec.buffered <= sp.MAX_ENCODED
+            if isinstance(m, sm.State):
+                assert m.values.dtype == np.float32 and m.values.size <= sm.MAX_STATE_VALUES
+        assert dec.buffered <= sf.MAX_ENCODED
         pos += step
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mtm_runtime import serial_protocol as sp
+from mtm_runtime import serial_messages as sm, serial_protocol as sp
 from mtm_runtime.safety import ActionLimits, UnsafeCommandError
 
 try:  # pyserial is the `hw` extra; importing this module without it is allowed.
@@ -84,7 +84,7 @@ class SerialLink:
     """Owns one serial port (a path that may vanish and return) and speaks the protocol on it."""
 
     def __init__(self, port: str, baud: int = 115200, *,
-                 on_message: Callable[[sp.Message, float], None] | None = None,
+                 on_message: Callable[[sm.Message, float], None] | None = None,
                  command_limits: ActionLimits | None = None, command_width: int = 0,
                  backoff_min: float = 0.05, backoff_max: float = 2.0,
                  read_timeout: float = 0.02, write_timeout: float = 0.05,
@@ -145,7 +145,7 @@ class SerialLink:
     def send_heartbeat(self) -> bool:
         """Send a host HEARTBEAT (status OK, uptime ms since construction)."""
         up = int((self.clock() - self._t0) * 1000)
-        return self._send(lambda seq: sp.encode_heartbeat(seq, sp.DeviceStatus.OK, up))
+        return self._send(lambda seq: sm.encode_heartbeat(seq, sm.DeviceStatus.OK, up))
 
     def send_command(self, values: np.ndarray | list[float]) -> bool:
         """Validate (finite, width; clip to limits if given) and send a COMMAND.
@@ -168,7 +168,7 @@ class SerialLink:
                 self.stats.last_error = f"rejected command: {e}"
             return False
         payload = v.astype(np.float32)
-        return self._send(lambda seq: sp.encode_command(seq, payload))
+        return self._send(lambda seq: sm.encode_command(seq, payload))
 
     def _send(self, build: Callable[[int], bytes]) -> bool:
         with self._lock:
@@ -249,11 +249,11 @@ class SerialLink:
             with self._lock:
                 msgs = self.decoder.feed(data)
                 for m in msgs:
-                    if isinstance(m, sp.State):
+                    if isinstance(m, sm.State):
                         self.stats.states += 1
-                    elif isinstance(m, sp.Heartbeat):
+                    elif isinstance(m, sm.Heartbeat):
                         self.stats.device_status = m.status
-                    elif isinstance(m, sp.Fault):
+                    elif isinstance(m, sm.Fault):
                         self.stats.faults += 1
                         self.stats.last_fault_code = m.code
                         self.stats.last_fault_text = m.text

@@ -38,7 +38,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from mtm_runtime import safety_contract as contract
-from mtm_runtime import serial_protocol as sp
+from mtm_runtime import serial_messages as sm
 from mtm_runtime.safety import ActionLimits
 from mtm_runtime.serial_link import SerialLink
 from mtm_runtime.ros_nodes.executors import run_node
@@ -114,9 +114,9 @@ class SerialBridge(Node):
         return out
 
     # ------------------------------------------------------------------ serial -> ROS
-    def _on_message(self, msg: sp.Message, rx_time: float) -> None:
+    def _on_message(self, msg: sm.Message, rx_time: float) -> None:
         """Runs on the serial reader thread (see module docstring)."""
-        if isinstance(msg, sp.State):
+        if isinstance(msg, sm.State):
             if self.state_width and msg.values.size != self.state_width:
                 self.state_width_errors += 1
                 return
@@ -130,9 +130,9 @@ class SerialBridge(Node):
                            else [f"state_{i}" for i in range(len(values))])
                 js.position = values
                 self.joint_pub.publish(js)
-        elif isinstance(msg, sp.Fault):
+        elif isinstance(msg, sm.Fault):
             log = self.get_logger()
-            if msg.code == sp.FaultCode.CLEARED:
+            if msg.code == sm.FaultCode.CLEARED:
                 log.info(f"device: fault cleared ({msg.text})")
             else:
                 log.warning(f"device fault 0x{msg.code:04x}: {msg.text}")
@@ -182,7 +182,7 @@ class SerialBridge(Node):
             st.level, st.message = DiagnosticStatus.ERROR, "link down"
         elif not s["device_alive"]:
             st.level, st.message = DiagnosticStatus.WARN, "port open, device silent"
-        elif s["device_status"] != sp.DeviceStatus.OK:
+        elif s["device_status"] != sm.DeviceStatus.OK:
             st.level = DiagnosticStatus.WARN
             st.message = f"device status {s['device_status']} (safe / fault)"
         elif self._faults:

@@ -38,12 +38,12 @@ from typing import Any, Callable
 import mujoco
 import numpy as np
 
-from mtm_runtime import serial_protocol as sp
+from mtm_runtime import serial_messages as sm, serial_protocol as sp
 
 
 class PlantState(enum.IntEnum):
-    OK = int(sp.DeviceStatus.OK)
-    SAFE = int(sp.DeviceStatus.SAFE)
+    OK = int(sm.DeviceStatus.OK)
+    SAFE = int(sm.DeviceStatus.SAFE)
 
 
 @dataclass
@@ -239,17 +239,17 @@ class VirtualMCU:
 
     def _send_state(self) -> None:
         ts = int(round(self.plant.data.time * 1e6))
-        if self._write(sp.encode_state(self._seq.next(), ts, self.plant.state())):
+        if self._write(sm.encode_state(self._seq.next(), ts, self.plant.state())):
             self.stats.states_sent += 1
 
     def _send_heartbeat(self, now: float) -> None:
         up = int(now * 1000)
-        if self._write(sp.encode_heartbeat(self._seq.next(), int(self.status), up)):
+        if self._write(sm.encode_heartbeat(self._seq.next(), int(self.status), up)):
             self.stats.heartbeats_sent += 1
 
     def _send_fault(self, code: int, text: str) -> None:
         self.last_fault = (int(code), text)
-        if self._write(sp.encode_fault(self._seq.next(), code, text)):
+        if self._write(sm.encode_fault(self._seq.next(), code, text)):
             self.stats.faults_sent += 1
 
     def _poll_rx(self, now: float) -> None:
@@ -265,28 +265,28 @@ class VirtualMCU:
             for msg in self._decoder.feed(data):
                 self._handle(msg, now)
 
-    def _handle(self, msg: sp.Message, now: float) -> None:
-        if isinstance(msg, sp.Heartbeat):
+    def _handle(self, msg: sm.Message, now: float) -> None:
+        if isinstance(msg, sm.Heartbeat):
             self.stats.host_heartbeats += 1
             self._last_host_hb = now
             if self.status is PlantState.SAFE:
                 self.status = PlantState.OK
                 if self._lost:
                     self._lost = False
-                    self._send_fault(sp.FaultCode.CLEARED, "host heartbeat restored")
-        elif isinstance(msg, sp.Command):
+                    self._send_fault(sm.FaultCode.CLEARED, "host heartbeat restored")
+        elif isinstance(msg, sm.Command):
             if self.status is not PlantState.OK:
                 self.stats.commands_ignored += 1
                 return
             v = msg.values.astype(np.float64)
             if v.size != self.command_width:
                 self.stats.commands_rejected += 1
-                self._send_fault(sp.FaultCode.COMMAND_WIDTH,
+                self._send_fault(sm.FaultCode.COMMAND_WIDTH,
                                  f"command has {v.size} values, expected {self.command_width}")
                 return
             if not np.all(np.isfinite(v)):
                 self.stats.commands_rejected += 1
-                self._send_fault(sp.FaultCode.COMMAND_NONFINITE, "command has NaN/Inf")
+                self._send_fault(sm.FaultCode.COMMAND_NONFINITE, "command has NaN/Inf")
                 return
             self.ctrl = np.clip(v, self.plant.low, self.plant.high)
             self.stats.commands_applied += 1
@@ -303,7 +303,7 @@ class VirtualMCU:
             self.stats.heartbeat_losses += 1
             # A host that comes back may be a restarted process whose seq starts at 0.
             self._decoder.reset()
-            self._send_fault(sp.FaultCode.HEARTBEAT_TIMEOUT,
+            self._send_fault(sm.FaultCode.HEARTBEAT_TIMEOUT,
                              f"no host heartbeat for {self.heartbeat_timeout * 1000:.0f} ms: "
                              "actuators zeroed")
 
@@ -312,7 +312,7 @@ class VirtualMCU:
                              self.nsub)
         self.stats.steps += 1
         if not ok:
-            self._send_fault(sp.FaultCode.PHYSICS, "simulation diverged: state reset")
+            self._send_fault(sm.FaultCode.PHYSICS, "simulation diverged: state reset")
 
     # ------------------------------------------------------------------ loop
     def _run(self) -> None:

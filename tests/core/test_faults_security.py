@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parents[2]
 #: Everything that loads a model, a file or a message at run time.
 LOAD_PATHS = ["mtm_runtime/checkpoint.py", "mtm_runtime/policy.py", "mtm_runtime/onnx_metadata.py",
               "mtm_runtime/onnx_graph.py", "mtm_runtime/onnx_int8.py", "mtm_runtime/engine_sidecar.py",
-              "mtm_runtime/backends", "mtm_runtime/serial_protocol.py", "mtm_runtime/serial_link.py", "ros_nodes",
-              "sim/ros_bridge.py", "sim/virtual_mcu.py"]
+              "mtm_runtime/backends", "mtm_runtime/serial_framing.py", "mtm_runtime/serial_messages.py",
+              "mtm_runtime/serial_protocol.py", "mtm_runtime/serial_link.py", "ros_nodes", "sim/ros_bridge.py",
+              "sim/virtual_mcu.py"]
 FORBIDDEN = re.compile(r"^\s*(import pickle|from pickle|import dill|import cloudpickle|import marshal)|"
                        r"torch\.load\(|pickle\.loads?\(|np\.load\([^)]*allow_pickle\s*=\s*True|(?<![.\w])eval\(|(?<![.\w])exec\(",
                        re.M)
@@ -68,12 +69,12 @@ def test_external_backends_need_the_environment_switch(monkeypatch: pytest.Monke
 
 
 def test_serial_decoder_caps_buffer() -> None:
-    from mtm_runtime import serial_protocol as sp
+    from mtm_runtime import serial_framing as sf, serial_protocol as sp
 
     dec = sp.FrameDecoder()
     for _ in range(50):
         dec.feed(b"\x01" * 4096)
-        assert dec.buffered <= sp.MAX_ENCODED
+        assert dec.buffered <= sf.MAX_ENCODED
     assert dec.stats.oversize >= 1
 
 

@@ -26,7 +26,7 @@ from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy,  # noqa: E4
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from mtm_runtime import serial_protocol as sp  # noqa: E402
+from mtm_runtime import serial_messages as sm  # noqa: E402
 from mtm_runtime.sim.virtual_mcu import VirtualMCU  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,7 +176,7 @@ def test_bridge_end_to_end_with_reconnect(ros_env: dict[str, str], tmp_path: Pat
         snap = mcu.snapshot()
         assert snap["status"] == "SAFE"
         np.testing.assert_array_equal(snap["ctrl"], [0.0, 0.0])
-        assert snap["last_fault"][0] == sp.FaultCode.HEARTBEAT_TIMEOUT
+        assert snap["last_fault"][0] == sm.FaultCode.HEARTBEAT_TIMEOUT
     finally:
         stop_bridge(bridge)
         probe.close()

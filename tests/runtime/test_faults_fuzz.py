@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mtm_runtime import serial_protocol as sp
+from mtm_runtime import serial_framing as sf, serial_messages as sm, serial_protocol as sp
 from mtm_runtime.safety import state_rejection_reason
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -19,8 +19,8 @@ def test_decoder_never_raises_and_stays_bounded(chunks: list[bytes]) -> None:
     dec = sp.FrameDecoder()
     for c in chunks:
         for m in dec.feed(c):
-            assert isinstance(m, (sp.State, sp.Command, sp.Heartbeat, sp.Fault))
-        assert dec.buffered <= sp.MAX_ENCODED
+            assert isinstance(m, (sm.State, sm.Command, sm.Heartbeat, sm.Fault))
+        assert dec.buffered <= sf.MAX_ENCODED
 
 
 @FAST
@@ -28,7 +28,7 @@ def test_decoder_never_raises_and_stays_bounded(chunks: list[bytes]) -> None:
        st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 7)), max_size=4), st.integers(1, 50))
 def test_mutated_frames_are_dropped_or_exact(seq: int, values: list[float], flips: list[tuple[int, int]],
                                              chunk: int) -> None:
-    wire = bytearray(sp.encode_state(seq, 123, np.asarray(values, np.float32)))
+    wire = bytearray(sm.encode_state(seq, 123, np.asarray(values, np.float32)))
     for pos, bit in flips:
         p = pos % (len(wire) - 1)  # keep the delimiter
         wire[p] ^= 1 << bit
@@ -42,7 +42,7 @@ def test_mutated_frames_are_dropped_or_exact(seq: int, values: list[float], flip
 
 def test_decoder_sequence_rules() -> None:
     dec = sp.FrameDecoder()
-    f = lambda s: sp.encode_heartbeat(s)  # noqa: E731
+    f = lambda s: sm.encode_heartbeat(s)  # noqa: E731
     assert len(dec.feed(f(10) + f(10) + f(7) + f(11))) == 2
     assert dec.stats.duplicate == 1 and dec.stats.out_of_order == 1
 

@@ -17,7 +17,7 @@ pytest.importorskip("mujoco")
 
 from fault_helpers import record  # noqa: E402
 from mtm_runtime import safety_contract as contract  # noqa: E402
-from mtm_runtime import serial_protocol as sp  # noqa: E402
+from mtm_runtime import serial_framing as sf, serial_messages as sm  # noqa: E402
 from ros_harness import DiagnosticsLog, Graph, Parameter, ScriptedPolicy  # noqa: E402
 from mtm_runtime.ros_nodes.policy_node import PolicyNode  # noqa: E402
 from safety_monitor import MonitorProcess  # noqa: E402
@@ -60,9 +60,9 @@ def test_serial_faults_closed_loop(ros_env, tmp_path: Path) -> None:
             try:
                 g.wait_for(lambda: node.stats.ticks > 50 and mcu.snapshot()["commands_applied"] > 20, 30.0,
                            "closed loop over the serial link")
-                good = sp.encode_state(0, 0, np.zeros(mcu.state_width))
+                good = sm.encode_state(0, 0, np.zeros(mcu.state_width))
                 with mcu._lock:
-                    last = (mcu._seq._next - 1) % sp.SEQ_MOD
+                    last = (mcu._seq._next - 1) % sf.SEQ_MOD
                 injections = {
                     "garbage bytes": (bytes(np.random.default_rng(0).integers(1, 256, 3000, dtype=np.uint8)) + b"\x00",
                                       "corrupt_frames"),
@@ -70,15 +70,15 @@ def test_serial_faults_closed_loop(ros_env, tmp_path: Path) -> None:
                     "crc error burst": (b"".join(bytes([good[0]]) + bytes([good[1] ^ 0x55]) + good[2:] for _ in range(20)),
                                         "corrupt_frames"),
                     "duplicated + out-of-order seq": (
-                        sp.encode_state(last, 0, np.full(mcu.state_width, 1234.5))
-                        + sp.encode_state((last - 3) % sp.SEQ_MOD, 0, np.full(mcu.state_width, 1234.5)), "sequence"),
+                        sm.encode_state(last, 0, np.full(mcu.state_width, 1234.5))
+                        + sm.encode_state((last - 3) % sf.SEQ_MOD, 0, np.full(mcu.state_width, 1234.5)), "sequence"),
                 }
                 for name, (data, kind) in injections.items():
                     if name.startswith("duplicated"):
                         with mcu._lock:
-                            last = (mcu._seq._next - 1) % sp.SEQ_MOD
-                        data = (sp.encode_state(last, 0, np.full(mcu.state_width, 1234.5))
-                                + sp.encode_state((last - 3) % sp.SEQ_MOD, 0, np.full(mcu.state_width, 1234.5)))
+                            last = (mcu._seq._next - 1) % sf.SEQ_MOD
+                        data = (sm.encode_state(last, 0, np.full(mcu.state_width, 1234.5))
+                                + sm.encode_state((last - 3) % sf.SEQ_MOD, 0, np.full(mcu.state_width, 1234.5)))
                     time.sleep(contract.FAULT_HOLD_S + 0.3)  # the previous fault cleared
                     ticks = node.stats.ticks
                     t0 = time.monotonic()

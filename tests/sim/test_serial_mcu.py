@@ -14,7 +14,7 @@ import pytest
 serial = pytest.importorskip("serial")
 pytest.importorskip("mujoco")
 
-from mtm_runtime import serial_protocol as sp  # noqa: E402
+from mtm_runtime import serial_messages as sm, serial_protocol as sp  # noqa: E402
 from mtm_runtime.safety import ActionLimits  # noqa: E402
 from mtm_runtime.serial_link import Backoff, LinkState, SerialLink  # noqa: E402
 from mtm_runtime.sim.virtual_mcu import VirtualMCU  # noqa: E402
@@ -29,22 +29,22 @@ class Host:
         self.ser = serial.Serial(path, 115200, timeout=0.01)
         self.dec = sp.FrameDecoder()
         self.seq = sp.Sequencer()
-        self.msgs: list[sp.Message] = []
+        self.msgs: list[sm.Message] = []
 
     def send(self, build: Callable[[int], bytes]) -> None:
         self.ser.write(build(self.seq.next()))
 
     def pump(self, secs: float, heartbeat: bool = True, command: list[float] | None = None,
-             until: Callable[[], bool] | None = None) -> list[sp.Message]:
-        got: list[sp.Message] = []
+             until: Callable[[], bool] | None = None) -> list[sm.Message]:
+        got: list[sm.Message] = []
         t_end = time.monotonic() + secs
         next_hb = 0.0
         while time.monotonic() < t_end:
             now = time.monotonic()
             if heartbeat and now >= next_hb:
-                self.send(lambda s: sp.encode_heartbeat(s))
+                self.send(lambda s: sm.encode_heartbeat(s))
                 if command is not None:
-                    self.send(lambda s: sp.encode_command(s, command))
+                    self.send(lambda s: sm.encode_command(s, command))
                 next_hb = now + 0.02
             got += self.dec.feed(self.ser.read(max(1, self.ser.in_waiting)))
             if until is not None and until():
@@ -65,7 +65,7 @@ def mcu(tmp_path: Path):
     m.stop()
 
 
-def of(msgs: list[sp.Message], kind: type) -> list:
+def of(msgs: list[sm.Message], kind: type) -> list:
     return [m for m in msgs if isinstance(m, kind)]
 
 
@@ -74,16 +74,16 @@ def test_states_arrive_and_device_starts_safe(mcu: VirtualMCU) -> None:
     host = Host(mcu.port)
     try:
         got = host.pump(0.5, heartbeat=False)
-        states = of(got, sp.State)
+        states = of(got, sm.State)
         assert 30 <= len(states) <= 70, len(states)  # 100 Hz for 0.5 s, generous for a busy VM
         assert all(s.values.shape == (mcu.state_width,) for s in states)
         ts = [s.timestamp_us for s in states]
         assert all(b - a >= 10_000 for a, b in zip(ts, ts[1:]))  # 10 ms of sim time per state
-        hbs = of(got, sp.Heartbeat)
-        assert hbs and all(h.status == sp.DeviceStatus.SAFE for h in hbs)  # no host yet
+        hbs = of(got, sm.Heartbeat)
+        assert hbs and all(h.status == sm.DeviceStatus.SAFE for h in hbs)  # no host yet
         assert host.dec.stats.corrupt == 0
         # Commands before any host heartbeat are ignored.
-        host.send(lambda s: sp.encode_command(s, [1.0, 1.0]))
+        host.send(lambda s: sm.encode_command(s, [1.0, 1.0]))
         host.pump(0.05, heartbeat=False)
         assert mcu.snapshot()["commands_ignored"] >= 1
     finally:
@@ -103,10 +103,10 @@ def test_commands_move_the_arm_and_are_clipped(mcu: VirtualMCU) -> None:
         dq = snap["qpos"][:2] - q0
         assert dq[0] > 0.3 and dq[1] < -0.3, dq  # joints driven in the commanded directions
         # Wrong width: rejected with a FAULT, never applied.
-        host.send(lambda s: sp.encode_command(s, [0.1, 0.2, 0.3]))
-        got = host.pump(0.1, until=lambda: bool(of(host.msgs, sp.Fault)))
-        faults = of(host.msgs + got, sp.Fault)
-        assert faults and faults[-1].code == sp.FaultCode.COMMAND_WIDTH
+        host.send(lambda s: sm.encode_command(s, [0.1, 0.2, 0.3]))
+        got = host.pump(0.1, until=lambda: bool(of(host.msgs, sm.Fault)))
+        faults = of(host.msgs + got, sm.Fault)
+        assert faults and faults[-1].code == sm.FaultCode.COMMAND_WIDTH
     finally:
         host.close()
 
@@ -120,19 +120,19 @@ def test_heartbeat_loss_safe_state_fault_and_recovery(mcu: VirtualMCU) -> None:
         snap = mcu.snapshot()
         assert snap["status"] == "SAFE" and snap["heartbeat_losses"] == 1
         np.testing.assert_array_equal(snap["ctrl"], [0.0, 0.0])
-        faults = of(got, sp.Fault)
-        assert [f.code for f in faults] == [sp.FaultCode.HEARTBEAT_TIMEOUT]
-        assert of(got, sp.Heartbeat)[-1].status == sp.DeviceStatus.SAFE
+        faults = of(got, sm.Fault)
+        assert [f.code for f in faults] == [sm.FaultCode.HEARTBEAT_TIMEOUT]
+        assert of(got, sm.Heartbeat)[-1].status == sm.DeviceStatus.SAFE
         # Commands while safe are ignored.
         n_applied = snap["commands_applied"]
-        host.send(lambda s: sp.encode_command(s, [1.0, 1.0]))
+        host.send(lambda s: sm.encode_command(s, [1.0, 1.0]))
         host.pump(0.05, heartbeat=False)
         assert mcu.snapshot()["commands_applied"] == n_applied
         # Heartbeat returns: OK again, FAULT CLEARED, commands applied again.
         got = host.pump(0.3, command=[0.5, 0.5])
         snap = mcu.snapshot()
         assert snap["status"] == "OK"
-        assert sp.FaultCode.CLEARED in [f.code for f in of(got, sp.Fault)]
+        assert sm.FaultCode.CLEARED in [f.code for f in of(got, sm.Fault)]
         assert snap["commands_applied"] > n_applied
         np.testing.assert_allclose(snap["ctrl"], [0.5, 0.5])
     finally:
@@ -150,10 +150,10 @@ def test_lockstep_one_step_per_command(tmp_path: Path) -> None:
             host.dec.feed(host.ser.read(4096))
             stamps = []
             for _ in range(10):
-                host.send(lambda s: sp.encode_command(s, [0.2, 0.2]))
+                host.send(lambda s: sm.encode_command(s, [0.2, 0.2]))
                 t_end = time.monotonic() + 1.0
                 while time.monotonic() < t_end:
-                    new = of(host.dec.feed(host.ser.read(max(1, host.ser.in_waiting))), sp.State)
+                    new = of(host.dec.feed(host.ser.read(max(1, host.ser.in_waiting))), sm.State)
                     fresh = [s for s in new if not stamps or s.timestamp_us > stamps[-1]]
                     if fresh:
                         stamps.append(fresh[0].timestamp_us)
@@ -192,9 +192,9 @@ def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
 
 
 def test_link_rejects_bad_commands_and_reconnects(mcu: VirtualMCU) -> None:
-    states: list[sp.State] = []
+    states: list[sm.State] = []
     link = SerialLink(mcu.link_path, on_message=lambda m, t: states.append(m)
-                      if isinstance(m, sp.State) else None,
+                      if isinstance(m, sm.State) else None,
                       command_limits=ActionLimits.symmetric(0.5, 2),
                       backoff_min=0.02, backoff_max=0.2)
     link.start()
@@ -236,12 +236,12 @@ def test_link_throughput_over_pty(tmp_path: Path) -> None:
     import tty
     tty.setraw(slave)
     path = os.ttyname(slave)
-    got: list[sp.Message] = []
+    got: list[sm.Message] = []
     link = SerialLink(path, on_message=lambda m, t: got.append(m))
     link.start()
     try:
         assert wait_for(lambda: link.state is LinkState.UP, 2.0)
-        frames = [sp.encode_state(i % 65536, i, np.arange(10, dtype=np.float32))
+        frames = [sm.encode_state(i % 65536, i, np.arange(10, dtype=np.float32))
                   for i in range(3000)]
         t0 = time.perf_counter()
         os.set_blocking(master, True)
