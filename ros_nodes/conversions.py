@@ -4,7 +4,8 @@ Conventions
 * Arrays are float64 on the wire (Float64MultiArray, JointState) and float32 toward the Policy.
 * Stamps are ``builtin_interfaces/Time``; ``stamp_to_ns``/``ns_to_stamp`` convert exactly.
 * A JointState becomes a state by concatenating the requested fields (``position``,
-  ``velocity``, ``effort``) in the order of ``joint_names`` (or message order if none given).
+  ``velocity``, ``effort``) in the order of ``joint_names`` (or message order if none given),
+  joints picked by name (``mtm_runtime/joint_order.py``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from mtm_runtime.joint_order import MissingJointsError, joint_order
 from mtm_runtime.policy_params import JOINT_FIELDS, Param
 
 
@@ -55,23 +57,26 @@ def joint_state_to_array(msg: JointState, joint_names: Sequence[str] = (),
 
     Raises ConversionError when a named joint is missing or a field is shorter than ``name``.
     """
-    names = list(msg.name)
+    names = msg.name
     if joint_names:
-        index = {n: i for i, n in enumerate(names)}
-        missing = [n for n in joint_names if n not in index]
-        if missing:
-            raise ConversionError(f"joint_states lacks joints {missing} (has {names})")
-        order = [index[n] for n in joint_names]
+        try:
+            order = joint_order(names, joint_names)     # cached per name list: the hot path
+        except MissingJointsError as e:
+            raise ConversionError(f"joint_states {e}") from None
     else:
-        order = list(range(len(names)))
+        order = np.arange(len(names))
     parts = []
     for f in fields:
         if f not in JOINT_FIELDS:
             raise ConversionError(f"unknown JointState field {f!r}; use {JOINT_FIELDS}")
         values = np.asarray(getattr(msg, f), dtype=np.float64)
-        if order and (values.size <= max(order)):
-            raise ConversionError(f"joint_states.{f} has {values.size} values for {len(names)} joints")
-        parts.append(values[order] if order else values)
+        if not order.size:      # a message without names: the field as it is
+            parts.append(values)
+            continue
+        try:
+            parts.append(values[order])
+        except IndexError:      # the field has fewer values than the joints it is indexed by
+            raise ConversionError(f"joint_states.{f} has {values.size} values for {len(names)} joints") from None
     return np.concatenate(parts) if parts else np.zeros(0)
 
 

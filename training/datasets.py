@@ -11,26 +11,8 @@ per step a uniform-random action instead):
 * ``medium-expert``: odd episodes expert, even episodes medium (50/50).
 * ``random``: uniform-random actions.
 
-File layout (one row per environment step, all episodes concatenated in order):
-
-==========================  =====================  ===========================================
-key                         shape / dtype          meaning
-==========================  =====================  ===========================================
-observations                [N, obs_dim] float32   observation the action was chosen from
-actions                     [N, act_dim] float32   action executed; NaN where not recorded
-rewards                     [N] float32
-terminals                   [N] bool               true MDP termination at this step
-timeouts                    [N] bool               episode truncated (time limit) at this step
-next_observations           [N, obs_dim] float32
-infos/goal                  [N, goal_dim] float32  goal tasks only (Reacher target x, y in m)
-infos/action_present        [N] bool               per-episode flag, repeated over its steps:
-                                                   False = actions of this episode removed
-                                                   (heteromodal data; they are NaN in actions)
-infos/episode_id            [N] int32              episode index 0..E-1
-metadata (group attrs)      task, env_id, seed, tier, episodes, action_fraction, label_seed,
-                            reference_returns (JSON), modality_widths (JSON),
-                            generator_version, created (UTC ISO 8601)
-==========================  =====================  ===========================================
+File layout (one row per environment step; the keys and the ``metadata`` attributes written
+here): ``training/hdf5_writer.py``.
 
 Determinism: episode ``i`` depends only on ``(task, tier, seed, i, episodes)`` (its reset seed
 and noise generator come from ``SeedSequence([seed, i])``); which episodes keep their actions
@@ -45,11 +27,12 @@ import json
 import multiprocessing as mp
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import h5py
 import numpy as np
 
 from mtm_runtime.sim.tasks import Task, get_task
+from mtm_runtime.training.hdf5_writer import write_d4rl_hdf5
 
 GENERATOR_VERSION = "mtm_runtime.datasets/1"
 TIERS = ("expert", "medium", "medium-replay", "medium-expert", "random")
@@ -192,24 +175,21 @@ def collect(task: Task | str, tier: str, episodes: int, seed: int = 0, workers: 
 
 
 def write_hdf5(path: str | Path, data: dict[str, np.ndarray], task: Task, tier: str, seed: int,
-               action_fraction: float = 1.0, label_seed: int | None = None) -> Path:
-    """Write ``data`` (from :func:`collect`) with its ``metadata`` group."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        for key, arr in data.items():
-            f.create_dataset(key, data=arr, compression="gzip", compression_opts=4)
-        meta = f.create_group("metadata")
-        meta.attrs.update({
-            "task": task.name, "env_id": task.env_id, "seed": int(seed), "tier": tier,
-            "episodes": int(data["infos/episode_id"].max() + 1), "action_fraction": float(action_fraction),
-            "label_seed": int(seed if label_seed is None else label_seed),
-            "reference_returns": json.dumps(task.reference_returns),
-            "modality_widths": json.dumps(task.modality_widths()),
-            "generator_version": GENERATOR_VERSION,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        })
-    return path
+               action_fraction: float = 1.0, label_seed: int | None = None,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write ``data`` (from :func:`collect`) with its ``metadata`` group (written whole or not at
+    all); ``extra``: more metadata (how a learning run's tier was made: ``run_tiers.collect_tier``),
+    numbers and strings as they are, anything else as JSON."""
+    more = {k: v if isinstance(v, (int, float, str)) else json.dumps(v) for k, v in (extra or {}).items()}
+    return write_d4rl_hdf5(path, data, {**more,
+        "task": task.name, "env_id": task.env_id, "seed": int(seed), "tier": tier,
+        "episodes": int(data["infos/episode_id"].max() + 1), "action_fraction": float(action_fraction),
+        "label_seed": int(seed if label_seed is None else label_seed),
+        "reference_returns": json.dumps(task.reference_returns),
+        "modality_widths": json.dumps(task.modality_widths()),
+        "generator_version": GENERATOR_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    })
 
 
 def episode_returns(data: dict[str, np.ndarray]) -> np.ndarray:

@@ -33,6 +33,8 @@ Episodes (``episodes``): ``bag`` (the whole bag, cut only by stale gaps), ``gap:
 more than S seconds in the state stream), ``length:N`` (N ticks each; a shorter rest is kept),
 ``marker:TOPIC`` (every message on TOPIC starts a new episode). Episodes shorter than
 ``min_length`` ticks are dropped (counted).
+
+Messages to values: ``training/bag_messages.py``; the output file: ``training/hdf5_writer.py``.
 """
 from __future__ import annotations
 
@@ -41,20 +43,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import h5py
 import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
 from mtm_runtime.robot import Robot
-from mtm_runtime.training.loaders import DatasetError, Episode, build_episode
+from mtm_runtime.training.bag_messages import BagError, Decoders, Stream, message_field, message_time, split_path
+from mtm_runtime.training.hdf5_writer import episodes_to_d4rl, write_d4rl_hdf5
+from mtm_runtime.training.loaders import Episode, build_episode
 from mtm_runtime.training.resample import cut_episodes, parse_rule, resample
 
 ACTION_SOURCES = ("topic", "derive", "missing")
-
-
-class BagError(DatasetError):
-    """The bag does not match the robot file or the options; the message names the topic or joint."""
 
 
 @dataclass
@@ -120,110 +119,7 @@ class BagReport:
         return dict(self.__dict__)
 
 
-# ---- reading the streams -----------------------------------------------------------------------
-def _split_path(spec: str, what: str) -> tuple[str, str]:
-    if ":" not in spec:
-        raise BagError(f"{what} {spec!r} must be TOPIC:FIELD (e.g. /goal:data)")
-    topic, path = spec.rsplit(":", 1)
-    return topic, path
-
-
-def _field(msg: Any, path: str, topic: str) -> np.ndarray:
-    obj = msg
-    for part in path.split("."):
-        if not hasattr(obj, part):
-            raise BagError(f"topic {topic}: message {type(msg).__name__} has no field {path!r}")
-        obj = getattr(obj, part)
-    arr = np.asarray(obj, dtype=np.float64).reshape(-1)
-    return arr
-
-
-def _stamp(msg: Any, log_ns: int, mode: str) -> int:
-    if mode == "header" and hasattr(msg, "header"):
-        s = msg.header.stamp
-        ns = int(s.sec) * 1_000_000_000 + int(s.nanosec)
-        if ns > 0:
-            return ns
-    return log_ns
-
-
-class _Stream:
-    """One topic's samples: times (ns) and values [N, width] (NaN rows: unusable messages)."""
-
-    def __init__(self, topic: str) -> None:
-        self.topic, self.unusable = topic, 0
-        self.t: list[int] = []
-        self.v: list[np.ndarray] = []
-
-    def add(self, t: int, values: np.ndarray | None) -> None:
-        if values is None:
-            self.unusable += 1
-            return
-        self.t.append(t)
-        self.v.append(values)
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.t:
-            return np.zeros(0, np.int64), np.zeros((0, 0))
-        widths = {len(v) for v in self.v}
-        if len(widths) > 1:
-            raise BagError(f"topic {self.topic}: messages have different widths {sorted(widths)}")
-        t = np.asarray(self.t, np.int64)
-        order = np.argsort(t, kind="stable")
-        return t[order], np.stack(self.v)[order]
-
-
-def _by_name(names: Sequence[str], joints: Sequence[str], cache: dict) -> np.ndarray | None:
-    key = tuple(names)
-    if key not in cache:
-        index = {n: i for i, n in enumerate(names)}
-        cache[key] = None if any(j not in index for j in joints) else np.array([index[j] for j in joints])
-    return cache[key]
-
-
-class _Decoders:
-    """Message -> values for the states and the actions, per the robot description."""
-
-    def __init__(self, cfg: BagImport) -> None:
-        self.cfg, self.robot = cfg, cfg.robot
-        self._state_cache: dict = {}
-        self._cmd_cache: dict = {}
-        self.missing_joints: dict[str, set[str]] = {}
-
-    def joint_state(self, msg: Any, topic: str, fields: Sequence[str]) -> np.ndarray | None:
-        idx = _by_name(msg.name, self.robot.joints, self._state_cache)
-        if idx is None:
-            self.missing_joints.setdefault(topic, set()).update(j for j in self.robot.joints if j not in msg.name)
-            return None
-        out = []
-        for f in fields:
-            arr = np.asarray(getattr(msg, f), dtype=np.float64)
-            if len(arr) != len(msg.name):
-                return None
-            out.append(arr[idx])
-        return np.concatenate(out)
-
-    def command(self, msg: Any, msgtype: str, topic: str) -> np.ndarray | None:
-        f = self.robot.action_interface
-        n = self.robot.action_dim
-        if msgtype.endswith("Float64MultiArray") or msgtype.endswith("Float32MultiArray"):
-            v = np.asarray(msg.data, np.float64)
-            return v if len(v) == n else None
-        if msgtype.endswith("JointTrajectory"):
-            if not msg.points:
-                return None
-            idx = _by_name(msg.joint_names, self.robot.joints, self._cmd_cache)
-            field = {"position": "positions", "velocity": "velocities", "effort": "effort"}[f]
-            v = np.asarray(getattr(msg.points[0], field), np.float64)
-            if idx is None:
-                self.missing_joints.setdefault(topic, set()).update(j for j in self.robot.joints if j not in msg.joint_names)
-                return None
-            return v[idx] if len(v) == len(msg.joint_names) else None
-        if msgtype.endswith("JointState"):
-            return self.joint_state(msg, topic, (f,))
-        raise BagError(f"topic {topic}: command type {msgtype} is not Float64MultiArray, JointTrajectory or JointState")
-
-
+# ---- reading the bag ----------------------------------------------------------------------------
 def read_bag(path: str | Path, cfg: BagImport) -> tuple[list[Episode], BagReport]:
     """Read, resample and cut the bag at ``path`` (a rosbag2 directory, or one .mcap/.db3 file)."""
     path = Path(path)
@@ -244,11 +140,11 @@ def _read_open(path: Path, reader: AnyReader, cfg: BagImport) -> tuple[list[Epis
     topics = {c.topic: c.msgtype for c in reader.connections}
     storage = "mcap" if any(p.suffix == ".mcap" for p in ([path] if path.is_file() else path.iterdir())) else "sqlite3"
     report = BagReport(str(path), storage)
-    dec = _Decoders(cfg)
+    dec = Decoders(cfg.robot)
 
     # which topic feeds what
     state_specs: list[tuple[str, str | None]] = (  # (topic, field path or None for JointState)
-        [_split_path(s, "--state") for s in cfg.state_paths] if cfg.state_paths else [(cfg.state_topic, None)])
+        [split_path(s, "--state") for s in cfg.state_paths] if cfg.state_paths else [(cfg.state_topic, None)])
     wanted: dict[str, list[str]] = {}
     for i, (topic, _) in enumerate(state_specs):
         wanted.setdefault(topic, []).append(f"state{i}")
@@ -256,9 +152,9 @@ def _read_open(path: Path, reader: AnyReader, cfg: BagImport) -> tuple[list[Epis
         wanted.setdefault(cfg.action_topic, []).append("action")
     extra_specs = {}
     if cfg.goal_path:
-        extra_specs["goals"] = _split_path(cfg.goal_path, "--goal")
+        extra_specs["goals"] = split_path(cfg.goal_path, "--goal")
     if cfg.reward_path:
-        extra_specs["rewards"] = _split_path(cfg.reward_path, "--reward")
+        extra_specs["rewards"] = split_path(cfg.reward_path, "--reward")
     for name, (topic, _) in extra_specs.items():
         wanted.setdefault(topic, []).append(name)
     marker = cfg.episodes.split(":", 1)[1] if cfg.episodes.startswith("marker:") else ""
@@ -273,13 +169,13 @@ def _read_open(path: Path, reader: AnyReader, cfg: BagImport) -> tuple[list[Epis
             raise BagError(f"{path}: topic {topic} is {topics[topic]}, not sensor_msgs/msg/JointState; "
                            "give numeric fields with --state TOPIC:FIELD")
 
-    streams = {role: _Stream(topic) for topic, roles in wanted.items() for role in roles}
+    streams = {role: Stream(topic) for topic, roles in wanted.items() for role in roles}
     counts = {topic: 0 for topic in wanted}
     conns = [c for c in reader.connections if c.topic in wanted]
     for conn, log_ns, raw in reader.messages(connections=conns):
         msg = reader.deserialize(raw, conn.msgtype)
         counts[conn.topic] += 1
-        t = _stamp(msg, log_ns, cfg.time)
+        t = message_time(msg, log_ns, cfg.time)
         for role in wanted[conn.topic]:
             s = streams[role]
             if role == "marker":
@@ -289,9 +185,9 @@ def _read_open(path: Path, reader: AnyReader, cfg: BagImport) -> tuple[list[Epis
             elif role.startswith("state"):
                 fpath = state_specs[int(role[5:])][1]
                 s.add(t, dec.joint_state(msg, conn.topic, cfg.robot.state_fields) if fpath is None
-                      else _field(msg, fpath, conn.topic))
+                      else message_field(msg, fpath, conn.topic))
             else:
-                s.add(t, _field(msg, extra_specs[role][1], conn.topic))
+                s.add(t, message_field(msg, extra_specs[role][1], conn.topic))
     for topic, joints in dec.missing_joints.items():
         if all(not streams[r].t for r in wanted[topic]):
             raise BagError(f"{path}: topic {topic} never names joint {sorted(joints)[0]!r} of robot {cfg.robot.name!r} "
@@ -303,7 +199,7 @@ def _read_open(path: Path, reader: AnyReader, cfg: BagImport) -> tuple[list[Epis
     return _resample(path, cfg, streams, counts, report)
 
 
-def _resample(path: Path, cfg: BagImport, streams: dict[str, _Stream], counts: dict[str, int],
+def _resample(path: Path, cfg: BagImport, streams: dict[str, Stream], counts: dict[str, int],
               report: BagReport) -> tuple[list[Episode], BagReport]:
     data = {role: s.arrays() for role, s in streams.items()}
     state_roles = sorted(r for r in data if r.startswith("state"))
@@ -365,37 +261,11 @@ def _episode(cfg: BagImport, data: dict, idx: dict, state_roles: list[str], piec
 # ---- our HDF5 ------------------------------------------------------------------------------------
 def write_episodes_hdf5(output: str | Path, episodes: Sequence[Episode], robot: Robot, report: BagReport,
                         inferred: Sequence[int] = (), inferred_by: str = "") -> Path:
-    """Our D4RL layout with a ``metadata`` group that names the robot (read back by ``read_hdf5``).
+    """Our HDF5 layout (``training/hdf5_writer.py``; written whole or not at all) with a ``metadata``
+    group that names the robot (read back by ``read_hdf5``) and carries the import report.
     ``inferred``: episodes whose actions a model inferred (``training/relabel.py``): their steps
-    are ``infos/action_inferred`` and ``metadata.actions_inferred_by`` names the model.
-    Written to a temporary name and renamed: a failed import leaves no half-written file."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".partial")
-    obs = np.concatenate([np.concatenate([ep["states"], ep["goals"]], 1) if "goals" in ep else ep["states"]
-                          for ep in episodes])
-    lengths = [ep.length for ep in episodes]
-    ends = np.cumsum(lengths) - 1
-    timeouts = np.zeros(len(obs), bool)
-    timeouts[ends] = True
-    try:
-        with h5py.File(tmp, "w") as f:
-            f["observations"] = obs.astype(np.float32)
-            f["actions"] = np.concatenate([ep["actions"] if ep.labelled else np.full(ep["actions"].shape, np.nan, np.float32)
-                                           for ep in episodes]).astype(np.float32)
-            if all("rewards" in ep for ep in episodes):
-                f["rewards"] = np.concatenate([ep["rewards"][:, 0] for ep in episodes]).astype(np.float32)
-            f["terminals"] = np.zeros(len(obs), bool)
-            f["timeouts"] = timeouts
-            f["infos/action_present"] = np.concatenate([np.full(L, ep.labelled) for L, ep in zip(lengths, episodes)])
-            f["infos/episode_id"] = np.concatenate([np.full(L, i, np.int32) for i, L in enumerate(lengths)])
-            f["infos/action_inferred"] = np.concatenate([np.full(L, i in set(inferred)) for i, L in enumerate(lengths)])
-            meta = f.create_group("metadata")
-            meta.attrs.update({"robot": json.dumps(robot.to_dict()), "tier": "recorded", "source": "rosbag2",
-                               "import_report": json.dumps(report.to_dict()), "episodes": len(episodes),
-                               "actions_inferred_by": inferred_by, "episodes_inferred": len(inferred)})
-        tmp.replace(output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return output
+    are ``infos/action_inferred`` and ``metadata.actions_inferred_by`` names the model."""
+    metadata = {"robot": json.dumps(robot.to_dict()), "tier": "recorded", "source": "rosbag2",
+                "import_report": json.dumps(report.to_dict()), "episodes": len(episodes),
+                "actions_inferred_by": inferred_by, "episodes_inferred": len(inferred)}
+    return write_d4rl_hdf5(output, episodes_to_d4rl(episodes, inferred), metadata, compress=False)

@@ -24,8 +24,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("mtm_runtime", "mtm_runtime.spec", "mtm_runtime.masks", "mtm_runtime.model",
              "mtm_runtime.normalise", "mtm_runtime.checkpoint", "mtm_runtime.integrity",
              "mtm_runtime.fingerprint", "mtm_runtime.fileio", "mtm_runtime.safety",
-             "mtm_runtime.safety_contract", "mtm_runtime.robot", "mtm_runtime.package_paths",
-             "mtm_runtime.loss"),
+             "mtm_runtime.safety_contract", "mtm_runtime.robot", "mtm_runtime.joint_order",
+             "mtm_runtime.package_paths", "mtm_runtime.loss"),
     # everything else directly in mtm_runtime/ (policy, backends, control loop, ...) is runtime
     "runtime": ("mtm_runtime.",),
     "export": ("mtm_runtime.export",),
