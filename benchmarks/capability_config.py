@@ -120,7 +120,7 @@ def config_digest(cfg: dict[str, Any]) -> str:
     commit of the code (commit before rerunning: uncommitted edits do not change it)."""
     import hashlib
 
-    from mtm_runtime.training.train import git_commit
+    from mtm_runtime.training.train_checkpoint import git_commit
 
     keep = {k: v for k, v in cfg.items() if k != "workers"}
     keep["git_commit"] = git_commit()

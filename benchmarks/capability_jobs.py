@@ -33,7 +33,8 @@ def dataset(out: Path, cfg: dict[str, Any], task: str, tier: str, episodes: int,
 
 def train_mtm(cfg: dict[str, Any], data: Path, out: Path, task_name: str, labelled_only: bool = False,
               labelled_share: float = 0.0, self_label_at: int = 0) -> dict[str, Any]:
-    from mtm_runtime.training.train import Args, run
+    from mtm_runtime.training.train import run
+    from mtm_runtime.training.train_args import Args
 
     args = Args(data=str(data), out=str(out), preset=cfg["preset"], steps=cfg["steps"], batch_size=cfg["batch_size"],
                 masks=mtm_masks(cfg, task_name),

@@ -84,7 +84,8 @@ def ensure_dataset(work: Path, task: str, episodes: int) -> Path:
 def ensure_mtm(work: Path, task: str, data: Path, steps: int, batch: int, device: str) -> Path:
     """Pretrain (once) with mtm_runtime.training.train; returns the checkpoint directory."""
     from mtm_runtime.training.pipeline import PRESET_LR
-    from mtm_runtime.training.train import Args, run
+    from mtm_runtime.training.train import run
+    from mtm_runtime.training.train_args import Args
 
     out = work / f"mtm_{task}_{steps}x{batch}"
     if not (out / "mtm.json").exists():
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.common import machine
-    from mtm_runtime.training.offline_rl import DEFAULT_RELABEL, RELABELS, Config, train
+    from mtm_runtime.training.offline_data import DEFAULT_RELABEL, RELABELS
+    from mtm_runtime.training.offline_rl import Config, train
 
     torch.set_num_threads(1)
     cfg = dict(CONFIGS[args.config])

@@ -4,27 +4,31 @@
     python -m mtm_runtime.training.offline_rl --data reacher_medium.hdf5 --representation frozen --checkpoint runs/mtm_reacher
     mtm offline-rl --data idp_medium.hdf5 --representation finetune --checkpoint runs/mtm_idp   # same
 
-Read it top to bottom (CleanRL style):
- 1. **rewards**: the dataset's rewards are replaced by a task-specific function of
-    ``(observation, action)`` from ``RELABELS`` (a new task on old data: the point of offline RL);
- 2. **transitions** ``(o_t, a_t, r_t, o_{t+1}, done_t)`` inside episodes; the last step of a
-    time-limited episode has no successor and is dropped; a terminated episode's last step has
-    ``done = 1``;
- 3. **observations** for the actor and critics, one of
+Read it top to bottom (CleanRL style; the parts it calls are the ``training/`` modules named):
+ 1. **rewards** (``offline_data``): the dataset's rewards are replaced by a task-specific function
+    of ``(observation, action)`` from ``RELABELS`` (a new task on old data: the point of offline
+    RL);
+ 2. **transitions** (``offline_data``) ``(o_t, a_t, r_t, o_{t+1}, done_t)`` inside episodes; the
+    last step of a time-limited episode has no successor and is dropped; a terminated episode's
+    last step has ``done = 1``;
+ 3. **observations** for the actor and critics (``offline_nets.ObsSource``, made by
+    ``make_source`` here), one of
     * ``raw``: the environment observation (states + goal), z-scored on the dataset;
     * ``frozen``: the MTM feature (``mtm_runtime.features``) of the window ending at step t
       (states, past actions, goal; short history hidden), precomputed once, z-scored;
     * ``finetune``: the same feature computed on the fly by a trainable copy of the MTM encoder
       that the critic loss updates (the actor sees detached features; the target critics use a
       Polyak-averaged target encoder), z-scored with statistics fixed at the start;
- 4. **TD3+BC**: actor + twin critics + target networks; clipped double-Q target with target
-    policy smoothing (noise ``policy_noise``, clipped at ``noise_clip``, in units of the action
-    bound); the actor and the targets update every ``policy_freq`` critic steps; actor loss
+ 4. **TD3+BC** (the networks: ``offline_nets``; the updates: ``train`` here): actor + twin
+    critics + target networks; clipped double-Q target with target policy smoothing (noise
+    ``policy_noise``, clipped at ``noise_clip``, in units of the action bound); the actor and the
+    targets update every ``policy_freq`` critic steps; actor loss
     ``-lambda * Q1(o, pi(o)).mean() + mean((pi(o) - a)^2)`` with ``lambda = alpha / mean|Q1|``
     (detached);
- 5. **evaluation** in the simulator every ``eval_every`` steps: the deterministic actor on
-    ``eval_episodes`` episodes (fixed reset seeds), scored both by the relabelled reward
-    (``new_return``) and by the task's D4RL-style ``normalised_score`` of the env's own reward.
+ 5. **evaluation** (``offline_eval``) in the simulator every ``eval_every`` steps: the
+    deterministic actor on ``eval_episodes`` episodes (fixed reset seeds), scored both by the
+    relabelled reward (``new_return``) and by the task's D4RL-style ``normalised_score`` of the
+    env's own reward.
 
 Actions are in the env's units; every supported task has actions in [-1, 1] (``max_action`` 1).
 No pickle: results are JSON; nothing here writes weights except ``--save`` (safetensors).
@@ -43,196 +47,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from mtm_runtime.checkpoint import load_checkpoint
+from mtm_runtime.features import dataset_features, episode_windows, extractor_from_checkpoint
 from mtm_runtime.sim.tasks import Task, get_task
 from mtm_runtime.training.loaders import Episode, read_metadata
+from mtm_runtime.training.offline_data import Transitions, build_transitions, get_relabel
+from mtm_runtime.training.offline_eval import evaluate_actor
+from mtm_runtime.training.offline_nets import Actor, ObsSource, TwinCritic, polyak_update
 from mtm_runtime.training.sources import load_episodes
 
 REPRESENTATIONS = ("raw", "frozen", "finetune")
 
 
-# ---- 1. reward relabelling ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Relabel:
-    """A new reward ``fn(obs [N, obs_dim], actions [N, A]) -> rewards [N]`` (float64) for ``task``,
-    computed from the observation the action was chosen in (as gymnasium v5 does)."""
-
-    task: str
-    fn: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    description: str
-
-
-def _reacher_exp_distance(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-    # Reacher-v5 obs[8:10] = fingertip - target (x, y) in m; bounded, sharply peaked shaping
-    d = np.linalg.norm(obs[:, 8:10], axis=-1)
-    return np.exp(-d / 0.05) - 0.05 * np.sum(np.square(act), axis=-1)
-
-
-def _reacher_sparse(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-    d = np.linalg.norm(obs[:, 8:10], axis=-1)
-    return (d < 0.03).astype(np.float64) - 0.01 * np.sum(np.square(act), axis=-1)
-
-
-def _idp_effort(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-    # InvertedDoublePendulum-v5 obs[5:8] = joint velocities (slider, hinge, hinge2)
-    return 1.0 - 0.5 * np.sum(np.square(act), axis=-1) - 0.01 * np.sum(np.square(obs[:, 5:8]), axis=-1)
-
-
-RELABELS: dict[str, Relabel] = {
-    "reacher_exp_distance": Relabel("reacher", _reacher_exp_distance,
-                                    "exp(-|fingertip - target| / 5 cm) - 0.05 |a|^2"),
-    "reacher_sparse": Relabel("reacher", _reacher_sparse, "1[|fingertip - target| < 3 cm] - 0.01 |a|^2"),
-    "idp_effort": Relabel("inverted_double_pendulum", _idp_effort,
-                          "1 (alive) - 0.5 a^2 (effort) - 0.01 |qvel|^2 (energy)"),
-}
-DEFAULT_RELABEL = {"reacher": "reacher_exp_distance", "inverted_double_pendulum": "idp_effort"}
-
-
-def get_relabel(name: str, task: Task) -> Relabel:
-    """Relabel by name ("" = the task's default); ValueError naming the choices."""
-    name = name or DEFAULT_RELABEL.get(task.name, "")
-    if name not in RELABELS:
-        raise ValueError(f"no reward relabelling {name!r} for {task.name}; choose from "
-                         f"{', '.join(k for k, v in RELABELS.items() if v.task == task.name) or '(none)'}")
-    if RELABELS[name].task != task.name:
-        raise ValueError(f"relabelling {name!r} is for task {RELABELS[name].task}, not {task.name}")
-    return RELABELS[name]
-
-
-# ---- 2. transitions ------------------------------------------------------------------------------
-@dataclass
-class Transitions:
-    """Flat per-step tables (all episodes concatenated) and the transitions over them:
-    ``obs[idx]``, ``actions[idx]``, ``rewards``, ``obs[next_idx]``, ``dones`` (float32 0/1)."""
-
-    observations: np.ndarray   # [N, obs_dim] raw env observations
-    actions: np.ndarray        # [N, A]
-    idx: np.ndarray            # [K] int64 step of each transition
-    next_idx: np.ndarray       # [K] int64 successor step (== idx where done)
-    rewards: np.ndarray        # [K] float32 relabelled
-    dones: np.ndarray          # [K] float32
-
-
-def build_transitions(episodes: Sequence[Episode], task: Task, relabel: Relabel) -> Transitions:
-    """See the module docstring, step 2. Episodes without actions are skipped."""
-    obs, acts, idx, nxt, dones = [], [], [], [], []
-    n = 0
-    for ep in episodes:
-        if not ep.labelled:
-            continue
-        o = task.join_observation(ep["states"], ep.get("goals"))
-        L = len(o)
-        obs.append(o)
-        acts.append(ep["actions"])
-        steps = np.arange(L - 1)
-        idx.append(n + steps)
-        nxt.append(n + steps + 1)
-        dones.append(np.zeros(L - 1))
-        if ep.terminated:
-            idx.append(np.array([n + L - 1]))
-            nxt.append(np.array([n + L - 1]))
-            dones.append(np.ones(1))
-        n += L
-    observations = np.concatenate(obs).astype(np.float32)
-    actions = np.concatenate(acts).astype(np.float32)
-    i = np.concatenate(idx).astype(np.int64)
-    r = relabel.fn(observations[i].astype(np.float64), actions[i].astype(np.float64)).astype(np.float32)
-    return Transitions(observations, actions, i, np.concatenate(nxt).astype(np.int64), r,
-                       np.concatenate(dones).astype(np.float32))
-
-
-# ---- 3. observation sources -----------------------------------------------------------------------
-class Standardise(nn.Module):
-    """``(z - mean) / std`` with fixed statistics (std floored at 1e-3)."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, table: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(table.mean(axis=0), dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(np.maximum(table.std(axis=0), 1e-3), dtype=torch.float32))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.mean) / self.std
-
-
-class ObsSource:
-    """``get(steps, target=False) -> [B, obs_dim]`` float32 tensor for the actor/critics.
-
-    raw / frozen: a standardised lookup table. finetune: the trainable extractor on the stored
-    windows (``target=True`` uses the Polyak target encoder, no grad)."""
-
-    def __init__(self, kind: str, table: np.ndarray | None = None, extractor: Any = None,
-                 windows: tuple[np.ndarray, np.ndarray] | None = None, stats_table: np.ndarray | None = None) -> None:
-        self.kind = kind
-        stats = table if table is not None else stats_table
-        if stats is None:
-            raise ValueError("ObsSource needs a table or a stats_table")
-        self.norm = Standardise(stats)
-        self.table = None if table is None else self.norm(torch.from_numpy(table)).contiguous()
-        self.extractor: Any = extractor
-        self.target_extractor: Any = None if extractor is None else copy.deepcopy(extractor).requires_grad_(False)
-        self.x: Any = None if windows is None else torch.from_numpy(windows[0])
-        self.m: Any = None if windows is None else torch.from_numpy(windows[1])
-        self.dim = int(self.norm.mean.shape[0])
-
-    def get(self, steps: torch.Tensor, target: bool = False) -> torch.Tensor:
-        if self.table is not None:
-            return self.table[steps]
-        fx = self.target_extractor if target else self.extractor
-        if target:
-            with torch.no_grad():
-                return self.norm(fx(self.x[steps], self.m[steps]))
-        return self.norm(fx(self.x[steps], self.m[steps]))
-
-    def to(self, device: torch.device) -> "ObsSource":
-        self.norm = self.norm.to(device)
-        for name in ("table", "x", "m"):
-            if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name).to(device))
-        for fx in (self.extractor, self.target_extractor):
-            if fx is not None:
-                fx.to(device)
-        return self
-
-    def polyak(self, tau: float) -> None:
-        if self.extractor is not None:
-            _polyak(self.extractor, self.target_extractor, tau)
-
-
-# ---- 4. TD3+BC ------------------------------------------------------------------------------------
-def mlp(inp: int, out: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
-
-
-class Actor(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int, max_action: float) -> None:
-        super().__init__()
-        self.net, self.max_action = mlp(obs_dim, act_dim, hidden), max_action
-
-    def forward(self, o: torch.Tensor) -> torch.Tensor:
-        return self.max_action * torch.tanh(self.net(o))
-
-
-class TwinCritic(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.q1, self.q2 = mlp(obs_dim + act_dim, 1, hidden), mlp(obs_dim + act_dim, 1, hidden)
-
-    def forward(self, o: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        oa = torch.cat([o, a], dim=-1)
-        return self.q1(oa), self.q2(oa)
-
-
-def _polyak(net: nn.Module, target: nn.Module, tau: float) -> None:
-    with torch.no_grad():
-        for p, tp in zip(net.parameters(), target.parameters()):
-            tp.lerp_(p, tau)
-
-
+# ---- the run ---------------------------------------------------------------------------------------
 @dataclass
 class Config:
     """Every knob. Steps are gradient steps of the critic; learning rates per Adam optimiser."""
@@ -269,9 +98,6 @@ def make_source(cfg: Config, task: Task, episodes: Sequence[Episode], tr: Transi
     """The observation source and (for features) the extractor the evaluation runs."""
     if cfg.representation == "raw":
         return ObsSource("raw", table=tr.observations), None
-    from mtm_runtime.checkpoint import load_checkpoint
-    from mtm_runtime.features import dataset_features, episode_windows, extractor_from_checkpoint
-
     if not cfg.checkpoint:
         raise ValueError(f"representation {cfg.representation!r} needs --checkpoint (an MTM checkpoint)")
     ckpt = load_checkpoint(cfg.checkpoint)
@@ -372,8 +198,8 @@ def train(cfg: Config, episodes: Sequence[Episode] | None = None,
             actor_loss.backward()
             actor_opt.step()
             metrics["actor_loss"], metrics["q_mean"] = float(actor_loss.detach()), float(q.detach().mean())
-            _polyak(actor, actor_t, cfg.tau)
-            _polyak(critic, critic_t, cfg.tau)
+            polyak_update(actor, actor_t, cfg.tau)
+            polyak_update(critic, critic_t, cfg.tau)
             src.polyak(cfg.tau)
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
             evaluate(step)
@@ -395,75 +221,6 @@ def _save(cfg: Config, actor: Actor, src: ObsSource) -> None:
     if src.extractor is not None:
         save_file({k: v.cpu().contiguous() for k, v in src.extractor.mtm.state_dict().items()}, str(out / "encoder.safetensors"))
     (out / "td3bc.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-
-
-# ---- 5. evaluation -----------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_actor(task: Task, relabel: Relabel, actor: Actor, src: ObsSource, extractor: Any,
-                   episodes: int, seed: int, max_steps: int = 0) -> dict[str, float]:
-    """Roll out ``episodes`` envs in lockstep (batched network calls). Features come from one
-    ``TrajectoryBuffer`` per env with ``Policy``'s conventions (newest step at T-1, short history
-    hidden, executed action written back as history). Returns means over episodes."""
-    from mtm_runtime.buffer import TrajectoryBuffer
-    from mtm_runtime.features import feature_mask
-
-    was = actor.training
-    actor.eval()
-    dev = next(actor.parameters()).device
-    fx = src.extractor if src.extractor is not None else extractor
-    if fx is not None:
-        fx_was = fx.training
-        fx.eval()
-        spec, norm = fx.spec, fx.normaliser
-        if norm is None:
-            raise ValueError("evaluate_actor: the feature extractor carries no normaliser")
-    envs = [task.make_env() for _ in range(episodes)]
-    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
-    ret, new_ret = np.zeros(episodes), np.zeros(episodes)
-    alive = list(range(episodes))
-    limit = max_steps or task.episode_steps
-    if fx is not None:
-        bufs = [TrajectoryBuffer(spec, norm) for _ in range(episodes)]
-        base = torch.from_numpy(feature_mask(spec, fx.kind)).to(dev)
-    for _t in range(limit):
-        if not alive:
-            break
-        o = np.stack([obs[i] for i in alive]).astype(np.float32)
-        if fx is None:
-            inp = src.norm(torch.from_numpy(o).to(dev))
-        else:
-            xs, ms = [], []
-            for i in alive:
-                parts = task.split_observation(obs[i])
-                bufs[i].begin_step()
-                bufs[i].write("states", parts["states"].astype(np.float32))
-                if "goals" in parts and "goals" in spec:
-                    bufs[i].write("goals", parts["goals"].astype(np.float32))
-                x, av = bufs[i].window()
-                xs.append(x[0].copy())
-                ms.append(av[0].copy())
-            mask = torch.minimum(base, torch.from_numpy(np.stack(ms)).to(dev))
-            inp = src.norm(fx(torch.from_numpy(np.stack(xs)).to(dev), mask))
-        act = actor(inp).cpu().numpy().astype(np.float32)
-        new_r = relabel.fn(o.astype(np.float64), act.astype(np.float64))
-        still = []
-        for j, i in enumerate(alive):
-            if fx is not None:
-                bufs[i].write("actions", act[j])
-            obs[i], r, term, trunc, _ = envs[i].step(act[j])
-            ret[i] += r
-            new_ret[i] += new_r[j]
-            if not (term or trunc):
-                still.append(i)
-        alive = still
-    for env in envs:
-        env.close()
-    actor.train(was)
-    if fx is not None:
-        fx.train(fx_was)
-    scores = [task.normalised_score(float(r)) for r in ret]
-    return {"score": float(np.mean(scores)), "score_std": float(np.std(scores)), "return": float(np.mean(ret)),
-            "new_return": float(np.mean(new_ret)), "new_return_std": float(np.std(new_ret))}
 
 
 # ---- CLI ---------------------------------------------------------------------------------------------

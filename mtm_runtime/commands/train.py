@@ -14,8 +14,9 @@ import sys
 from mtm_runtime.robot import RobotError
 from mtm_runtime.sim.tasks import TaskError
 from mtm_runtime.training.loaders import DatasetError
-from mtm_runtime.training.train import add_arguments as train_arguments
-from mtm_runtime.training.train import resolve_args, run
+from mtm_runtime.training.train import run
+from mtm_runtime.training.train_args import add_arguments as train_arguments
+from mtm_runtime.training.train_args import resolve_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,8 @@ from mtm_runtime.spec import TrajectorySpec
 from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.datasets import collect, write_hdf5
 from mtm_runtime.training.sources import load_episodes
-from mtm_runtime.training.offline_rl import RELABELS, Config, build_transitions, get_relabel, train
+from mtm_runtime.training.offline_data import RELABELS, build_transitions, get_relabel
+from mtm_runtime.training.offline_rl import Config, train
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from mtm_runtime.robot import load_robot
 from mtm_runtime.training.relabel import RelabelError, relabel_actions
 from mtm_runtime.training.rosbag_import import BagImport, read_bag
 from mtm_runtime.training.sources import load_dataset
-from mtm_runtime.training.train import Args, run
+from mtm_runtime.training.train import run
+from mtm_runtime.training.train_args import Args
 
 
 def test_relabelled_actions_are_inferred_marked_and_close(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

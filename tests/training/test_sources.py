@@ -25,7 +25,8 @@ from mtm_runtime.sim.tasks import task_for_provenance
 from mtm_runtime.training.evaluate import evaluate_agent_path
 from mtm_runtime.training.loaders import DatasetError
 from mtm_runtime.training.sources import load_dataset
-from mtm_runtime.training.train import Args, run
+from mtm_runtime.training.train import run
+from mtm_runtime.training.train_args import Args
 
 LOCOMOTION = ("HalfCheetah-v5", "Walker2d-v5", "Ant-v5", "Hopper-v5", "Swimmer-v5", "InvertedPendulum-v5")
 

@@ -14,7 +14,8 @@ from mtm_runtime import masks as M
 from mtm_runtime.checkpoint import load_checkpoint
 from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.datasets import collect, write_hdf5
-from mtm_runtime.training.train import Args, run
+from mtm_runtime.training.train import run
+from mtm_runtime.training.train_args import Args
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: torch.cuda.is_available() is False")
 

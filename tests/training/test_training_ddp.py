@@ -41,6 +41,6 @@ def test_torchrun_two_ranks_end_identical(reacher_small, tmp_path):
     assert digests["0"] == digests["1"]
     ckpt = load_checkpoint(out)  # only rank 0 wrote, and what it wrote loads
     assert ckpt.provenance["world_size"] == 2 and ckpt.provenance["steps"] == 6
-    from mtm_runtime.training.train import weights_digest
+    from mtm_runtime.training.train_checkpoint import weights_digest
 
     assert weights_digest(ckpt.build_model()) == digests["0"]

@@ -13,7 +13,9 @@ from mtm_runtime.checkpoint import load_checkpoint
 from mtm_runtime.spec import RETURNS
 from mtm_runtime.sim.tasks import get_task
 from mtm_runtime.training.datasets import collect, write_hdf5
-from mtm_runtime.training.train import TRAIN_STATE_JSON, Args, run, weights_digest
+from mtm_runtime.training.train import run
+from mtm_runtime.training.train_args import Args
+from mtm_runtime.training.train_checkpoint import TRAIN_STATE_JSON, weights_digest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -182,7 +184,7 @@ def test_fill_actions_reads_each_step_from_its_window_and_hides_every_action(rea
 
 
 def test_self_labelling_run_writes_its_labels_and_resumes_bit_exactly(reacher_het, tmp_path):
-    from mtm_runtime.training.train import SELF_LABELS
+    from mtm_runtime.training.self_label import SELF_LABELS
 
     straight = run(small(reacher_het, tmp_path / "straight", self_label_at=8))
     assert (tmp_path / "straight" / SELF_LABELS).stat().st_size > 0
