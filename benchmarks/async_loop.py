@@ -96,7 +96,7 @@ def bare(rate: float, duration: float) -> dict[str, Any]:
 
 def chunked(rate: float, model_rate: float, duration: float, onnx: Path, monitor: bool) -> dict[str, Any]:
     from mtm_runtime.chunk_loop import ChunkConfig, ChunkLoop
-    from mtm_runtime.control_loop import Command, Fault, LoopConfig
+    from mtm_runtime.loop_types import Command, Fault, LoopConfig
     from mtm_runtime.policy import Policy
 
     pol = Policy.load(onnx, backend="onnxruntime", batch_size=2 if monitor else 1)

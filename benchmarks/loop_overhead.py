@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import emit_json, interleaved, machine, summarise  # noqa: E402
-from mtm_runtime.control_loop import ControlLoop, LoopConfig  # noqa: E402
+from mtm_runtime.control_loop import ControlLoop  # noqa: E402
+from mtm_runtime.loop_types import LoopConfig  # noqa: E402
 from mtm_runtime.policy import Policy  # noqa: E402
 from mtm_runtime.ros_nodes import conversions as conv  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402

@@ -56,7 +56,7 @@ def inject(env: Any, fault: str, joint: int) -> Any:
 
 
 def episode(loop: Any, task: Any, seed: int, fault: str | None, fault_step: int, joint: int) -> dict[str, Any]:
-    from mtm_runtime.control_loop import Command, Fault
+    from mtm_runtime.loop_types import Command, Fault
 
     env = task.make_env()
     obs, _ = env.reset(seed=seed)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from mtm_runtime.chunk_loop import ChunkConfig, ChunkLoop
-    from mtm_runtime.control_loop import LoopConfig
+    from mtm_runtime.loop_types import LoopConfig
     from mtm_runtime.policy import Policy
     from mtm_runtime.sim.tasks import get_task
 

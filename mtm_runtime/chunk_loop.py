@@ -30,7 +30,8 @@ import numpy as np
 
 from mtm_runtime.async_planner import AsyncPlanner
 from mtm_runtime.chunking import ChunkPlanner, ChunkStream, Plan, WorldModelMonitor, interpolate
-from mtm_runtime.control_loop import Command, ControlLoop, Fault, FaultLog, LoopConfig, Log, _no_log
+from mtm_runtime.control_loop import ControlLoop
+from mtm_runtime.loop_types import Command, Fault, FaultLog, LoopConfig, Log, no_log
 from mtm_runtime.latency import LoopStats
 
 CHUNK_MODES = ("sync", "async")
@@ -84,7 +85,7 @@ class ChunkConfig:
 class ChunkLoop(ControlLoop):
     def __init__(self, policy: Any, config: LoopConfig, chunk: ChunkConfig, *,
                  clock_ns: Callable[[], int] = time.time_ns, act_clock: Callable[[], float] = time.monotonic,
-                 faults: FaultLog | None = None, stats: LoopStats | None = None, log: Log = _no_log,
+                 faults: FaultLog | None = None, stats: LoopStats | None = None, log: Log = no_log,
                  threaded: bool = True) -> None:
         super().__init__(policy, config, clock_ns=clock_ns, act_clock=act_clock, faults=faults, stats=stats, log=log)
         self.chunk = chunk

@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mtm_runtime.control_loop import Command, ControlLoop, Fault, LoopConfig
+from mtm_runtime.control_loop import ControlLoop
+from mtm_runtime.loop_types import Command, Fault, LoopConfig
 from mtm_runtime.policy_batch import PolicyBatch
 
 

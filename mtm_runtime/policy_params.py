@@ -21,7 +21,7 @@ import numpy as np
 
 from mtm_runtime import safety_contract as contract
 from mtm_runtime.chunk_loop import CHUNK_MODES, INTERPOLATIONS, MONITOR_ACTIONS, ChunkConfig
-from mtm_runtime.control_loop import TRIGGERS, LoopConfig
+from mtm_runtime.loop_types import TRIGGERS, LoopConfig
 from mtm_runtime.integrity import CheckpointError
 from mtm_runtime import package_paths
 from mtm_runtime.robot import load_robot, robot_of_metadata

@@ -45,7 +45,8 @@ from trajectory_msgs.msg import JointTrajectory
 from mtm_runtime import package_paths
 from mtm_runtime import policy_params as pp
 from mtm_runtime.chunk_loop import ChunkLoop
-from mtm_runtime.control_loop import Command, ControlLoop, Fault, FaultLog
+from mtm_runtime.control_loop import ControlLoop
+from mtm_runtime.loop_types import Command, Fault, FaultLog
 from mtm_runtime.latency import LoopStats
 from mtm_runtime.policy_params import (EXTERNAL_BACKENDS_ENV, PARAMETERS,  # noqa: F401 - re-exported
                                        load_external_policy)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtm_runtime.chunk_loop import ChunkConfig, ChunkLoop
-from mtm_runtime.control_loop import Command, Fault, LoopConfig
+from mtm_runtime.loop_types import Command, Fault, LoopConfig
 from mtm_runtime.policy import Policy
 from mtm_runtime.sim.tasks import Task, get_task
 from mtm_runtime.training.evaluate import _summarise, run_episodes, target_for_score

@@ -48,7 +48,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mtm_runtime.control_loop import Command, Fault, LoopConfig
+from mtm_runtime.loop_types import Command, Fault, LoopConfig
 from mtm_runtime.loop_batch import LoopBatch
 from mtm_runtime.onnx_metadata import read_onnx_metadata
 from mtm_runtime.policy_batch import PolicyBatch

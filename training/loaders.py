@@ -2,7 +2,7 @@
 
 Readers of the other formats (Minari, LeRobotDataset, rosbag2) are beside this module and build
 their episodes with :func:`build_episode`; ``training/sources.py`` picks one by what is on disk.
-HDF5 here: our files (``training/datasets.py``, ``mtm import-bag``; a ``metadata`` group names the
+HDF5 here: our files (written by ``training/hdf5_writer.py``: ``mtm collect``, ``mtm import-bag``; a ``metadata`` group names the
 task or carries the robot file) and any D4RL-layout file (``observations`` and ``actions``
 required; ``rewards`` optional; episodes end at ``terminals | timeouts``, a trailing unflagged
 remainder is kept as a truncated episode; without a task the layout is read from the file).

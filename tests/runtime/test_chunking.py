@@ -13,7 +13,7 @@ from mtm_runtime import masks as M
 from mtm_runtime.backends.torch_backend import TorchBackend
 from mtm_runtime.chunk_loop import ChunkConfig, ChunkLoop
 from mtm_runtime.chunking import ChunkPlanner, ChunkStream, WorldModelMonitor, interpolate
-from mtm_runtime.control_loop import Command, Fault, FaultLog, LoopConfig
+from mtm_runtime.loop_types import Command, Fault, FaultLog, LoopConfig
 from mtm_runtime.model import MTMConfig, build_model
 from mtm_runtime.normalise import Normaliser
 from mtm_runtime.policy import InputError, Policy

@@ -12,7 +12,8 @@ import pytest
 
 from mtm_runtime import policy_params as pp
 from mtm_runtime import safety_contract as contract
-from mtm_runtime.control_loop import Command, ControlLoop, Fault, FaultLog, LoopConfig
+from mtm_runtime.control_loop import ControlLoop
+from mtm_runtime.loop_types import Command, Fault, FaultLog, LoopConfig
 from mtm_runtime.spec import TrajectorySpec
 from scripted_policy import ScriptedPolicy
 

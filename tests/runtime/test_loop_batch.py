@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from export_fixtures import SPEC, make_checkpoint
-from mtm_runtime.control_loop import Command, ControlLoop, LoopConfig
+from mtm_runtime.control_loop import ControlLoop
+from mtm_runtime.loop_types import Command, LoopConfig
 from mtm_runtime.loop_batch import LoopBatch
 from mtm_runtime.policy import Policy
 from mtm_runtime.policy_batch import PolicyBatch
