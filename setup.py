@@ -46,7 +46,8 @@ setup(
         (f"share/{PACKAGE}/models/reacher_embedded",
          [f"models/reacher_embedded/{f}" for f in ("model.safetensors", "mtm.json")]),
     ],
-    package_data={f"{PACKAGE}.sim": ["*.json"], PACKAGE: ["robots/*.yaml"]},  # reference returns (normalised scores), the Hopper expert
+    # reference returns (normalised scores), the locomotion learning runs (experts and medium tiers), the robot files
+    package_data={f"{PACKAGE}.sim": ["*.json", "learning_runs/*.h5"], PACKAGE: ["robots/*.yaml"]},
     zip_safe=True,
     entry_points={
         "console_scripts": [

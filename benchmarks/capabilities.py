@@ -49,14 +49,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.capability_config import CONFIGS, HETERO_SELF_LABEL, REPO  # noqa: E402
+from benchmarks.capability_config import CONFIGS, HETERO_SELF_LABEL, REPO, tiers_for  # noqa: E402
 from benchmarks.capability_jobs import job_main, throughput, torch_threads  # noqa: E402
 from benchmarks.capability_report import (TIERS_BEGIN, TIERS_END, hetero_summary, repo_relative, targets,  # noqa: E402
                                           tier_section, write_report)
 from benchmarks.common import replace_section  # noqa: E402
 
 
-def schedule(jobs: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str, int]]:
+Job = tuple[str, str, str, int, float]   # kind, task, tier, draw, labelled fraction (1.0 for a main job)
+
+
+def schedule(jobs: list[Job]) -> list[Job]:
     """Longest jobs first, so that the pool's last jobs are short and both workers finish together:
     a heteromodal job trains two MTMs (~560 s on the cpu config, with self-labelling and the MLP
     pipeline), a main job one (~300 s). With the heteromodal jobs last the cpu config took 55.2 min
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         from mtm_runtime.training.datasets import TIERS
 
         cfg["tiers"] = tuple(t.strip() for t in a.tiers.split(",") if t.strip())
+        cfg["task_tiers"] = {}
         unknown = sorted(set(cfg["tiers"]) - set(TIERS))
         if unknown:
             p.error(f"--tiers: unknown {', '.join(unknown)}; choose from {', '.join(TIERS)}")
@@ -134,21 +138,25 @@ def main(argv: list[str] | None = None) -> int:
     suffix += "" if cfg["hetero_self_label"] == CONFIGS[a.config]["hetero_self_label"] else f"_self-label-{cfg['hetero_self_label']:g}"
     suffix += "" if cfg["hetero_draws"] == CONFIGS[a.config]["hetero_draws"] else "_draws-" + "-".join(map(str, cfg["hetero_draws"]))
     out = Path(a.out or f"/tmp/mtm_capabilities_{a.config}{suffix}")
-    hetero = [] if a.section else [("hetero", t, "expert", d) for d in cfg["hetero_draws"] for t in cfg["hetero_tasks"]]
-    all_jobs = schedule([("main", t, tier, 0) for tier in cfg["tiers"] for t in cfg["tasks"]] + hetero)
+    hetero: list[Job] = [] if a.section else [("hetero", t, "expert", d, f) for d in cfg["hetero_draws"]
+                                               for t in cfg["hetero_tasks"] for f in cfg["hetero_fraction"][t]]
+    tiers = sorted({tier for t in cfg["tasks"] for tier in tiers_for(cfg, t)}, key=list(cfg["tiers"] + ("expert",)).index)
+    main_jobs: list[Job] = [("main", t, tier, 0, 1.0) for tier in tiers for t in cfg["tasks"] if tier in tiers_for(cfg, t)]
+    all_jobs = schedule(main_jobs + hetero)
     jobs = all_jobs
     if a.only:
         keep = {s.strip() for s in a.only.split(",")}
         jobs = [j for j in jobs if (f"hetero:{j[1]}" if j[0] == "hetero" else f"{j[1]}:{j[2]}") in keep]
     t0 = time.perf_counter()
-    args = [(k, t, tier, d, cfg, str(out)) for k, t, tier, d in jobs]
+    args = [(k, t, tier, d, f, cfg, str(out)) for k, t, tier, d, f in jobs]
     if cfg["workers"] > 1 and len(args) > 1:
         with mp.get_context("spawn").Pool(cfg["workers"], maxtasksperchild=1) as pool:
             results = list(pool.imap(job_main, args, chunksize=1))
     else:
         results = [job_main(j) for j in args]
-    done = {(r["kind"], r["task"], r["tier"], r.get("draw", 0)) for r in results}
-    missing = [f"{k}:{t}:{tier}" + (f":d{d}" if k == "hetero" else "") for k, t, tier, d in all_jobs if (k, t, tier, d) not in done]
+    done = {(r["kind"], r["task"], r["tier"], r.get("draw", 0), r.get("action_fraction", 1.0)) for r in results}
+    missing = [f"{k}:{t}:{tier}" + (f":f{f:g}:d{d}" if k == "hetero" else "") for k, t, tier, d, f in all_jobs
+               if (k, t, tier, d, f) not in done]
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     report = {"config_name": a.config, "config": cfg, "command": command_line(argv), "created": created,
               "machine": machine(), "wall_s": time.perf_counter() - t0, "missing": missing,

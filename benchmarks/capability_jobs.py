@@ -18,15 +18,18 @@ def dataset(out: Path, cfg: dict[str, Any], task: str, tier: str, episodes: int,
             draw: int = 0) -> Path:
     """Collect (or reuse) ``out/data/<config digest>/<task>_<tier>[_fF_dD]_<episodes>.hdf5``: reused
     only by jobs of the same config and commit, so a changed expert or tier definition never trains
-    on the data of an old one. ``draw`` is the label seed of a heteromodal file (``fraction < 1``)."""
+    on the data of an old one. ``draw`` is the label seed of a heteromodal file (``fraction < 1``).
+    Locomotion tiers come from the task's learning run (``training/run_tiers.py``)."""
     from mtm_runtime.sim.tasks import get_task
-    from mtm_runtime.training.datasets import collect, write_hdf5
+    from mtm_runtime.training.datasets import write_hdf5
+    from mtm_runtime.training.run_tiers import collect_tier
 
     tag = "" if fraction >= 1.0 else f"_f{fraction:g}_d{draw}"
     path = out / "data" / config_digest(cfg) / f"{task}_{tier}{tag}_{episodes}.hdf5"
     if not path.exists():
-        data = collect(task, tier, episodes, seed=0, action_fraction=fraction, label_seed=draw)
-        write_hdf5(path.with_suffix(".tmp"), data, get_task(task), tier, 0, fraction, label_seed=draw)
+        data, meta = collect_tier(task, tier, episodes, seed=0, action_fraction=fraction, label_seed=draw,
+                                  workers=1)
+        write_hdf5(path.with_suffix(".tmp"), data, get_task(task), tier, 0, fraction, label_seed=draw, extra=meta)
         os.replace(path.with_suffix(".tmp"), path)
     return path
 
@@ -53,27 +56,29 @@ def eval_policy(path: Path, task: str, mode: str, cfg: dict[str, Any], target: f
     return evaluate_agent_path(path, task, mode, cfg["eval_episodes"], cfg["seeds"], target, workers=1)
 
 
-def job_name(kind: str, task_name: str, tier: str, draw: int) -> str:
-    """``main_<task>_<tier>`` or ``hetero_<task>_<tier>_d<draw>``: the job's result file (and a hetero job's run directory)."""
-    return f"{kind}_{task_name}_{tier}" + (f"_d{draw}" if kind == "hetero" else "")
+def job_name(kind: str, task_name: str, tier: str, draw: int, fraction: float = 1.0) -> str:
+    """``main_<task>_<tier>`` or ``hetero_<task>_<tier>_f<fraction>_d<draw>``: the job's result file
+    (and a hetero job's run directory)."""
+    return f"{kind}_{task_name}_{tier}" + (f"_f{fraction:g}_d{draw}" if kind == "hetero" else "")
 
 
-def job_main(job: tuple[str, str, str, int, dict[str, Any], str]) -> dict[str, Any]:
-    """One benchmark job (in a worker process: one torch thread when jobs run in parallel); ``draw`` only for hetero."""
+def job_main(job: tuple[str, str, str, int, float, dict[str, Any], str]) -> dict[str, Any]:
+    """One benchmark job (in a worker process: one torch thread when jobs run in parallel); ``draw``
+    and the labelled ``fraction`` only for hetero."""
     import torch
 
-    kind, task_name, tier, draw, cfg, out_s = job
+    kind, task_name, tier, draw, fraction, cfg, out_s = job
     if cfg["workers"] > 1:
         torch.set_num_threads(1)  # one thread per parallel job; a lone job keeps torch's default
     out = Path(out_s)
-    result_file = out / "jobs" / f"{job_name(kind, task_name, tier, draw)}.json"
+    result_file = out / "jobs" / f"{job_name(kind, task_name, tier, draw, fraction)}.json"
     digest = config_digest(cfg)
     if result_file.exists():
         cached = json.loads(result_file.read_text())
         if cached.get("config_digest") == digest:
             return cached  # same config: reuse; otherwise the job is rerun from scratch
     t0 = time.perf_counter()
-    res = main_job(task_name, tier, cfg, out) if kind == "main" else hetero_job(task_name, tier, draw, cfg, out)
+    res = main_job(task_name, tier, cfg, out) if kind == "main" else hetero_job(task_name, tier, draw, fraction, cfg, out)
     res.update({"kind": kind, "task": task_name, "tier": tier, "draw": draw, "wall_s": time.perf_counter() - t0,
                 "config_digest": digest})
     result_file.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +192,7 @@ def train_mlp_pipeline(task: Any, all_eps: Sequence[Any], cfg: dict[str, Any], r
     return {"labelled_train_episodes": len(labelled), "train_episodes": len(train_eps)}
 
 
-def hetero_job(task_name: str, tier: str, draw: int, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+def hetero_job(task_name: str, tier: str, draw: int, frac: float, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     from mtm_runtime.checkpoint import load_checkpoint
     from mtm_runtime.sim.tasks import get_task
     from mtm_runtime.training.baselines import train_baseline
@@ -195,9 +200,8 @@ def hetero_job(task_name: str, tier: str, draw: int, cfg: dict[str, Any], out: P
     from mtm_runtime.training.sources import load_episodes
 
     task = get_task(task_name)
-    frac = cfg["hetero_fraction"][task_name]
     data = dataset(out, cfg, task_name, tier, cfg["hetero_episodes"][task_name], frac, draw)
-    run_dir = out / "runs" / job_name("hetero", task_name, tier, draw)
+    run_dir = out / "runs" / job_name("hetero", task_name, tier, draw, frac)
     mtm_lab = train_mtm(cfg, data, run_dir / "mtm_labelled", task_name, labelled_only=True)
     mtm_all = train_mtm(cfg, data, run_dir / "mtm_all", task_name, labelled_share=cfg["hetero_labelled_share"],
                         self_label_at=int(cfg.get("hetero_self_label", 0.0) * cfg["steps"]))

@@ -1,6 +1,6 @@
 """The heteromodal experiment's missing baseline: the same use of state-only episodes without MTM.
 
-    python benchmarks/hetero_mlp_pipeline.py --tasks inverted_double_pendulum --draws 0,1,2,3,4,5
+    python benchmarks/hetero_mlp_pipeline.py --tasks hopper --draws 0,1,2,3,4,5
 
 Per (task, label draw), on the capability benchmark's heteromodal dataset (same file, split, step
 budget and batch as ``capability_jobs.hetero_job``): ``capability_jobs.train_mlp_pipeline`` (an MLP-ID
@@ -33,10 +33,11 @@ def pipeline_job(job: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
     from mtm_runtime.training.sources import load_episodes
 
     task_name, draw, cfg, out_s = job
+    fraction = cfg["hetero_fraction"][task_name][0]   # the first (smallest) labelled fraction of the config
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     task, out = get_task(task_name), Path(out_s)
-    data = dataset(out, cfg, task_name, "expert", cfg["hetero_episodes"][task_name], cfg["hetero_fraction"][task_name], draw)
+    data = dataset(out, cfg, task_name, "expert", cfg["hetero_episodes"][task_name], fraction, draw)
     run_dir = out / "runs" / f"pipeline_{task_name}_d{draw}"
     counts = train_mlp_pipeline(task, load_episodes(data, task), cfg, run_dir)
     score = eval_policy(run_dir / "mlp_bc_all", task_name, "bc", cfg)
@@ -46,7 +47,7 @@ def pipeline_job(job: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="cpu", choices=tuple(CONFIGS))
-    p.add_argument("--tasks", default="inverted_double_pendulum")
+    p.add_argument("--tasks", default="hopper")
     p.add_argument("--draws", default="0,1,2")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="/tmp/mtm_hetero_mlp_pipeline")

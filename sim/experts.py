@@ -10,10 +10,11 @@ to the expert: it behaves like a controller designed on the nominal model.
 * InvertedDoublePendulum-v5: discrete LQR on a finite-difference linearisation of one control
   step (``frame_skip`` physics steps) around the upright equilibrium; Riccati equation solved by
   fixed-point iteration (no scipy needed).
-* Hopper-v5: a linear policy on whitened observations found by Augmented Random Search
-  (``sim/search_linear_expert.py``; parameters in ``sim/hopper_expert.json``). It hops. (A
-  hand-tuned PD balance controller used until 2026-11-25 only stood: return ~1020, alive bonus
-  only, which made Hopper's scores measure survival rather than locomotion.)
+* Hopper-v5, HalfCheetah-v5, Walker2d-v5: the best iterate of the task's ARS learning run (a
+  linear policy on whitened observations; ``sim/ars.py``, stored in ``sim/learning_runs/``), the
+  same run whose earlier iterates and rollouts make the medium tiers (``training/run_tiers.py``).
+  (A hand-tuned PD balance controller used on Hopper until 2026-11-25 only stood: return ~1020,
+  alive bonus only, which made Hopper's scores measure survival rather than locomotion.)
 * Pusher-v5: a two-phase DLS Jacobian controller (move the tip behind the object, then push it
   to the goal). Stretch goal, NOT functional yet: with its first gains it scored below the random
   policy (-215.1 vs -150.5, doing nothing -54.8, 20 seeds, 2026-11-25; control cost -185 of it);
@@ -33,12 +34,12 @@ to the expert: it behaves like a controller designed on the nominal model.
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Callable
 
 import mujoco
 import numpy as np
+
+from mtm_runtime.sim.learning_run import load_run
 
 Expert = Callable[[np.ndarray], np.ndarray]
 
@@ -180,16 +181,15 @@ class IDPExpert:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hopper (and any task with a stored linear policy)
+# Locomotion: the best iterate of a learning run
 # ---------------------------------------------------------------------------------------------
 class LinearExpert:
     """A linear policy on whitened observations, ``a = clip(M (o - mu) / sigma, low, high)``.
 
-    The parameters are data, not code: a JSON file written by ``sim/search_linear_expert.py``
-    (Augmented Random Search, which also acts through this class while it searches), with the
-    command that made it in ``provenance``. Hopper-v5's expert is one: it hops forward (return
-    3649 over 1000 steps; reference numbers in ``sim/reference_returns.json``), where no
-    hand-written controller got past standing.
+    The parameters are data, not code: an iterate of a learning run written by ``sim/ars.py``
+    (Augmented Random Search, which also acts through this class while it searches). The
+    locomotion experts are the best iterates of their runs (``run_expert``); reference numbers in
+    ``sim/reference_returns.json``.
     """
 
     def __init__(self, M: np.ndarray, mu: np.ndarray, sigma: np.ndarray, low: np.ndarray, high: np.ndarray,
@@ -202,18 +202,17 @@ class LinearExpert:
                              f"expected M [{len(low)}, obs_dim] and positive sigma [obs_dim]")
         self.low, self.high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
 
-    @classmethod
-    def load(cls, path: str | Path, low: np.ndarray, high: np.ndarray) -> "LinearExpert":
-        """From the JSON document ``{"M", "mu", "sigma", ...}`` at ``path``."""
-        doc = json.loads(Path(path).read_text())
-        return cls(doc["M"], doc["mu"], doc["sigma"], low, high, where=str(path))
-
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         o = np.asarray(obs, dtype=np.float64)
         return np.clip(self.M @ ((o - self.mu) / self.sigma), self.low, self.high).astype(np.float32)
 
 
-HOPPER_EXPERT_PATH = Path(__file__).with_name("hopper_expert.json")
+def run_expert(task_name: str, env) -> LinearExpert:
+    """The expert iterate of ``task_name``'s bundled learning run (``LearningRun.expert_iterate``),
+    acting in ``env``'s action space."""
+    run = load_run(task_name)
+    return LinearExpert(*run.iterate(run.expert_iterate()), env.action_space.low, env.action_space.high,
+                        where=f"{task_name} learning run")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +269,9 @@ class PusherExpert:
 EXPERTS: dict[str, Callable[..., Expert]] = {
     "Reacher-v5": lambda env: ReacherExpert(_unwrapped_model(env)),
     "InvertedDoublePendulum-v5": lambda env: IDPExpert(_unwrapped_model(env), frame_skip=env.unwrapped.frame_skip),
-    "Hopper-v5": lambda env: LinearExpert.load(HOPPER_EXPERT_PATH, env.action_space.low, env.action_space.high),
+    "Hopper-v5": lambda env: run_expert("hopper", env),
+    "HalfCheetah-v5": lambda env: run_expert("halfcheetah", env),
+    "Walker2d-v5": lambda env: run_expert("walker2d", env),
     "Pusher-v5": lambda env: PusherExpert(_unwrapped_model(env)),
 }
 

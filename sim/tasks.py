@@ -280,6 +280,8 @@ TASKS: dict[str, Task] = {
     "reacher": task_for_robot(bundled_robot("reacher"), goal_slice=(4, 6)),
     "inverted_double_pendulum": task_for_robot(bundled_robot("inverted_double_pendulum")),
     "hopper": task_for_robot(bundled_robot("hopper")),
+    "halfcheetah": task_for_robot(bundled_robot("halfcheetah")),
+    "walker2d": task_for_robot(bundled_robot("walker2d")),
     "pusher": task_for_robot(bundled_robot("pusher")),
 }
 _BY_ENV_ID = {t.env_id: t for t in TASKS.values()}

@@ -50,7 +50,8 @@ URDF = """\
 
 
 def test_bundled_robots_are_the_benchmark_tasks() -> None:
-    assert sorted(p.stem for p in BUNDLED_ROBOTS.glob("*.yaml")) == ["hopper", "inverted_double_pendulum", "pusher", "reacher"]
+    assert sorted(p.stem for p in BUNDLED_ROBOTS.glob("*.yaml")) == ["halfcheetah", "hopper", "inverted_double_pendulum", "pusher",
+                                                                   "reacher", "walker2d"]
     r = bundled_robot("reacher")
     assert r.joints == ("joint0", "joint1") and r.state_dim == 8 and dict(r.extras) == {"goals": 2}
     assert dict(r.success) == {"body": "fingertip", "target": "target", "radius": 0.02}

@@ -34,17 +34,17 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     assert first["missing"] == []
     kinds = sorted((r["kind"], r["task"]) for r in first["results"])
     assert kinds == [("hetero", "reacher"), ("hetero", "reacher"), ("main", "reacher")]
-    het = first["hetero_summary"]["reacher"]                      # two draws of the labelled episodes
+    het = first["hetero_summary"]["reacher@10%"]                  # two draws of the labelled episodes
     assert het["draws"] == [0, 1] and len(het["gap_per_draw"]) == 2 and min(het["labelled_train_episodes"]) >= 1
-    files = [json.loads((tmp_path / "jobs" / f"hetero_reacher_expert_d{d}.json").read_text())["dataset"] for d in (0, 1)]
+    files = [json.loads((tmp_path / "jobs" / f"hetero_reacher_expert_f0.1_d{d}.json").read_text())["dataset"] for d in (0, 1)]
     with h5py.File(files[0]) as a, h5py.File(files[1]) as b:  # same rollouts, other episodes labelled
         assert np.array_equal(a["observations"][()], b["observations"][()])
         assert not np.array_equal(a["infos/action_present"][()], b["infos/action_present"][()])
-    assert "| reacher | " in md_het(first["markdown"]) and "| MLP-ID -> MLP-BC (all) |" in md_het(first["markdown"])
+    assert "| reacher@10% | " in md_het(first["markdown"]) and "| MLP-ID -> MLP-BC (all) |" in md_het(first["markdown"])
     hetero = next(r for r in first["results"] if r["kind"] == "hetero")
     assert np.isfinite(hetero["rollouts"]["mlp_id_then_bc"]["score_mean"])     # the MLP pipeline ran beside the MTMs
     assert np.isfinite(het["pipeline_minus_mtm"]) and "MLP-ID -> MLP-BC minus heteromodal MTM" in first["markdown"]
-    run_dir = tmp_path / "runs" / "hetero_reacher_expert_d0"
+    run_dir = tmp_path / "runs" / "hetero_reacher_expert_f0.1_d0"
     assert (run_dir / "mtm_all" / "self_labels.safetensors").exists()       # self-labelling is the config's default
     assert not (run_dir / "mtm_labelled" / "self_labels.safetensors").exists()
     assert "self-labelled (its own inverse dynamics fill the missing actions) at 0.5 of its steps" in first["markdown"]
@@ -52,9 +52,10 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     rendered = tmp_path / "rendered.md"                     # --render: the same report from the saved JSON
     assert capabilities.main(["--render", str(tmp_path / "results.json"), "--results", str(rendered)]) == 0
     assert rendered.read_text() == first["markdown"]
-    wider = {**first, "config": {**first["config"], "tasks": ["reacher", "hopper"]}}   # a task left out is named, with why
+    # a task left out is named, with why
+    wider = {**first, "config": {**first["config"], "tasks": ["reacher", "inverted_double_pendulum"]}}
     write_report(wider, tmp_path / "wider.md")
-    assert f"hopper: {HETERO_LEFT_OUT['hopper']}" in (tmp_path / "wider.md").read_text()
+    assert f"inverted_double_pendulum: {HETERO_LEFT_OUT['inverted_double_pendulum']}" in (tmp_path / "wider.md").read_text()
     main = next(r for r in first["results"] if r["kind"] == "main")
     assert set(main["rollouts"]) >= {"mtm_bc", "mtm_rcbc", "mtm_goal", "mlp_bc", "mlp_rcbc", "mlp_gcbc"}
     assert set(main["id_fd"]) == {"mtm", "mlp_id", "mlp_fd"}
@@ -63,6 +64,10 @@ def test_smoke_config_end_to_end_and_job_cache(tmp_path: Path) -> None:
     claims = [t[0] for t in first["targets"]]
     assert any("heteromodal" in c for c in claims) and any("ID/FD" in c for c in claims)
     md = first["markdown"]
+    # Reacher: success is the headline, and its scores are also given with doing nothing as the floor
+    assert "### Reacher: success (the headline) and a score whose floor is doing nothing" in md
+    assert "| expert (success) | " in md and "| expert (score) | " in md
+    assert main["rollouts"]["mtm_bc"]["score_mean"] is not None and "| spread |" in md
     assert "## Targets" in md and "MTM training masks auto, id, fd, rcbc" in md and "| reacher | expert |" in md
 
     job = tmp_path / "jobs" / "main_reacher_expert.json"
@@ -86,7 +91,7 @@ def test_self_label_and_draws_options_reach_the_heteromodal_model(tmp_path: Path
     report = _run(tmp_path, "--self-label", "0", "--draws", "3", "--only", "hetero:reacher")
     assert report["config"]["hetero_self_label"] == 0 and report["config"]["hetero_draws"] == [3]
     assert "self-labelled" not in report["markdown"]
-    run_dir = tmp_path / "runs" / "hetero_reacher_expert_d3"
+    run_dir = tmp_path / "runs" / "hetero_reacher_expert_f0.1_d3"
     assert (run_dir / "mtm_all" / "model.safetensors").exists()
     assert not (run_dir / "mtm_all" / "self_labels.safetensors").exists()   # --self-label 0: plain heteromodal MTM
 
@@ -164,3 +169,45 @@ def test_tiers_option_runs_the_named_tiers_as_a_section_and_refuses_unknown_ones
     with pytest.raises(SystemExit) as e:
         capabilities.main(["--config", "smoke", "--tiers", "medium,bogus", "--results", "", "--json", ""])
     assert e.value.code == 2
+
+
+def test_floor_score_maps_doing_nothing_to_zero_and_the_expert_to_100_and_marks_flat_rows() -> None:
+    """The Reacher rescoring is exact at its two anchors, and a row whose methods lie within
+    DISCRIMINATES points is marked as not discriminating."""
+    from benchmarks.capability_report import floor_score, spread
+    from mtm_runtime.sim.tasks import get_task
+
+    ref = get_task("reacher").reference_returns
+    as_score = lambda R: 100 * (R - ref["random"]) / (ref["expert"] - ref["random"])  # noqa: E731
+    zero = floor_score({"score_mean": as_score(ref["zero"]), "score_std": 1.0}, "reacher")
+    expert = floor_score({"score_mean": as_score(ref["expert"]), "score_std": 1.0}, "reacher")
+    assert zero is not None and expert is not None
+    assert abs(zero["score_mean"]) < 1e-9 and abs(expert["score_mean"] - 100) < 1e-9
+    assert expert["score_std"] > 1.0                     # the zero floor sits above random: a wider scale
+    row = {"task": "hopper", "rollouts": {m: {"score_mean": v, "score_std": 0.0} for m, v in
+                                          (("mtm_bc", 50.0), ("mlp_bc", 52.0), ("mtm_rcbc", 53.9), ("mlp_rcbc", 51.0))}}
+    assert spread(row) == "3.9 (not discriminating)"
+    row["rollouts"]["mlp_bc"]["score_mean"] = 40.0
+    assert spread(row) == "13.9"
+
+
+def test_reference_columns_and_parity_target_render_from_a_merged_cell(tmp_path: Path, capsys) -> None:
+    """A main cell with a reference result (as ``benchmarks/reference_mtm.py`` merges it) gains the
+    reference MTM columns and the parity target; a wrong snapshot path is one line and exit 2."""
+    from benchmarks import reference_mtm
+    from benchmarks.capability_report import main_job_tables, parity_target
+
+    roll = lambda v: {"score_mean": v, "score_std": 1.0, "success_mean": None}  # noqa: E731
+    cell = {"kind": "main", "task": "hopper", "tier": "medium-replay", "data_score": {"score_mean": 20.0, "score_std": 5.0},
+            "rollouts": {"mtm_bc": roll(40.0), "mlp_bc": roll(30.0), "mtm_rcbc": roll(60.0), "mlp_rcbc": roll(50.0)},
+            "id_fd": {"mtm": {"id_error": 0.2, "fd_error": 0.3}, "mlp_id": {"id_error": 0.1}, "mlp_fd": {"fd_error": 0.1}},
+            "reference": {"rollouts": {"ref_bc": roll(42.0), "ref_rcbc": roll(70.0)},
+                          "id_fd": {"id_error": 0.25, "fd_error": 0.25}}}
+    md = "\n".join(main_job_tables([cell], ["hopper"]))
+    assert "ref. MTM BC | ref. MTM RCBC |" in md and "| 42.0 ± 1.0 | 70.0 ± 1.0 |" in md
+    assert "ref. MTM ID | ref. MTM FD |" in md and "| 0.25 | 0.25 |" in md
+    claim, ok, ev = parity_target([cell])
+    assert ok is False and "2/4 hold" in ev and "RCBC 60.0 vs 70.0" in ev   # RCBC 60 < 0.9 x 70; FD 0.3 > 1.1 x 0.25
+    assert reference_mtm.main(["--reference", str(tmp_path), "--json", "", "--results", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a facebookresearch/mtm snapshot" in err

@@ -126,16 +126,16 @@ def test_first_episode_waits_for_its_subscribers(ros_env) -> None:
 
 
 def test_bridge_serves_any_gymnasium_mujoco_id(ros_env) -> None:
-    """Not a benchmark task: HalfCheetah-v5 behind the same topics, lockstep equal to in-process."""
-    task, seed = get_task("HalfCheetah-v5"), 3
+    """Not a benchmark task: Swimmer-v5 behind the same topics, lockstep equal to in-process."""
+    task, seed = get_task("Swimmer-v5"), 3
     with Graph() as g:
         policy = ScriptedPolicy(state_width=task.state_dim, action_width=task.action_dim, gain=0.3)
         node = _graph_with_policy(g, policy)
         bridge = g.add(SimBridge(context=g.context, parameter_overrides=[
-            Parameter("task", value="HalfCheetah-v5"), Parameter("mode", value="lockstep"),
+            Parameter("task", value="Swimmer-v5"), Parameter("mode", value="lockstep"),
             Parameter("seed", value=seed), Parameter("episodes", value=1), Parameter("max_episode_steps", value=40)]))
         g.start()
-        g.wait_for(lambda: bridge.finished, timeout=60.0, what="one HalfCheetah episode")
+        g.wait_for(lambda: bridge.finished, timeout=60.0, what="one Swimmer episode")
         assert [r["steps"] for r in bridge.results] == [40] and node.stats.faults == 0
         assert np.isnan(bridge.results[0]["normalised_score"])     # no reference returns for this env
         env = task.make_env(seed=seed, episode_steps=40)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mtm_runtime.sim.experts import IDPExpert
 from mtm_runtime.sim.tasks import get_task
@@ -45,10 +46,12 @@ def test_idp_lqr_closed_loop_is_stable() -> None:
     assert max(abs(np.linalg.eigvals(A - B @ K))) < 1.0  # and stable with LQR
 
 
-def test_hopper_expert_hops_forward_for_the_whole_episode() -> None:
-    """The ARS linear expert hops: full length, its reference return, and metres of progress
-    (a stander, like the old balance controller, scores ~1000 and moves well under a metre)."""
-    task = get_task("hopper")
+@pytest.mark.parametrize("name", ["hopper", "walker2d", "halfcheetah"])
+def test_locomotion_expert_moves_forward_for_the_whole_episode(name: str) -> None:
+    """Each learning run's final iterate locomotes: full length, its reference return, and metres
+    of progress (a stander, like the old Hopper balance controller, scores ~1000 and moves well
+    under a metre)."""
+    task = get_task(name)
     env = task.make_env(seed=0)
     obs, _ = env.reset(seed=0)
     expert = task.make_expert(env)
@@ -60,40 +63,40 @@ def test_hopper_expert_hops_forward_for_the_whole_episode() -> None:
         if terminated or truncated:
             break
     assert steps == 1000
-    assert task.normalised_score(total) > 95
+    assert task.normalised_score(total) > 90
     assert float(env.unwrapped.data.qpos[0]) - x0 > 5.0
 
 
-def test_linear_expert_refuses_a_file_of_the_wrong_shape(tmp_path) -> None:
-    import json
-
-    import pytest
-
+def test_linear_expert_refuses_parameters_of_the_wrong_shape() -> None:
     from mtm_runtime.sim.experts import LinearExpert
 
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps({"M": [[0.0] * 11] * 2, "mu": [0.0] * 11, "sigma": [1.0] * 11}))
     with pytest.raises(ValueError, match="expected M"):
-        LinearExpert.load(path, np.full(3, -1.0), np.full(3, 1.0))
+        LinearExpert(np.zeros((2, 11)), np.zeros(11), np.ones(11), np.full(3, -1.0), np.full(3, 1.0))
 
 
-def test_linear_expert_search_is_deterministic_and_loadable(tmp_path) -> None:
-    """Three ARS iterations on real Hopper: same seed -> same policy, for 1 or 2 workers, and
-    the written JSON loads as a LinearExpert that acts within the action space."""
-    import json
-
+def test_ars_run_is_deterministic_for_any_worker_count_and_replays_its_rollouts(tmp_path) -> None:
+    """Three ARS iterations on real Hopper: same seed -> same iterates and returns for 1 or 2
+    workers; the saved run loads back equal; replaying an iteration remakes its rollouts (same
+    returns as recorded, per-step arrays in the D4RL layout); the final iterate acts in range."""
+    from mtm_runtime.sim.ars import replay_iterations, search
     from mtm_runtime.sim.experts import LinearExpert
-    from mtm_runtime.sim.search_linear_expert import search
+    from mtm_runtime.sim.learning_run import ARSConfig, LearningRun
 
-    a = search("hopper", iterations=3, directions=2, top=1, seed=5, workers=1, log=lambda _s: None)
-    b = search("hopper", iterations=3, directions=2, top=1, seed=5, workers=2, log=lambda _s: None)
-    assert np.array_equal(np.asarray(a["M"]), np.asarray(b["M"]))
-    assert np.any(np.asarray(a["M"]) != 0.0)
-    path = tmp_path / "hopper_linear.json"
-    path.write_text(json.dumps(a))
+    cfg = ARSConfig(directions=2, top=1, shift=1.0, eval_every=2, eval_episodes=2)
+    a = search("hopper", iterations=3, cfg=cfg, seed=5, workers=1, log=lambda _s: None)
+    b = search("hopper", iterations=3, cfg=cfg, seed=5, workers=2, log=lambda _s: None)
+    assert np.array_equal(a.M, b.M) and np.array_equal(a.returns, b.returns)
+    assert a.M.shape == (4, 3, 11) and np.any(a.M[-1] != 0.0) and np.all(a.M[0] == 0.0)
+    assert list(a.eval_iterations) == [2, 3]
+    loaded = LearningRun.load(a.save(tmp_path / "run.h5"))
+    assert np.array_equal(loaded.M, a.M) and loaded.config == cfg and loaded.curve() == a.curve()
+    episodes, mismatches = replay_iterations(loaded, [1])
+    assert mismatches == 0 and len(episodes) == 4
+    assert [float(ep["rewards"].sum(dtype=np.float64)) for ep in episodes] == pytest.approx(list(a.returns[1].reshape(-1)), rel=1e-5)
+    assert all(ep["observations"].shape == (len(ep["rewards"]), 11) for ep in episodes)
     env = get_task("hopper").make_env()
     obs, _ = env.reset(seed=0)
-    act = LinearExpert.load(path, env.action_space.low, env.action_space.high)(obs)
+    act = LinearExpert(*loaded.iterate(3), env.action_space.low, env.action_space.high)(obs)
     assert act.shape == (3,) and np.all(np.abs(act) <= 1.0)
 
 

@@ -19,10 +19,11 @@ def test_get_task_by_name_and_env_id_and_clear_error() -> None:
 
 
 def test_any_gymnasium_environment_is_a_task() -> None:
-    task = get_task("HalfCheetah-v5")     # not a benchmark task: read from one instance of the env
-    assert (task.obs_dim, task.action_dim, task.episode_steps) == (17, 6, 1000)
-    assert task.joint_names[0] == "bthigh" and not task.has_reference
+    task = get_task("Ant-v5")             # not a benchmark task: read from one instance of the env
+    assert (task.obs_dim, task.action_dim, task.episode_steps) == (105, 8, 1000)
+    assert task.joint_names[0] == "hip_4" and not task.has_reference
     assert task.robot is not None and task.robot.limits is not None and task.robot.rate_hz == pytest.approx(20.0)
+    assert get_task("HalfCheetah-v5") is get_task("halfcheetah")   # a benchmark task by its env id
     assert task.score_or_none(123.0) is None
     with pytest.raises(KeyError, match="not a flat Box"):
         get_task("CartPole-v1")           # discrete actions
@@ -65,7 +66,7 @@ def test_reacher_goal_is_the_target() -> None:
 
 def test_reference_returns_are_frozen_in_json() -> None:
     table = json.loads(REFERENCE_RETURNS_PATH.read_text())
-    for name in ("reacher", "inverted_double_pendulum", "hopper"):
+    for name in ("reacher", "inverted_double_pendulum", "hopper", "halfcheetah", "walker2d"):
         task = TASKS[name]
         assert task.reference_returns["random"] == table[name]["random"]
         assert task.reference_returns["expert"] == table[name]["expert"]
