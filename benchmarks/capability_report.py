@@ -214,8 +214,8 @@ def main_job_tables(res: list[dict[str, Any]], tasks: Sequence[str], level: str 
          "Data: the dataset's own score (its behaviour policy), mean ± std over its episodes. Spread: the best "
          f"minus the worst method of the row; under {DISCRIMINATES:g} points the row cannot tell a good implementation "
          "from a poor one and is marked. Locomotion tiers come from an ARS learning run (training/run_tiers.py): "
-         "medium = its first iterate at a third of the final return, medium-replay = every rollout it made up to "
-         "that iterate.", "",
+         "expert = its best iterate, medium = its first iterate a third of the way from the random policy's return "
+         "to the expert's, medium-replay = every rollout it made up to that iterate.", "",
          "| task | tier | data | MTM BC | MLP-BC | MTM RCBC | MLP-RCBC | MTM goal | MLP-GCBC |"
          + (" ref. MTM BC | ref. MTM RCBC |" if has_reference(res) else "") + " spread |",
          "| --- " * (10 + 2 * has_reference(res)) + "|"]
@@ -301,7 +301,10 @@ def run_header(report: dict[str, Any]) -> list[str]:
             "ARS learning run; 0 = uniform random), mean ± std over evaluation seeds. "
             f"Wall time of this invocation {report['wall_s'] / 60:.1f} min; sum of the job wall times "
             f"{sum(r.get('wall_s', 0) for r in res) / 60:.1f} min ({report['config']['workers']} jobs in parallel; "
-            "jobs cached from an earlier invocation of the same config are reused).", ""]
+            "jobs cached from an earlier invocation of the same config are reused)."
+            + (f" Reference MTM columns: `{repo_relative(report['reference_command'])}` (github facebookresearch/mtm "
+               "imported from that snapshot; same files, split, budget and size; benchmarks/reference_mtm.py)."
+               if report.get("reference_command") else ""), ""]
 
 
 def write_report(report: dict[str, Any], path_md: Path) -> None:

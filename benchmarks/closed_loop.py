@@ -311,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                 "miss_fraction_added": round(pol["miss_fraction"] - base["miss_fraction"], 6)}
         entry["targets"] = verdict(rate, pol)
         result["settings"][f"{rate}hz"] = entry
-        print(f"[closed_loop] {rate} Hz: achieved {pol['achieved_rate_hz']} Hz, misses {pol['miss_fraction']:.4%}, "
+        print(f"[closed_loop] {rate} Hz: achieved {pol['achieved_rate_hz']} Hz, misses {pol['miss_fraction']:.4%} "
+              f"({pol.get('misses_after_reset', '?')} of {pol['deadline_misses']} within 10 periods of an episode start; "
+              f"echo {base['miss_fraction'] if base else float('nan'):.4%}), "
               f"latency p50 {pol['latency_ms']['p50']} ms p99 {pol['latency_ms']['p99']} ms "
               f"max {pol['latency_ms']['max']} ms; bridge tick p99 {pol['tick_callback_ms']['p99']} ms",
               file=sys.stderr, flush=True)

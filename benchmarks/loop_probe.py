@@ -53,6 +53,7 @@ class LoopProbe:
         self.n_step = 0
         self.tick_t = np.zeros(capacity)
         self.n_tick = 0
+        self.miss_t: list[float] = []       # tick times of the misses (to place them: after a reset?)
         self.sent: dict[int, float] = {}
         self.last_stamp: int | None = None
         self.answered = True
@@ -102,6 +103,7 @@ class LoopProbe:
             self.n_tick += 1
         if self.last_stamp is not None and not self.answered:
             self.misses += 1
+            self.miss_t.append(t)
         if self.stream:
             self.answered = False  # the next period needs a command of its own
 
@@ -109,6 +111,11 @@ class LoopProbe:
         if self.measuring and self.n_step < len(self.step_s):
             self.step_s[self.n_step] = seconds
             self.n_step += 1
+
+    def misses_after(self, starts: list[float], within_s: float) -> int:
+        """Misses at most ``within_s`` after one of the ``starts`` (episode starts: the first
+        states of an episode wait for the policy's reset)."""
+        return sum(any(0.0 <= t - s0 <= within_s for s0 in starts) for t in self.miss_t)
 
     def result(self, period_s: float) -> dict[str, Any]:
         dur = max(self.t_end - self.t_start, 1e-9)
@@ -156,6 +163,7 @@ def run_bridge(argv: list[str]) -> int:
         def __init__(self, **kw: Any) -> None:
             self.probe = LoopProbe(stream=os.environ.get("MTM_BENCH_STREAM") == "1")
             self.resets: list[float] = []
+            self.episode_starts: list[float] = []
             self._reset_began = 0.0
             super().__init__(**kw)
             self.period_s = 1.0 / (float(self.p("control_rate_hz")) or 1.0 / self.dt)
@@ -178,6 +186,7 @@ def run_bridge(argv: list[str]) -> int:
         def _start_episode(self) -> None:
             if self._resetting and self.probe.measuring:
                 self.resets.append(time.monotonic() - self._reset_began)
+                self.episode_starts.append(time.monotonic())
             super()._start_episode()
 
         def _on_realtime_tick(self) -> None:
@@ -215,6 +224,9 @@ def run_bridge(argv: list[str]) -> int:
         res.update({"executor": name, "env_steps": node.steps_measured,
                     "achieved_rate_hz": round(node.steps_measured / dur, 2),
                     "episode_resets": len(node.resets),
+                    # where the misses fall: within 10 periods of an episode start (the policy
+                    # node's reset service and its first states) or in steady stepping
+                    "misses_after_reset": node.probe.misses_after(node.episode_starts, 10 * node.period_s),
                     "reset_pause_ms": {"p50": round(float(np.median(node.resets)) * 1e3, 3) if node.resets else None,
                                        "max": round(max(node.resets) * 1e3, 3) if node.resets else None}})
         _write(out, res)

@@ -37,7 +37,7 @@ from safetensors.torch import save as st_save
 
 from mtm_runtime.fileio import atomic_write, sha256_bytes
 from mtm_runtime.fingerprint import FP32_TOLERANCE, check_fingerprint, record_fingerprint, torch_runner
-from mtm_runtime.integrity import (INTEGRITY_FIELD, CheckpointError, Trust, check_json_stamp, resolve_trust,
+from mtm_runtime.integrity import (INTEGRITY_FIELD, CheckpointError, read_json_object, Trust, check_json_stamp, resolve_trust,
                                    stamp_json)
 from mtm_runtime.model import MAX_MODEL_BYTES, MTM, MTMConfig, memory_estimate
 from mtm_runtime.normalise import Normaliser
@@ -222,15 +222,7 @@ def _read_meta(d: Path) -> tuple[Path, dict[str, Any]]:
     meta_path = d / META_FILE
     if not d.is_dir():
         raise CheckpointError(d, "(directory)", "not a checkpoint directory")
-    if not meta_path.is_file():
-        raise CheckpointError(meta_path, "(file)", "missing")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(meta_path, "(json)", f"not valid JSON: {e}") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(meta_path, "(root)", "metadata must be a JSON object")
-    return meta_path, meta
+    return meta_path, read_json_object(meta_path, root="metadata must be a JSON object")
 
 
 def _read_weights(d: Path, meta_path: Path, meta: Mapping[str, Any], spec: TrajectorySpec,

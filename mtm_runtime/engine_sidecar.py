@@ -12,14 +12,13 @@ cache, ``export.trt_engine.ensure_engine``, rebuilds only then). Nothing here ne
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from mtm_runtime.checkpoint import CheckpointError
 from mtm_runtime.fileio import sha256_file
-from mtm_runtime.integrity import Trust, check_json_stamp
+from mtm_runtime.integrity import Trust, check_json_stamp, read_json_object
 from mtm_runtime.onnx_graph import PARITY_TOLERANCE
 
 SIDECAR_SUFFIX = ".json"
@@ -83,14 +82,7 @@ def read_engine_sidecar(path: str | os.PathLike, trust: Trust | None = None) -> 
     if not p.is_file():
         raise CheckpointError(p, "(file)", "missing")
     sp = sidecar_path(p)
-    if not sp.is_file():
-        raise CheckpointError(sp, "(file)", "missing: every engine needs its sidecar (built by `mtm export trt`)")
-    try:
-        meta = json.loads(sp.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(sp, "(json)", f"not valid JSON: {e}") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(sp, "(root)", "must be a JSON object")
+    meta = read_json_object(sp, missing="missing: every engine needs its sidecar (built by `mtm export trt`)")
     if not isinstance(meta.get("engine"), dict):
         raise CheckpointError(sp, "engine", "missing: not an engine sidecar")
     check_json_stamp(meta, sp, engine_section(p), trust)

@@ -32,9 +32,7 @@ Three ways to get features:
 from __future__ import annotations
 
 import copy
-import io
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -48,7 +46,7 @@ from mtm_runtime.checkpoint import Checkpoint, CheckpointError, load_checkpoint,
 from mtm_runtime.fileio import atomic_write
 from mtm_runtime.model import MTM
 from mtm_runtime.normalise import Normaliser
-from mtm_runtime.onnx_graph import INPUT_NAMES, SUPPORTED_OPSETS, ExportError, check_allowed_ops, clean_graph
+from mtm_runtime.onnx_graph import SUPPORTED_OPSETS, ExportError, check_allowed_ops, trace_graph
 from mtm_runtime.onnx_metadata import read_onnx_metadata, set_metadata, weights_sha256
 from mtm_runtime.spec import ACTIONS, GOALS, STATES, TrajectorySpec
 
@@ -195,13 +193,7 @@ def export_features_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None
     static = FeatureExtractor(fx.mtm, kind, packed=False).eval()
     x = torch.zeros(batch_size, spec.horizon, spec.packed_width)
     m = torch.from_numpy(np.broadcast_to(feature_mask(spec, kind), (batch_size, spec.horizon, spec.num_modalities)).copy())
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(static, (x, m), buf, dynamo=False, opset_version=opset,  # type: ignore[arg-type]  # torch accepts a file object
-                          input_names=list(INPUT_NAMES), output_names=[FEATURES_OUTPUT],
-                          do_constant_folding=True, export_params=True)
-    proto = clean_graph(onnx.load_from_string(buf.getvalue()))
+    proto = trace_graph(static, x, m, FEATURES_OUTPUT, opset)
     proto.producer_name = "mtm_runtime.features"
     proto.doc_string = f"MTM features ({kind}) {spec.describe()} batch {batch_size}: (x, mask) -> features"
     try:

@@ -64,6 +64,20 @@ class CheckpointError(ValueError):
         super().__init__(f"{path}: {field_name}: {message}")
 
 
+def read_json_object(path: Path, missing: str = "missing", root: str = "must be a JSON object") -> dict[str, Any]:
+    """The JSON object in the metadata file ``path`` (``mtm.json``, an engine sidecar), or
+    CheckpointError naming the file: absent (``missing``), not valid JSON, not an object (``root``)."""
+    if not path.is_file():
+        raise CheckpointError(path, "(file)", missing)
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, "(json)", f"not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(path, "(root)", root)
+    return meta
+
+
 def canonical_json(obj: Any) -> bytes:
     """The one serialisation that is hashed: sorted keys, no whitespace, ASCII, no NaN/Inf."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()

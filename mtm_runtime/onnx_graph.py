@@ -77,13 +77,27 @@ class TracedGraph(NamedTuple):
 
 
 # ---- conversion ---------------------------------------------------------------------------------
+def trace_graph(module: Any, x: Any, m: Any, output_name: str, opset: int) -> Any:
+    """``module(x, mask)`` traced with the TorchScript exporter (constant folding, the weights
+    inside) and cleaned (``clean_graph``): the one tracing step of the model and features graphs."""
+    import onnx
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript exporter deprecation / tracer warnings
+        torch.onnx.export(module, (x, m), buf, dynamo=False, opset_version=opset,  # type: ignore[arg-type]  # torch accepts a file object
+                          input_names=list(INPUT_NAMES), output_names=[output_name],
+                          do_constant_folding=True, export_params=True)
+    return clean_graph(onnx.load_from_string(buf.getvalue()))
+
+
 def checked_graph(ckpt: Checkpoint, batch_size: int = 1, opset: int = DEFAULT_OPSET) -> TracedGraph:
     """Trace ``ckpt``'s network into a static-shape graph and run every check on it.
 
     Static shapes: B = ``batch_size``, T and D/M from the checkpoint's spec. ExportError for an
     unsupported opset or batch size, a failed graph check or a parity failure.
     """
-    import onnx
     import torch
 
     if not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
@@ -96,13 +110,7 @@ def checked_graph(ckpt: Checkpoint, batch_size: int = 1, opset: int = DEFAULT_OP
     model = ckpt.build_model()
     x = torch.zeros(batch_size, spec.horizon, spec.packed_width)
     m = torch.ones(batch_size, spec.horizon, spec.num_modalities)
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript exporter deprecation / tracer warnings
-        torch.onnx.export(model, (x, m), buf, dynamo=False, opset_version=opset,  # type: ignore[arg-type]  # torch accepts a file object
-                          input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                          do_constant_folding=True, export_params=True)
-    proto = clean_graph(onnx.load_from_string(buf.getvalue()))
+    proto = trace_graph(model, x, m, OUTPUT_NAME, opset)
     proto.producer_name = "mtm_runtime.onnx_graph"
     proto.doc_string = f"MTM {spec.describe()} batch {batch_size}: (x, mask) -> y; metadata in '{METADATA_KEY}'"
     validate_onnx(proto, batch_size, spec)
