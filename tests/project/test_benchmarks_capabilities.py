@@ -211,3 +211,20 @@ def test_reference_columns_and_parity_target_render_from_a_merged_cell(tmp_path:
     assert reference_mtm.main(["--reference", str(tmp_path), "--json", "", "--results", ""]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a facebookresearch/mtm snapshot" in err
+
+
+def test_reference_job_trains_and_scores_the_real_reference_from_a_snapshot(tmp_path: Path) -> None:
+    """The optional reference job end to end on the smoke config, with the real reference code
+    (github facebookresearch/mtm) from the snapshot that ``MTM_REFERENCE`` names."""
+    import os
+
+    from benchmarks import reference_mtm
+
+    root = os.environ.get("MTM_REFERENCE", "")
+    if not root:
+        pytest.skip("MTM_REFERENCE is not set: no facebookresearch/mtm snapshot to import (the reference job is optional)")
+    assert reference_mtm.main(["--reference", root, "--config", "smoke", "--out", str(tmp_path), "--json", "",
+                               "--results", "", "--workers", "1"]) == 0
+    cell = json.loads((tmp_path / "reference" / "reacher_expert.json").read_text())
+    assert set(cell["rollouts"]) == {"ref_bc", "ref_rcbc"} and np.isfinite(cell["rollouts"]["ref_bc"]["score_mean"])
+    assert cell["id_fd"]["id_error"] > 0 and cell["train"]["steps"] == 20
