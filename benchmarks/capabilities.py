@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out or f"/tmp/mtm_capabilities_{a.config}{suffix}")
     hetero: list[Job] = [] if a.section else [("hetero", t, "expert", d, f) for d in cfg["hetero_draws"]
                                                for t in cfg["hetero_tasks"] for f in cfg["hetero_fraction"][t]]
-    tiers = sorted({tier for t in cfg["tasks"] for tier in tiers_for(cfg, t)}, key=list(cfg["tiers"] + ("expert",)).index)
+    tiers = dict.fromkeys([*cfg["tiers"], *(tier for t in cfg["tasks"] for tier in tiers_for(cfg, t))])  # tier-major
     main_jobs: list[Job] = [("main", t, tier, 0, 1.0) for tier in tiers for t in cfg["tasks"] if tier in tiers_for(cfg, t)]
     all_jobs = schedule(main_jobs + hetero)
     jobs = all_jobs

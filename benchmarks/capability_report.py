@@ -70,7 +70,7 @@ def hetero_summary(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def count_target(claim: str, hits: list[bool], ev: list[str], need: int = 2) -> tuple[str, bool | None, str]:
     """A "on at least ``need`` tasks" target: holds, fails, or (too few cells run) not measured."""
-    ok: bool | None = sum(hits) >= need if len(hits) >= need else (True if sum(hits) >= need else None)
+    ok: bool | None = sum(hits) >= need if len(hits) >= need else None
     return claim, ok, ", ".join(ev) or "not run"
 
 

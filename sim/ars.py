@@ -91,11 +91,11 @@ def rollout(job: Job) -> dict[str, Any]:
 
 
 def iteration_jobs(run_task: str, seed: int, i: int, cfg: ARSConfig, M: np.ndarray, mu: np.ndarray,
-                   sigma: np.ndarray, record: bool = False) -> list[Job]:
-    """The 2N rollouts of iteration ``i`` (order: direction k, then + before -)."""
+                   sigma: np.ndarray, record: bool = False) -> tuple[np.ndarray, list[Job]]:
+    """Iteration ``i``'s perturbations and its 2N rollouts (order: direction k, then + before -)."""
     deltas, seeds = iteration_draws(seed, i, cfg.directions, M.shape[0], M.shape[1])
-    return [(run_task, M + sgn * cfg.noise * d, mu, sigma, int(s), cfg.shift, record)
-            for d, s in zip(deltas, seeds) for sgn in (1.0, -1.0)]
+    return deltas, [(run_task, M + sgn * cfg.noise * d, mu, sigma, int(s), cfg.shift, record)
+                    for d, s in zip(deltas, seeds) for sgn in (1.0, -1.0)]
 
 
 def search(task_name: str, iterations: int, cfg: ARSConfig | None = None, seed: int = 0, workers: int = 2,
@@ -117,8 +117,8 @@ def search(task_name: str, iterations: int, cfg: ARSConfig | None = None, seed: 
     t0, total_steps = time.time(), 0
     with mp.get_context("spawn").Pool(workers) as pool:
         for it in range(iterations):
-            res = pool.map(rollout, iteration_jobs(task_name, seed, it, cfg, M, mu, sigma))
-            deltas, _ = iteration_draws(seed, it, cfg.directions, act_dim, obs_dim)
+            deltas, jobs = iteration_jobs(task_name, seed, it, cfg, M, mu, sigma)
+            res = pool.map(rollout, jobs)
             r = np.array([x["shifted"] for x in res]).reshape(cfg.directions, 2)
             returns[it] = np.array([x["return"] for x in res]).reshape(cfg.directions, 2)
             lengths[it] = np.array([x["steps"] for x in res]).reshape(cfg.directions, 2)
@@ -164,7 +164,7 @@ def replay_iterations(run: LearningRun, iterations: Sequence[int], workers: int 
     jobs: list[Job] = []
     for i in iterations:
         M, mu, sigma = run.iterate(i)
-        jobs += iteration_jobs(run.task, run.seed, i, cfg, M, mu, sigma, record=True)
+        jobs += iteration_jobs(run.task, run.seed, i, cfg, M, mu, sigma, record=True)[1]
     res = _map(jobs, workers)
     recorded = np.concatenate([run.returns[i].reshape(-1) for i in iterations]) if len(iterations) else np.zeros(0)
     mismatches = int(sum(not np.isclose(x["return"], r, rtol=1e-6, atol=1e-6) for x, r in zip(res, recorded)))
@@ -190,9 +190,9 @@ def medium_iterate(run: LearningRun, random_return: float, fraction: float = 1 /
     from ``random_return`` to the expert's, to the iterate: the run's learning curve (every
     ``eval_every``) brackets it, and the iterates in between are evaluated the same way. Returns
     (iterate, its mean return)."""
-    target = random_return + fraction * (run.expert_return() - random_return)
+    target = run.medium_target(random_return, fraction)
     curve = run.curve()
-    hit = run.medium_iterate(random_return, fraction)
+    hit = run.first_evaluated_reaching(target)
     below = max([i for i, _ in curve if i < hit] + [0])
     for i in range(below + 1, hit):
         r = evaluate_iterate(run, i, workers)

@@ -116,15 +116,15 @@ class LearningRun:
     def expert_return(self) -> float:
         return dict(self.curve())[self.expert_iterate()]
 
-    def medium_iterate(self, random_return: float, fraction: float = 1 / 3) -> int:
-        """The first evaluated iterate whose mean return reaches ``fraction`` of the way from the
-        random policy's return to the expert iterate's: D4RL's medium policy, "a policy trained to
-        about a third of the expert's performance"."""
-        target = random_return + fraction * (self.expert_return() - random_return)
-        for i, r in self.curve():
-            if r >= target:
-                return i
-        return self.expert_iterate()
+    def medium_target(self, random_return: float, fraction: float = 1 / 3) -> float:
+        """The return of D4RL's medium policy, "a policy trained to about a third of the expert's
+        performance": ``fraction`` of the way from ``random_return`` to the expert iterate's."""
+        return random_return + fraction * (self.expert_return() - random_return)
+
+    def first_evaluated_reaching(self, target: float) -> int:
+        """The first evaluated iterate whose mean return reaches ``target`` (the expert iterate if
+        none does); ``sim/ars.medium_iterate`` refines it between evaluations."""
+        return next((i for i, r in self.curve() if r >= target), self.expert_iterate())
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (``.partial`` then rename)."""

@@ -91,7 +91,7 @@ def collect_episode(task_name: str, tier: str, seed: int, index: int, episodes: 
     task = get_task(task_name)
     env, expert = _env_and_expert(task)
     ss = np.random.SeedSequence([seed, index])
-    reset_seed = int(ss.generate_state(1)[0])
+    reset_seed = episode_reset_seed(seed, index)
     rng = np.random.default_rng(ss)
     beh = episode_behaviour(task, tier, index, episodes)
     low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
@@ -114,6 +114,11 @@ def collect_episode(task_name: str, tier: str, seed: int, index: int, episodes: 
     out["terminals"] = np.asarray(rows["terminals"], dtype=bool)
     out["timeouts"] = np.asarray(rows["timeouts"], dtype=bool)
     return out
+
+
+def episode_reset_seed(seed: int, index: int) -> int:
+    """The reset seed of episode ``index`` of every tier (``SeedSequence([seed, index])``'s first word)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def _collect_star(args: tuple) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ import numpy as np
 from mtm_runtime.sim.ars import iterate_rollouts, medium_iterate, replay_iterations
 from mtm_runtime.sim.learning_run import LearningRun, has_run, load_run
 from mtm_runtime.sim.tasks import Task, get_task
-from mtm_runtime.training.datasets import TIERS, action_present_mask, collect
+from mtm_runtime.training.datasets import TIERS, action_present_mask, collect, episode_reset_seed
 
 RUN_TIERS = ("expert", "medium", "medium-replay", "medium-expert")
 
@@ -36,11 +36,6 @@ def chosen_iterates(run: LearningRun, task: Task) -> dict[str, int]:
     return {"expert": run.expert_iterate(), "medium": medium_iterate(run, task.reference_returns["random"])[0]}
 
 
-def episode_seeds(seed: int, episodes: int) -> list[int]:
-    """Reset seed of episode i: from ``SeedSequence([seed, i])``, as in ``datasets.collect_episode``."""
-    return [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(episodes)]
-
-
 def collect_from_run(task: Task, run: LearningRun, tier: str, episodes: int, seed: int = 0, workers: int = 1
                      ) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
     """The episodes of ``tier`` and the metadata saying how they were made."""
@@ -48,7 +43,7 @@ def collect_from_run(task: Task, run: LearningRun, tier: str, episodes: int, see
     meta: dict[str, Any] = {"behaviour": "ARS learning run", "learning_run": run.attrs.get("command", ""),
                             "learning_curve": run.curve(), "iterates": it,
                             "learning_run_env_steps": int(run.attrs.get("env_steps", 0))}
-    seeds = episode_seeds(seed, episodes)
+    seeds = [episode_reset_seed(seed, i) for i in range(episodes)]
     if tier in ("expert", "medium"):
         eps = iterate_rollouts(run, it[tier], seeds, workers)
     elif tier == "medium-expert":
