@@ -6,10 +6,12 @@ same directory, fsyncs it, sets ordinary permissions (0644 minus the umask) and 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -28,6 +30,21 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A file written whole or not at all by a writer that needs a path (h5py): yields
+    ``NAME.partial`` beside ``path``, renamed over ``path`` when the block ends, removed if it raises."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".partial")
+    try:
+        yield tmp
+        tmp.replace(p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:

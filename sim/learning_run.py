@@ -33,6 +33,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from mtm_runtime.fileio import atomic_path
+
 GENERATOR_VERSION = "mtm_runtime.ars/1"
 RUNS_DIR = Path(__file__).with_name("learning_runs")
 
@@ -128,17 +130,13 @@ class LearningRun:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (``.partial`` then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        with h5py.File(tmp, "w") as f:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             for key in ("M", "mu", "sigma", "returns", "lengths", "eval_iterations", "eval_returns"):
                 f.create_dataset(key, data=getattr(self, key), compression="gzip", compression_opts=4)
             f.attrs.update({"task": self.task, "env_id": self.env_id, "seed": int(self.seed),
                             "config": json.dumps(self.config.__dict__), "generator_version": GENERATOR_VERSION,
                             **{k: v for k, v in self.attrs.items() if k not in ("task", "env_id", "seed", "config")}})
-        tmp.replace(path)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "LearningRun":

@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
+from mtm_runtime.fileio import atomic_path
 from mtm_runtime.training.loaders import Episode
 
 __all__ = ["episodes_to_d4rl", "write_d4rl_hdf5"]
@@ -50,20 +51,12 @@ def write_d4rl_hdf5(path: str | Path, arrays: Mapping[str, np.ndarray], metadata
     """Write ``arrays`` (key -> per-step array, in this order) and the ``metadata`` group's
     attributes to ``path``, atomically. ``compress``: gzip (level 4) on every array, as ``mtm
     collect`` writes; False: plain arrays, as ``mtm import-bag`` writes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
     options: dict[str, Any] = {"compression": "gzip", "compression_opts": 4} if compress else {}
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, arr in arrays.items():
-                f.create_dataset(key, data=arr, **options)
-            f.create_group("metadata").attrs.update(metadata)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, arr in arrays.items():
+            f.create_dataset(key, data=arr, **options)
+        f.create_group("metadata").attrs.update(metadata)
+    return Path(path)
 
 
 def episodes_to_d4rl(episodes: Sequence[Episode], inferred: Sequence[int] = ()) -> dict[str, np.ndarray]:
