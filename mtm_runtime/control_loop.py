@@ -146,6 +146,7 @@ class ControlLoop:
         must follow the stamp rules; otherwise it is the adapter's clock at arrival."""
         if not self.active:
             return None
+        self.stats.states_in += 1
         if stamped:
             if self.watchdog.age(now) > self.config.stale_reset_s:
                 self._ep.last_stamp_ns = None  # a new episode will start: old stamps are void
@@ -199,7 +200,8 @@ class ControlLoop:
         if self.watchdog.stale(now):
             self.stats.stale_ticks += 1
             return self._fault("stale_input", f"stale input: no valid state for {self.watchdog.age(now):.3f} s "
-                                              f"(> {self.watchdog.timeout_s} s)")
+                                              f"(> {self.watchdog.timeout_s} s; {self.stats.states_in} states "
+                                              f"in since activation)")
         pending, self._ep.pending = self._ep.pending, None
         if pending is None:
             return None
@@ -218,6 +220,7 @@ class ControlLoop:
     def admit(self, state: np.ndarray) -> bool:
         """The input checks of a state that is stepped at once (no flood guard, no stamp rules:
         in-process evaluation); a rejected state is counted and logged."""
+        self.stats.states_in += 1
         reason = state_rejection_reason(state, self.state_width)
         if reason:
             self.reject(reason)

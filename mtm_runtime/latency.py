@@ -112,6 +112,7 @@ class RateMeter:
 class LoopStats:
     """Counters and latency windows of one control loop (all times in seconds)."""
 
+    states_in: int = 0          # states that reached the loop while active (valid or not)
     ticks: int = 0              # steps that produced a command from the policy
     published: int = 0          # commands published (policy or fault)
     overruns: int = 0           # act() took longer than the control period
@@ -141,6 +142,6 @@ class LoopStats:
         return vals
 
     def counters(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in ("ticks", "published", "overruns", "stale_ticks",
+        return {k: getattr(self, k) for k in ("states_in", "ticks", "published", "overruns", "stale_ticks",
                                               "rejected_inputs", "act_errors", "faults", "episode_resets",
                                               "saturated_steps", "stale_chunks", "model_mismatches")}

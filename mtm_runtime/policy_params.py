@@ -33,6 +33,10 @@ COMMAND_TYPES = ("float64_multiarray", "joint_state", "joint_trajectory")
 ROBOT_COMMAND_TYPES = {"Float64MultiArray": "float64_multiarray", "JointState": "joint_state",
                        "JointTrajectory": "joint_trajectory"}
 INPUT_TYPES = ("float64_multiarray", "joint_state")
+#: QoS of the state subscription: ``sensor_data`` (best effort, keep last 5: takes any sensor
+#: publisher) or ``reliable`` (keep last 1: a lockstep simulator waits for the command of every
+#: state it sends, so that state must not be dropped on the way)
+STATE_QOS = ("sensor_data", "reliable")
 #: Parameters applied while running; all others take effect at the next configure and may only
 #: change while unconfigured.
 DYNAMIC_PARAMS = ("mask_mode", "target_return", "goal")
@@ -76,6 +80,8 @@ PARAMETERS: dict[str, Param] = {
     "command_topic": Param("commands", "topic the commands go to (a ros2_control controller's, say)"),
     "input_type": Param("float64_multiarray", "state input: 'observation' Float64MultiArray or "
                         "'joint_states' JointState", choices=INPUT_TYPES),
+    "state_qos": Param("sensor_data", "state subscription QoS: sensor_data (best effort) or reliable "
+                       "(a lockstep simulator: every state it sends waits for its command)", choices=STATE_QOS),
     "joint_names": Param([], "joint order for JointState input/commands (empty = message order)"),
     "state_fields": Param(["position", "velocity"], "JointState fields concatenated into the state"),
     "state_width": Param(0, "expected state width (0 = take the model's)", ilo=0, ihi=100000),

@@ -131,6 +131,7 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
     thread = threading.Thread(target=spin_loop, args=(executor, context, lambda: not stop.is_set(), 0.02), daemon=True)
     thread.start()
     procs = NodeProcesses(nodes, log_dir)
+    bridge_name = nodes[-1].name if len(nodes) > 1 else ""
     t0 = time.monotonic()
     at_bridge_end: dict[str, str] = {}
     try:
@@ -151,7 +152,6 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
             if err:
                 raise NodeFailure(f"node mtm_policy: {err}; last lines of its log:\n" + procs.tail("mtm_policy"))
             exited = procs.exited()
-            bridge_name = nodes[-1].name if len(nodes) > 1 else ""
             if bridge_name in exited and exited[bridge_name] == 0 and episodes:
                 with monitor.lock:
                     at_bridge_end = dict(monitor.policy_diag)
@@ -180,8 +180,10 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
             raise NodeFailure(f"node mtm_policy: {err}; last lines of its log:\n" + procs.tail("mtm_policy"))
         if target != "none" and (not diag or diag.get("ticks", "0") in ("0", "")):
             raise NodeFailure("node mtm_policy never produced a command from the model (lifecycle state "
-                              f"{diag.get('lifecycle_state', 'unknown')}); last lines of its log:\n"
-                              + procs.tail("mtm_policy"))
+                              f"{diag.get('lifecycle_state', 'unknown')}, {diag.get('states_in', '?')} states in, "
+                              f"{diag.get('state_publishers', '?')} publishers on its state topic); "
+                              "last lines of its log:\n" + procs.tail("mtm_policy")
+                              + (f"\n--- {bridge_name} log:\n" + procs.tail(bridge_name) if bridge_name else ""))
     finally:
         codes = procs.stop()
         monitor.drain(lambda: time.sleep(0.02), time.time_ns())  # the spin thread takes what is still queued

@@ -67,6 +67,11 @@ def describe(model: str = "", backend: str = "", rate: str = "", params_file: st
         policy["backend"] = backend
     if rate:
         policy["control_rate_hz"] = float(rate)
+    if target == "sim" and (sim_mode == "lockstep" or not (sim_mode or params_file)):
+        # the lockstep bridge (its default mode) sends the next state only after this one's
+        # command: a dropped state would stall the episode for the bridge's lockstep_resend_s.
+        # With the mode from a params file, that file sets the policy's state_qos too.
+        policy["state_qos"] = "reliable"
     nodes = [NodeSpec("mtm_policy", "mtm_policy_node", "mtm_runtime.ros_nodes.policy_node", policy, files, enclave=enclave)]
     if target == "sim":
         sim: dict[str, Any] = {"policy_reset_service": "/mtm_policy/reset"}

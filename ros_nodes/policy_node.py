@@ -63,6 +63,9 @@ WATCH_PERIOD_S = 0.05
 COMMAND_MESSAGES = {"float64_multiarray": Float64MultiArray, "joint_state": JointState, "joint_trajectory": JointTrajectory}
 COMMAND_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+#: the state subscription, by the ``state_qos`` parameter
+STATE_QOS_PROFILES = {"sensor_data": qos_profile_sensor_data,
+             "reliable": QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)}
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -186,13 +189,14 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         self.loop = loop
         self._cmd_pub = self.create_publisher(COMMAND_MESSAGES[self._command_type], str(values["command_topic"]),
                                               COMMAND_QOS)
+        state_qos = STATE_QOS_PROFILES[str(values["state_qos"])]
         # reward first: for messages ready in the same wait, the executor serves it before the state
         for msg_type, topic, callback, qos in (
                 (Float64, "reward", self._on_reward, RELIABLE_QOS),
                 (Float64MultiArray, "goal", self._on_goal, LATCHED_QOS),
                 (Float64, "target_return", self._on_target_return, LATCHED_QOS),
-                (JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data) if self._joint_input
-                else (Float64MultiArray, "observation", self._on_observation, qos_profile_sensor_data)):
+                (JointState, "joint_states", self._on_joint_state, state_qos) if self._joint_input
+                else (Float64MultiArray, "observation", self._on_observation, state_qos)):
             self._subs.append(self.create_subscription(msg_type, topic, callback, qos))
         self.get_logger().info(f"configured: {path} backend={policy.backend_name} mode={mode} "
                                f"spec={policy.spec.describe()} limits low={loop.limits.low.tolist()} "
@@ -358,6 +362,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
                                    **self.stats.report(), "param_refusals": self.param_refusals,
                                    "config_failures": self.config_failures,
                                    "last_fault_reason": self.stats.last_fault_reason or "none",
+                                   # publishers matched on the state topic: 0 with states_in 0 is discovery
+                                   "state_publishers": self._subs[-1].get_publisher_count() if self._subs else 0,
                                    **(self.loop.report() if self.loop is not None else {})}
         return {**vals, **self.faults.report()}
 

@@ -172,3 +172,16 @@ def test_mtm_launch_fails_when_a_node_dies(ros_env, tmp_path: Path) -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "mtm_sim_bridge died" in proc.stderr
+
+
+def test_lockstep_sim_gets_a_reliable_state_subscription() -> None:
+    """A lockstep bridge waits for the command of every state it sends: the policy's state
+    subscription is reliable there (explicit lockstep, or the bridge's default without a params
+    file); realtime and a mode left to a params file keep the sensor-data default."""
+    def state_qos(**kw: str) -> object:
+        return describe(model="m", target="sim", **kw)[0].parameters.get("state_qos")
+
+    assert state_qos(sim_mode="lockstep") == state_qos() == "reliable"
+    assert state_qos(sim_mode="lockstep", params_file="/p.yaml") == "reliable"
+    assert state_qos(sim_mode="realtime") is None and state_qos(params_file="/p.yaml") is None
+    assert "state_qos" not in describe(model="m", target="serial")[0].parameters

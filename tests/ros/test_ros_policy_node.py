@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("rclpy")
 
 from lifecycle_msgs.msg import Transition  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
@@ -18,6 +19,7 @@ from ros_harness import Graph, Parameter, ScriptedPolicy, obs  # noqa: E402
 
 pytestmark = pytest.mark.ros
 NODE = "mtm_policy"
+RELIABLE_OUT = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
 @pytest.fixture
@@ -272,3 +274,23 @@ def test_atomic_parameter_set_is_checked_as_a_whole(graph: Graph, tmp_path) -> N
     assert r.successful and policy.mode == "rcbc" and node.get_parameter("target_return").value == 7.0
     r = atomically(mask_mode="bc", control_rate_hz=10.0)  # a static parameter while configured
     assert not r.successful and "configure" in r.reason and policy.mode == "rcbc"
+
+
+@pytest.mark.parametrize("state_qos, reliability", [("sensor_data", "BEST_EFFORT"), ("reliable", "RELIABLE")])
+def test_state_qos_sets_the_state_subscription(graph: Graph, state_qos: str, reliability: str) -> None:
+    """``state_qos: reliable`` (what a lockstep simulator needs) gives a reliable keep-last-1 state
+    subscription; states are counted (``states_in``) and the matched publishers are reported."""
+    node = _make(graph, ScriptedPolicy(), state_qos=state_qos)
+    graph.start()
+    _activate(graph)
+    (info,) = node.get_subscriptions_info_by_topic("/observation")
+    assert info.qos_profile.reliability.name == reliability
+    pub = graph.publisher(Float64MultiArray, "observation", RELIABLE_OUT)  # matches either
+    graph.wait_for(lambda: node.diagnostics_values()["state_publishers"] == 1, what="the publisher matched")
+    for _ in range(50):
+        pub.publish(obs([0.1, 0.2, 0.3]))
+        if graph.commands:
+            break
+        time.sleep(0.02)
+    graph.wait_for(lambda: len(graph.commands) >= 1, what="a command")
+    assert node.diagnostics_values()["states_in"] >= 1

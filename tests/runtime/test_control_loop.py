@@ -182,6 +182,8 @@ def test_stale_input_fault_every_period_then_recovery_and_new_episode() -> None:
     assert faults[-1].stamp_ns == clock.ns() and faults[1].stamp_ns < faults[2].stamp_ns  # the stamp clock
     assert loop.stats.stale_ticks == 3 and loop.stats.faults == 3
     assert "stale_input" in [k for k, _ in loop.faults.active()]
+    # the fault says whether any state came in at all (none: look at the topic, not the source)
+    assert loop.stats.states_in == 4 and "4 states in since activation" in loop.stats.last_fault_reason
     # a gap below stale_reset_s: same episode
     resets = policy.resets
     assert isinstance(chain.state(clock, [0.4, 0.0, 0.0]), Command) and policy.resets == resets
