@@ -113,7 +113,8 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
         bridge.setdefault("start_subscribers", 1 + int(policy_reads))
         bridge.setdefault("start_wait_s", 0.75 * startup_timeout_s)
         first = [t for t in GATED_AFTER if t in wanted and (t != "/joint_states" or bridge.get("publish_joint_states", True))]
-        gate = {"last": "/observation", "first": tuple(first), "last_wait_s": 0.5 * startup_timeout_s}
+        gate = {"last": "/observation", "first": tuple(first), "last_wait_s": 0.5 * startup_timeout_s,
+                "command_readers": 2 if "/commands" in first else 0}  # the bridge and the recorder
     params = write_params(log_dir / "params.yaml", dict(policy_params or {}), bridge)
     nodes = describe(model=model, backend=backend, rate=rate, params_file=str(params), target=target,
                      task=task if target == "sim" else "", sim_mode=sim_mode if target == "sim" else "")

@@ -72,7 +72,7 @@ class LoopMonitor(Node):
 
     def __init__(self, topics: dict[str, str], sink: McapSink | None = None, *, context: Any = None,
                  name: str = "mtm_recorder", eager: bool = False, last: str = "", first: tuple[str, ...] = (),
-                 last_wait_s: float = 0.0) -> None:
+                 last_wait_s: float = 0.0, command_readers: int = 0) -> None:
         """``eager``: subscribe at once to every topic whose type is given, reliable (transient local
         for ``/goal``), instead of waiting to see its publisher: for our own node set, whose
         publishers are all reliable, this is matched before the first message (measured: waiting
@@ -86,7 +86,13 @@ class LoopMonitor(Node):
         as a subscriber). A reader created after its writer is known is matched at creation, and
         our reader announcements reach a publisher's node in order; so when the bridge counts the
         ``last`` reader (``start_subscribers``), our readers of its other topics are matched at
-        both ends too. Without ``eager`` the ``first`` topics count once subscribed."""
+        both ends too. Without ``eager`` the ``first`` topics count once subscribed.
+
+        ``command_readers``: ``last`` also waits until the policy node's /diagnostics report that
+        many readers matched on its command writer (``command_subscribers``: the bridge and this
+        recorder). That is the writer's end, which no graph query here can see (measured beside
+        four busy loops on two cores: the first 3 commands of a lockstep run missed, sent before
+        the policy's writer had matched the recorder, which already saw the writer)."""
         super().__init__(name, context=context, start_parameter_services=False)
         self.sink, self.lock = sink, threading.Lock()
         self.wanted = {(t if t.startswith("/") else "/" + t): ty for t, ty in topics.items()}
@@ -105,6 +111,7 @@ class LoopMonitor(Node):
                                  QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         self._last, self._first = (last if last.startswith("/") else "/" + last) if last else "", tuple(first)
         self._last_deadline = time.monotonic() + last_wait_s
+        self._command_readers = int(command_readers)
         if sink is not None and eager:
             for topic, type_name in self.wanted.items():
                 if type_name and topic != self._last:
@@ -150,9 +157,14 @@ class LoopMonitor(Node):
                 self.get_logger().warning(f"not recording {topic}: {self.unrecordable[topic]}")
 
     def _hold_last(self) -> bool:
-        """``last`` waits: some topic of ``first`` has no publisher yet, and ``last_wait_s`` has not passed."""
-        return time.monotonic() < self._last_deadline and any(
-            t not in self.subscribed or self.count_publishers(t) == 0 for t in self._first)
+        """``last`` waits: some topic of ``first`` has no publisher yet, or the policy's command writer
+        has fewer than ``command_readers`` readers, and ``last_wait_s`` has not passed."""
+        if time.monotonic() >= self._last_deadline:
+            return False
+        with self.lock:
+            matched = self.policy_diag.get("command_subscribers", "0")
+        return (any(t not in self.subscribed or self.count_publishers(t) == 0 for t in self._first)
+                or int(matched or 0) < self._command_readers)
 
     def _writer(self, topic: str):
         """Raw callback for ``topic``: queue the bytes with the DDS receive and source times, count

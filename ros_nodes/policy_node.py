@@ -364,6 +364,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
                                    "last_fault_reason": self.stats.last_fault_reason or "none",
                                    # publishers matched on the state topic: 0 with states_in 0 is discovery
                                    "state_publishers": self._subs[-1].get_publisher_count() if self._subs else 0,
+                                   "command_subscribers": self._cmd_pub.get_subscription_count() if self._cmd_pub else 0,
                                    **(self.loop.report() if self.loop is not None else {})}
         return {**vals, **self.faults.report()}
 
