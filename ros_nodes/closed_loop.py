@@ -59,11 +59,14 @@ class LoopResult:
             return 0
 
     def step_rate_hz(self) -> float:
-        """Env steps per second at the bridge between the first and the last episode end (NaN if < 2)."""
-        if len(self.episodes) < 2:
+        """Env steps per second at the bridge between the first and the last episode end that the
+        monitor saw arrive (NaN if fewer than 2)."""
+        seen = [i for i, e in enumerate(self.episodes) if math.isfinite(e.get("received_s", math.nan))]
+        if len(seen) < 2:
             return math.nan
-        dt = self.episodes[-1]["received_s"] - self.episodes[0]["received_s"]
-        return sum(e["steps"] for e in self.episodes[1:]) / dt if dt > 0 else math.nan
+        first, last = seen[0], seen[-1]
+        dt = self.episodes[last]["received_s"] - self.episodes[first]["received_s"]
+        return sum(e["steps"] for e in self.episodes[first + 1:last + 1]) / dt if dt > 0 else math.nan
 
     def _finite_mean(self, key: str) -> float:
         s = [e[key] for e in self.episodes if math.isfinite(e[key])]
@@ -75,6 +78,25 @@ class LoopResult:
 
     def mean_score(self) -> float:
         return self._finite_mean("normalised_score")
+
+
+def episodes_from_results(path: Path, live: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Every episode the bridge ended, from its own results file (``results_path``), with the
+    arrival time of its /episode_stats where the monitor got one: /episode_stats is volatile, and a
+    monitor not yet matched when an episode ends misses it. ``live`` if the file is missing or
+    unreadable (said on stderr)."""
+    if not live and not Path(path).exists():
+        return live  # no episode ended
+    try:
+        rows = json.loads(Path(path).read_text())["episodes"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"closed loop: the bridge's results file {path} is unreadable ({e}): episodes as received "
+              f"on /episode_stats ({len(live)})", file=sys.stderr, flush=True)
+        return live
+    arrived = {int(e["episode"]): e.get("received_s", math.nan) for e in live}
+    return [{"episode": int(r["episode"]), "return": float(r["return"]),
+             "normalised_score": float(r["normalised_score"]), "steps": int(r["steps"]),
+             "success": float(r["success"]), "received_s": arrived.get(int(r["episode"]), math.nan)} for r in rows]
 
 
 def write_params(path: Path, policy: dict[str, Any], bridge: dict[str, Any]) -> Path:
@@ -103,6 +125,7 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
     bridge = dict(bridge_params or {})
     if target == "sim" and episodes:
         bridge["episodes"] = int(episodes)
+    results = Path(bridge.setdefault("results_path", str(log_dir / "bridge_episodes.json"))) if target == "sim" else None
     wanted = dict(CLOSED_LOOP_TOPICS if topics is None else topics)
     gate: dict[str, Any] = {}
     if target == "sim" and record and wanted.get("/observation") and bridge.get("publish_observation", True):
@@ -200,5 +223,6 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
     bad = {n: c for n, c in codes.items() if c not in (0, -2)}  # -2: stopped by our SIGINT
     if bad:
         raise NodeFailure(f"nodes exited with errors while stopping: {bad} (logs in {log_dir})")
-    return LoopResult(wall, list(monitor.episodes), dict(monitor.policy_diag), dict(monitor.bridge_diag),
+    episodes_seen = episodes_from_results(results, list(monitor.episodes)) if results else list(monitor.episodes)
+    return LoopResult(wall, episodes_seen, dict(monitor.policy_diag), dict(monitor.bridge_diag),
                       dict(sink.counts) if sink else {}, str(record or ""), str(log_dir), at_bridge_end, loss)
