@@ -39,6 +39,16 @@ def _make(graph: Graph, policy: ScriptedPolicy, **params: object) -> PolicyNode:
     return node
 
 
+def _publish_until_commanded(graph: Graph, pub) -> None:
+    """Publish a state every 20 ms until the first command comes back (discovery may lose the first)."""
+    for _ in range(50):
+        pub.publish(obs([0.1, 0.2, 0.3]))
+        if graph.commands:
+            break
+        time.sleep(0.02)
+    graph.wait_for(lambda: len(graph.commands) >= 1, what="a command")
+
+
 def _activate(graph: Graph) -> None:
     assert graph.change_state(NODE, Transition.TRANSITION_CONFIGURE)
     assert graph.change_state(NODE, Transition.TRANSITION_ACTIVATE)
@@ -59,12 +69,7 @@ def test_lifecycle_transitions_and_reset_service(graph: Graph) -> None:
     assert graph.change_state(NODE, Transition.TRANSITION_ACTIVATE)
     assert graph.get_state(NODE) == "active"
     graph.wait_for(lambda: node.get_subscriptions_info_by_topic("/observation"), what="subscription")
-    for _ in range(50):
-        pub.publish(obs([0.1, 0.2, 0.3]))
-        if graph.commands:
-            break
-        time.sleep(0.02)
-    graph.wait_for(lambda: len(graph.commands) >= 1, what="a command")
+    _publish_until_commanded(graph, pub)
     np.testing.assert_allclose(graph.command_values()[0], [0.1, 0.2], rtol=1e-6)
     before = policy.resets
     assert graph.reset(NODE).success and policy.resets == before + 1
@@ -287,10 +292,5 @@ def test_state_qos_sets_the_state_subscription(graph: Graph, state_qos: str, rel
     assert info.qos_profile.reliability.name == reliability
     pub = graph.publisher(Float64MultiArray, "observation", RELIABLE_OUT)  # matches either
     graph.wait_for(lambda: node.diagnostics_values()["state_publishers"] == 1, what="the publisher matched")
-    for _ in range(50):
-        pub.publish(obs([0.1, 0.2, 0.3]))
-        if graph.commands:
-            break
-        time.sleep(0.02)
-    graph.wait_for(lambda: len(graph.commands) >= 1, what="a command")
+    _publish_until_commanded(graph, pub)
     assert node.diagnostics_values()["states_in"] >= 1
