@@ -25,6 +25,8 @@ from rclpy.context import Context
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
+#: At teardown: time between destroying the node and its participant (see ``close``).
+GRAPH_UPDATE_S = 0.1
 #: Environment override: ``MTM_EXECUTOR=single`` forces the SingleThreadedExecutor.
 ENV_VAR = "MTM_EXECUTOR"
 
@@ -105,6 +107,10 @@ def close(executor: Executor | None, node: "rclpy.node.Node | None", context: Co
         executor.shutdown(timeout_sec=1.0)
     if node is not None:
         node.destroy_node()
+        # the node's removal goes out on the reliable graph topic; the participant must still exist
+        # to repair it, or a peer that missed it and the participant's (best-effort) dispose keeps
+        # a ghost node until the lease runs out (seen once in a full suite beside a busy loop)
+        time.sleep(GRAPH_UPDATE_S)
     if context.ok():
         rclpy.shutdown(context=context)
     gc.unfreeze()
