@@ -249,8 +249,8 @@ def read_messages(path: str | Path, topics: Iterable[str] | None = None) -> Iter
         raise RecordingError(f"{path}: no such recording")
     wanted = None if topics is None else [_norm(t) for t in topics]
     with open(path, "rb") as f:
-        reader = make_reader(f, decoder_factories=[DecoderFactory()])
         try:
+            reader = make_reader(f, decoder_factories=[DecoderFactory()])
             for schema, channel, message, decoded in reader.iter_decoded_messages(topics=wanted, log_time_order=True):
                 yield Record(channel.topic, schema.name if schema else "", message.log_time, message.publish_time,
                              decoded)
@@ -264,10 +264,16 @@ def summary(path: str | Path) -> dict[str, Any]:
     """Topics, types, message counts and metadata of a recording (no decoding)."""
     from mcap.reader import make_reader
 
+    path = Path(path)
+    if not path.is_file():
+        raise RecordingError(f"{path}: no such recording")
     with open(path, "rb") as f:
-        reader = make_reader(f)
-        s = reader.get_summary()
-        meta = {m.name: dict(m.metadata) for m in reader.iter_metadata()}
+        try:
+            reader = make_reader(f)
+            s = reader.get_summary()
+            meta = {m.name: dict(m.metadata) for m in reader.iter_metadata()}
+        except Exception as e:  # noqa: BLE001 - report the file, not a library traceback
+            raise RecordingError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
     if s is None:
         raise RecordingError(f"{path}: no summary section (was the recording closed?)")
     counts = s.statistics.channel_message_counts if s.statistics else {}

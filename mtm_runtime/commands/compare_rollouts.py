@@ -33,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
             result["model_gap"] = model_gap(Policy.load(args.model, mode="bc"), args.a, args.b)
     except (RecordingError, ValueError, CheckpointError, FileNotFoundError) as e:
         print(f"mtm compare-rollouts: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(format_table(result))
     for name, report in result["recorded_loss"].items():
         if report and any(r["missed"] for r in report.values()):

@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
         path, rep = import_to_hdf5(args.recording, args.task, args.output)
     except (RecordingError, KeyError) as e:
         print(f"mtm import-mcap: {e}", file=sys.stderr)
-        return 1
+        return 2
     notes = [loss_note(rep.recorded_loss)]
     if rep.recorded_loss and any(r["missed"] for r in rep.recorded_loss.values()):
         print(f"mtm import-mcap: WARNING: {notes[0]}", file=sys.stderr)

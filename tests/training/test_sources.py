@@ -212,6 +212,21 @@ def test_bad_bags_are_one_line_and_write_nothing(tmp_path: Path, capsys: pytest.
     assert not out.exists() and not list(tmp_path.glob("*.partial")) and not (tmp_path / "r").exists()
 
 
+def test_bad_recordings_are_one_line_and_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``mtm import-mcap`` / ``compare-rollouts`` on a file that is no MCAP, a missing file, or a
+    robot's rosbag2 (an MCAP without the loop's topics): one line, exit code 2, no output."""
+    out = tmp_path / "x.hdf5"
+    junk = tmp_path / "junk.mcap"
+    junk.write_bytes(b"not an mcap file\n")
+    one_line_exit_2(["import-mcap", str(junk), "-o", str(out)], capsys, "cannot read (InvalidMagic")
+    one_line_exit_2(["import-mcap", str(tmp_path / "nope.mcap"), "-o", str(out)], capsys, "no such recording")
+    bag = next(write_arm_bag(tmp_path / "bag", "mcap", episodes=1, seconds=1.0).glob("*.mcap"))
+    one_line_exit_2(["import-mcap", str(bag), "-o", str(out)], capsys, "no messages on /observation")
+    one_line_exit_2(["compare-rollouts", str(junk), str(bag), "--png", str(tmp_path / "c.png")], capsys,
+                    "cannot read (InvalidMagic")
+    assert not out.exists() and not list(tmp_path.glob("*.partial")) and not (tmp_path / "c.png").exists()
+
+
 # ---- plain D4RL-layout HDF5 and unknown environments ----------------------------------------------
 def test_d4rl_layout_file_without_a_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rng = np.random.default_rng(0)
