@@ -48,6 +48,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mtm_runtime.arg_types import at_least
 from mtm_runtime.loop_types import Command, Fault, LoopConfig
 from mtm_runtime.loop_batch import LoopBatch
 from mtm_runtime.onnx_metadata import read_onnx_metadata
@@ -289,13 +290,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: what the checkpoint was trained on)")
     p.add_argument("--task", default="", help="older name of --env")
     p.add_argument("--mode", default="bc", choices=("bc", "rcbc", "goal"))
-    p.add_argument("--episodes", type=int, default=10, help="episodes per seed")
+    p.add_argument("--episodes", type=at_least(1), default=10, help="episodes per seed")
     p.add_argument("--seeds", default="0,1,2", help="comma list of evaluation seeds")
     p.add_argument("--target-return", type=float, default=None, help="rcbc target (raw return); default expert reference")
     p.add_argument("--sweep", action="store_true", help="rcbc: sweep targets at normalised scores 25..110")
     p.add_argument("--backend", default="torch", help="torch | onnxruntime | torch-cudagraph | tensorrt")
-    p.add_argument("--workers", type=int, default=2, help="rollout worker processes")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+    p.add_argument("--workers", type=at_least(1), default=2, help="rollout worker processes")
+    p.add_argument("--batch", type=at_least(1), default=DEFAULT_BATCH,
                    help="episodes each worker steps together (one batched forward pass per step; 1 = one at a time)")
     p.add_argument("--data", default="", help="dataset the model was trained on: adds ID/FD errors on its val split")
     p.add_argument("--json", default="", help="also write the results to this JSON file")

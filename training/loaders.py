@@ -222,7 +222,13 @@ def load_hdf5(path: str | Path, task: Task | str | None = None) -> list[Episode]
 
 def read_metadata(path: str | Path) -> dict:
     """The ``metadata`` attributes of one of our files (JSON fields decoded)."""
-    with h5py.File(path, "r") as f:
+    if not Path(path).exists():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: not an HDF5 file ({e})") from None
+    with f:
         if "metadata" not in f:
             raise DatasetError(f"{path}: missing key 'metadata'")
         meta = {k: (v.item() if hasattr(v, "item") else v) for k, v in f["metadata"].attrs.items()}

@@ -49,10 +49,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtm_runtime.checkpoint import load_checkpoint
+from mtm_runtime.checkpoint import CheckpointError, load_checkpoint
 from mtm_runtime.features import dataset_features, episode_windows, extractor_from_checkpoint
 from mtm_runtime.sim.tasks import Task, get_task
-from mtm_runtime.training.loaders import Episode, read_metadata
+from mtm_runtime.training.loaders import DatasetError, Episode, read_metadata
 from mtm_runtime.training.offline_data import Transitions, build_transitions, get_relabel
 from mtm_runtime.training.offline_eval import evaluate_actor
 from mtm_runtime.training.offline_nets import Actor, ObsSource, TwinCritic, polyak_update
@@ -235,12 +235,16 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         p = argparse.ArgumentParser(prog="python -m mtm_runtime.training.offline_rl", description=__doc__.split("\n\n")[0])
         add_arguments(p)
         args = p.parse_args(args)
-    if not args.data:
-        raise SystemExit("offline_rl: --data is required")
     cfg = Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
-    if cfg.representation not in REPRESENTATIONS:
-        raise SystemExit(f"offline_rl: --representation must be one of {', '.join(REPRESENTATIONS)}")
-    res = train(cfg)
+    try:
+        if not args.data:
+            raise DatasetError("--data is required")
+        if cfg.representation not in REPRESENTATIONS:
+            raise ValueError(f"--representation must be one of {', '.join(REPRESENTATIONS)}")
+        res = train(cfg)
+    except (DatasetError, CheckpointError, KeyError, ValueError) as e:   # a user's input: one line, exit 2
+        print(f"mtm offline-rl: {e}", file=sys.stderr)
+        return 2
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0

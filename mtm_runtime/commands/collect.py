@@ -11,6 +11,8 @@ import argparse
 import sys
 import time
 
+from mtm_runtime.arg_types import at_least
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mtm_runtime.training.datasets import TIERS
@@ -18,14 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", help="task name or env id (reacher, inverted_double_pendulum, halfcheetah, walker2d, "
                                      "hopper, pusher)")
     parser.add_argument("--tier", required=True, choices=TIERS)
-    parser.add_argument("--episodes", type=int, default=100,
+    parser.add_argument("--episodes", type=at_least(1), default=100,
                         help="episodes (a learning run's medium-replay tier has the run's own count)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--action-fraction", type=float, default=1.0,
                         help="fraction of episodes that keep their actions (others: NaN + infos/action_present=False)")
     parser.add_argument("--label-seed", type=int, default=None,
                         help="seed of the draw of labelled episodes (default --seed): same rollouts, other labels")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (same result for any count)")
+    parser.add_argument("--workers", type=at_least(1), default=1, help="worker processes (same result for any count)")
     parser.add_argument("-o", "--output", required=True, help="output .hdf5 path")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mtm_runtime.arg_types import at_least
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--record", action="store_true", help="record the closed loop to <out>/closed_loop.mcap")
-    p.add_argument("--episodes", type=int, default=4, help="closed-loop Reacher episodes (1 s each at 50 Hz)")
+    p.add_argument("--episodes", type=at_least(1), default=4, help="closed-loop Reacher episodes (1 s each at 50 Hz)")
     p.add_argument("--model", default="", help="checkpoint for the closed loop (default: models/reacher_embedded)")
     p.add_argument("--skip-toy", action="store_true", help="only the closed-loop step")
     p.add_argument("--skip-closed-loop", action="store_true", help="only the toy step")

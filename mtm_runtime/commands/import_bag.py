@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from mtm_runtime.arg_types import at_least
 from mtm_runtime.integrity import CheckpointError
 from mtm_runtime.policy import Policy
 from mtm_runtime.robot import RobotError, load_robot
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-age", type=float, default=0.0,
                         help="a sample older than this (s) at a tick makes the tick stale (default 1.25 control periods)")
     parser.add_argument("--time", default="log", choices=("log", "header"), help="message time: bag receive time or header.stamp")
-    parser.add_argument("--min-length", type=int, default=2, help="drop episodes shorter than this many steps")
+    parser.add_argument("--min-length", type=at_least(1), default=2, help="drop episodes shorter than this many steps")
     parser.add_argument("--report", type=Path, default=None, help="also write the import report as JSON")
     parser.add_argument("--relabel-actions", default="", metavar="MODEL",
                         help="fill the actions of action-free episodes with MODEL's inverse dynamics "

@@ -15,12 +15,14 @@ import json
 import sys
 from pathlib import Path
 
+from mtm_runtime.arg_types import at_least
+
 BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "reacher_embedded"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=("sim", "serial"), default="sim")
-    parser.add_argument("--episodes", type=int, default=3)
+    parser.add_argument("--episodes", type=at_least(1), default=3)
     parser.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     parser.add_argument("--model", default="", help=f"checkpoint / .onnx (default: {BUNDLED_MODEL} if present)")
     parser.add_argument("--backend", default="", help="torch | onnxruntime | ... (default: the node's)")

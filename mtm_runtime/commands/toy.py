@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mtm_runtime import masks as M
+from mtm_runtime.arg_types import at_least
 from mtm_runtime.checkpoint import save_checkpoint
 from mtm_runtime.model import MTMConfig, build_model
 from mtm_runtime.normalise import Normaliser
@@ -26,9 +27,9 @@ from mtm_runtime.trainer import TrainConfig, Trainer, evaluate_mask
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--horizon", type=int, default=4)
+    p.add_argument("--steps", type=at_least(1), default=400, help="training steps (default 400)")
+    p.add_argument("--batch-size", type=at_least(1), default=128)
+    p.add_argument("--horizon", type=at_least(2), default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/toy"), help="checkpoint + plot directory")
     p.add_argument("--no-plot", action="store_true")
