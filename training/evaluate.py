@@ -290,7 +290,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: what the checkpoint was trained on)")
     p.add_argument("--task", default="", help="older name of --env")
     p.add_argument("--mode", default="bc", choices=("bc", "rcbc", "goal"))
-    p.add_argument("--episodes", type=at_least(1), default=10, help="episodes per seed")
+    p.add_argument("--episodes", type=at_least(0), default=10,
+                   help="episodes per seed (0: no rollouts, only the ID/FD errors of --data)")
     p.add_argument("--seeds", default="0,1,2", help="comma list of evaluation seeds")
     p.add_argument("--target-return", type=float, default=None, help="rcbc target (raw return); default expert reference")
     p.add_argument("--sweep", action="store_true", help="rcbc: sweep targets at normalised scores 25..110")
@@ -320,6 +321,10 @@ def task_of(path: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.episodes == 0 and not args.data:
+        print("mtm eval: nothing to do: --episodes 0 runs no rollouts, and without --data there are no ID/FD errors",
+              file=sys.stderr)
+        return 2
     try:
         task = task_for_provenance(provenance_of(args.checkpoint), args.env or args.task)
     except TaskError as e:

@@ -1,5 +1,5 @@
 """A user's mistake on the command line is one line and exit code 2, before anything runs: counts
-that cannot be (``--episodes 0``, ``--steps -5``), and an offline-RL run on a file that is not a
+that cannot be (``--episodes -1``, ``--steps -5``, ``eval --episodes 0`` without ``--data``), and an offline-RL run on a file that is not a
 dataset."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mtm_runtime import cli
 BAD_COUNTS = [
     (["toy", "--steps", "-5"], "argument --steps: must be >= 1, got -5"),
     (["toy", "--horizon", "1"], "argument --horizon: must be >= 2, got 1"),
-    (["eval", "models/reacher_embedded", "--episodes", "0"], "argument --episodes: must be >= 1, got 0"),
+    (["eval", "models/reacher_embedded", "--episodes", "-1"], "argument --episodes: must be >= 0, got -1"),
     (["eval", "models/reacher_embedded", "--batch", "x"], "argument --batch: expected an integer, got 'x'"),
     (["collect", "reacher", "--tier", "expert", "-o", "x.hdf5", "--workers", "0"], "argument --workers: must be >= 1"),
     (["rollout", "models/reacher_embedded", "-o", "out", "--episodes", "-1"], "argument --episodes: must be >= 1"),
@@ -37,3 +37,9 @@ def test_offline_rl_on_a_file_that_is_no_dataset(tmp_path: Path, capsys: pytest.
         assert cli.main(["offline-rl", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("mtm offline-rl: ") and match in err, err
+
+
+def test_eval_with_nothing_to_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["eval", "models/reacher_embedded", "--episodes", "0"]) == 2   # it printed nothing and exited 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing to do" in err, err
