@@ -325,6 +325,12 @@ def main(args: argparse.Namespace) -> int:
         print("mtm eval: nothing to do: --episodes 0 runs no rollouts, and without --data there are no ID/FD errors",
               file=sys.stderr)
         return 2
+    what = Path(args.checkpoint)
+    if not what.exists() or not (what.is_dir() or what.suffix in (".onnx", ".engine")):
+        print(f"mtm eval: {what}: " + ("no such file or directory" if not what.exists() else
+                                       "expected a checkpoint or baseline directory, a .onnx or a .engine file"),
+              file=sys.stderr)
+        return 2
     try:
         task = task_for_provenance(provenance_of(args.checkpoint), args.env or args.task)
     except TaskError as e:

@@ -43,3 +43,12 @@ def test_eval_with_nothing_to_do(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["eval", "models/reacher_embedded", "--episodes", "0"]) == 2   # it printed nothing and exited 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nothing to do" in err, err
+
+
+def test_eval_of_something_that_is_no_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "model.bin"
+    junk.write_bytes(b"weights?\n")
+    for path, match in ((junk, "expected a checkpoint or baseline directory"), (tmp_path / "none", "no such file")):
+        assert cli.main(["eval", str(path)]) == 2   # it said "no simulator for this checkpoint"
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err, err
