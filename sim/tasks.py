@@ -259,8 +259,10 @@ def task_for_provenance(provenance: dict, env: str = "") -> Task:
     robot = provenance.get("robot")
     try:
         task = get_task(key)
-    except TaskError:
-        if env or not isinstance(robot, dict) or not (robot.get("sim") or {}):
+    except TaskError as e:
+        if env:   # the user's --env names no simulator: say why
+            raise TaskError(f"--env {env!r}: {e}") from None
+        if not isinstance(robot, dict) or not (robot.get("sim") or {}):
             hint = f"it was trained on {key!r}; " if key else ""
             raise TaskError(f"no simulator for this checkpoint ({hint}pass --env GYM_ID or a robot file with sim.env / "
                             "sim.mjcf)") from None

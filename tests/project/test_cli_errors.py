@@ -52,3 +52,9 @@ def test_eval_of_something_that_is_no_model(tmp_path: Path, capsys: pytest.Captu
         assert cli.main(["eval", str(path)]) == 2   # it said "no simulator for this checkpoint"
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and match in err, err
+
+
+def test_eval_on_an_env_that_is_none(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["eval", "models/reacher_embedded", "--env", "NoSuchEnv-v0"]) == 2
+    err = capsys.readouterr().err.strip()   # it said "it was trained on 'NoSuchEnv-v0'"
+    assert len(err.splitlines()) == 1 and "--env 'NoSuchEnv-v0': unknown environment" in err, err
