@@ -179,17 +179,21 @@ def split_d4rl(task: Task, data: dict[str, np.ndarray]) -> list[Episode]:
     return episodes
 
 
+def open_hdf5(path: str | Path) -> h5py.File:
+    """``path`` opened for reading; DatasetError naming it when it is missing or not HDF5."""
+    if not Path(path).exists():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{path}: not an HDF5 file ({e})") from None
+
+
 def read_hdf5(path: str | Path, task: Task | str | None = None) -> tuple[list[Episode], Task]:
     """Our HDF5 (task from its metadata) or any D4RL-layout file: with ``task`` (a benchmark name,
     a Gymnasium id or a Task) its layout is checked; without, the layout is read from the file."""
     path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DatasetError(f"{path}: not an HDF5 file ({e})") from None
-    with f:
+    with open_hdf5(path) as f:
         attrs = f["metadata"].attrs if "metadata" in f else {}
         if task is None and "robot" in attrs:   # written by `mtm import-bag`: the robot file travels inside
             try:
@@ -222,13 +226,7 @@ def load_hdf5(path: str | Path, task: Task | str | None = None) -> list[Episode]
 
 def read_metadata(path: str | Path) -> dict:
     """The ``metadata`` attributes of one of our files (JSON fields decoded)."""
-    if not Path(path).exists():
-        raise DatasetError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DatasetError(f"{path}: not an HDF5 file ({e})") from None
-    with f:
+    with open_hdf5(path) as f:
         if "metadata" not in f:
             raise DatasetError(f"{path}: missing key 'metadata'")
         meta = {k: (v.item() if hasattr(v, "item") else v) for k, v in f["metadata"].attrs.items()}
