@@ -228,3 +228,40 @@ def test_reference_job_trains_and_scores_the_real_reference_from_a_snapshot(tmp_
     cell = json.loads((tmp_path / "reference" / "reacher_expert.json").read_text())
     assert set(cell["rollouts"]) == {"ref_bc", "ref_rcbc"} and np.isfinite(cell["rollouts"]["ref_bc"]["score_mean"])
     assert cell["id_fd"]["id_error"] > 0 and cell["train"]["steps"] == 20
+
+
+def _rcbc_cut_share(swap: bool) -> float:
+    """Share of AUTO_MASK samples whose last visible step shows the state and the return but hides
+    the action (the RCBC query), drawn in a fresh process (the probe replaces training functions)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from mtm_runtime import masks as M; from mtm_runtime.spec import TrajectorySpec\n"
+            + ("from benchmarks.parity_probe import swap_ingredient; swap_ingredient('reference_auto_mask')\n" if swap else "")
+            + "s = TrajectorySpec.create(4, states=3, actions=2, returns=1)\n"
+              "m = M.sample_training_masks(s, 20000, np.random.default_rng(0))\n"
+              "last = 3 - np.argmax((m.max(axis=2) > 0)[:, ::-1], axis=1)\n"
+              "row = m[np.arange(len(m)), last]\n"
+              "print(((row[:, s.index('states')] > 0) & (row[:, s.index('returns')] > 0) & (row[:, s.index('actions')] == 0)).mean())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout)
+
+
+def test_parity_probe_swaps_the_named_ingredient_and_scores_the_cell(tmp_path: Path) -> None:
+    """benchmarks/parity_probe.py on the smoke config. The reference AUTO_MASK variant draws the
+    reference's cut order (states, returns, actions; weights 0.2/0.1/0.7): about half its samples
+    end in the RCBC query, against a few percent of ours (order states, actions, returns)."""
+    import subprocess
+    import sys
+
+    ours, reference = _rcbc_cut_share(False), _rcbc_cut_share(True)
+    assert ours < 0.1 and reference > 0.35, (ours, reference)
+    js = tmp_path / "probe.json"
+    run = subprocess.run([sys.executable, "benchmarks/parity_probe.py", "reacher", "expert", "reference_auto_mask",
+                          "--config", "smoke", "--out", str(tmp_path / "w"), "--json", str(js)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(js.read_text())
+    assert res["swapped"]["modality_order"] == ["states", "returns", "(goals)", "actions"]
+    assert np.isfinite(res["bc"]) and np.isfinite(res["rcbc"])
