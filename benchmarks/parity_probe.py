@@ -4,6 +4,7 @@ with AUTO_MASK alone, once with one ingredient of training swapped for the refer
 
     python benchmarks/parity_probe.py halfcheetah medium-replay reference_auto_mask
     python benchmarks/parity_probe.py walker2d medium-replay constant_lr --json /tmp/p.json
+    python benchmarks/parity_probe.py walker2d medium-replay ours --train-seed 1   # the spread of one cell
 
 Variants (``VARIANTS``):
 - ``ours``: AUTO_MASK as ``mtm train`` draws it (keep ratios 0.15-0.95; the cut's modality drawn
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("variant", choices=VARIANTS)
     p.add_argument("--config", default="cpu", choices=tuple(CONFIGS), help="data, budget and evaluation (default cpu)")
     p.add_argument("--out", type=Path, default=Path("/tmp/mtm_parity_probe"))
+    p.add_argument("--train-seed", type=int, default=0, help="seed of the MTM's training run (default 0, the benchmark's)")
     p.add_argument("--json", default="", help="also write the result here")
     a = p.parse_args(argv)
     import torch
@@ -83,12 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)   # as a parallel benchmark job
     cfg = dict(CONFIGS[a.config], masks=("auto",))
     swapped = swap_ingredient(a.variant)
+    if a.train_seed:   # the training run's seed (data, split and evaluation seeds stay the config's)
+        import mtm_runtime.training.train as train_module
+
+        run = train_module.run
+        train_module.run = functools.wraps(run)(lambda args, *x, **k: run(dataclasses.replace(args, seed=a.train_seed), *x, **k))
+        swapped["train_seed"] = a.train_seed
     t0 = time.perf_counter()
     data = jobs.dataset(a.out, cfg, a.task, a.tier, episodes_for(cfg, a.task, a.tier))
-    run_dir = a.out / "runs" / f"{a.task}_{a.tier}_{a.variant}"
+    run_dir = a.out / "runs" / f"{a.task}_{a.tier}_{a.variant}_seed{a.train_seed}"
     jobs.train_mtm(cfg, data, run_dir, a.task)
     expert = get_task(a.task).reference_returns["expert"]
-    res = {"task": a.task, "tier": a.tier, "variant": a.variant, "swapped": swapped,
+    res = {"task": a.task, "tier": a.tier, "variant": a.variant, "train_seed": a.train_seed, "swapped": swapped,
            "bc": jobs.eval_policy(run_dir, a.task, "bc", cfg)["score_mean"],
            "rcbc": jobs.eval_policy(run_dir, a.task, "rcbc", cfg, expert)["score_mean"],
            "wall_s": round(time.perf_counter() - t0, 1)}
