@@ -72,8 +72,11 @@ def time_calls(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float
     return out
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int = 20) -> dict[str, list[float]]:
-    """Time several callables in alternating rounds so machine noise hits them alike."""
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int = 20,
+                period_s: float = 0.0) -> dict[str, list[float]]:
+    """Time several callables in alternating rounds so machine noise hits them alike. With
+    ``period_s`` each call starts one period after the last, the process sleeping in between, as a
+    control loop's step does (a paced call finds colder caches than a back-to-back one)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -83,7 +86,10 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: in
             for _ in range(per_round):
                 t = time.perf_counter()
                 fn()
-                out[k].append(time.perf_counter() - t)
+                done = time.perf_counter()
+                out[k].append(done - t)
+                if period_s > 0:
+                    time.sleep(max(0.0, period_s - (done - t)))
     return out
 
 

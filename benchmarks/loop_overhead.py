@@ -10,7 +10,10 @@ Interleaved in rounds (the machine is shared), each timed per call:
 * ``command_out``: building the JointState command (``conversions.array_to_joint_state``);
 * ``diagnostics``: one ``/diagnostics`` key/value report (1 Hz, or at a fault).
 Prints JSON: percentiles in microseconds, ``beyond_act_us`` = loop + conversions - act (p50),
-the machine. The DDS part (publish, take, executor wake-up) is ``benchmarks/closed_loop.py``'s.
+the machine. ``--paced`` makes one call per control period with the process asleep in between, as
+the node runs: every part then costs about 2-3x its back-to-back time (colder caches). The
+publish call is ``benchmarks/publish_cost.py``'s; the whole in the node (e2e - act) is
+``benchmarks/closed_loop.py``'s.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="torch")
     p.add_argument("--steps", type=int, default=3000, help="timed calls per variant")
     p.add_argument("--rate", type=float, default=500.0, help="the loop's control rate (its period bounds act)")
+    p.add_argument("--paced", action="store_true", help="one call per period of --rate, sleeping in between "
+                                                        "(as in the node); default back to back")
     a = p.parse_args(argv)
 
     policy = Policy.load(a.model, backend=a.backend, **({"threads": 1} if a.backend == "torch" else {}))
@@ -55,9 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         k[0] += 1
         policy.act(states[k[0] % 1024])
 
+    clock = [time.monotonic()]
+
     def step() -> None:
+        # the loop's clock advances one period per state: no flood, and no input gap (a gap over
+        # stale_timeout would start a new episode every step)
         k[0] += 1
-        loop.on_state(states[k[0] % 1024], time.time_ns(), time.monotonic() + k[0])  # + k: never a flood
+        clock[0] += 1.0 / a.rate
+        loop.on_state(states[k[0] % 1024], time.time_ns(), clock[0])
 
     def diagnostics() -> None:
         loop.stats.report()
@@ -69,14 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         "command_out": lambda: conv.array_to_joint_state(command, names[:len(command)] or ["a"] * len(command),
                                                          conv.ns_to_stamp(time.time_ns()), "effort"),
         "diagnostics": diagnostics,
-    }, rounds=10, per_round=max(1, a.steps // 10))
+    }, rounds=10, per_round=max(1, a.steps // 10), period_s=1.0 / a.rate if a.paced else 0.0)
     rows = {name: summarise(s) for name, s in samples.items()}
     beyond = (rows["loop"]["p50_us"] - rows["act"]["p50_us"] + rows["joint_state_in"]["p50_us"]
               + rows["command_out"]["p50_us"])
-    emit_json({"benchmark": "loop_overhead", "model": a.model, "backend": a.backend, "rate_hz": a.rate,
+    emit_json({"benchmark": "loop_overhead", "model": a.model, "backend": a.backend, "rate_hz": a.rate, "paced": a.paced,
                "rows": rows, "beyond_act_p50_us": round(beyond, 1),
                "loop_minus_act_p99_us": round(rows["loop"]["p99_us"] - rows["act"]["p99_us"], 1),
-               "target_beyond_act_p50_us": 100.0, "faults_seen": loop.stats.faults, "machine": machine()})
+               "target_beyond_act_p50_us": 100.0, "faults_seen": loop.stats.faults,
+               "episode_resets": loop.stats.episode_resets, "machine": machine()})
     return 0
 
 

@@ -258,7 +258,7 @@ class ControlLoop:
         cmd = self.rate_limiter.apply(clipped)
         self.stats.ticks += 1
         self._sent(cmd)
-        return Command(cmd, stamp_ns, arrival)
+        return Command(cmd, stamp_ns, arrival, act_s if check_overrun else None)
 
     def _saturation(self, clipped: np.ndarray, now: float) -> Fault | None:
         """A command at a limit (any dimension) for longer than ``saturation_s``: counted and in

@@ -127,6 +127,7 @@ class LoopStats:
     last_fault_reason: str = ""
     act_latency: LatencyRing = field(default_factory=LatencyRing)
     e2e_latency: LatencyRing = field(default_factory=LatencyRing)
+    beyond_act_latency: LatencyRing = field(default_factory=LatencyRing)  # e2e minus act of the same step
     rate: RateMeter = field(default_factory=RateMeter)
 
     def fault(self, reason: str) -> None:
@@ -136,7 +137,7 @@ class LoopStats:
     def report(self) -> dict[str, object]:
         """What diagnostics show: achieved rate, act/e2e latency percentiles (ms), the counters."""
         vals: dict[str, object] = {"rate_hz": self.rate.rate_hz()}
-        for prefix, ring in (("act", self.act_latency), ("e2e", self.e2e_latency)):
+        for prefix, ring in (("act", self.act_latency), ("e2e", self.e2e_latency), ("beyond_act", self.beyond_act_latency)):
             vals.update({f"{prefix}_{k}": v for k, v in ring.summary().as_ms().items()})
         vals.update(self.counters())
         return vals

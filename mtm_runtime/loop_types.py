@@ -69,6 +69,7 @@ class Command:
     action: np.ndarray
     stamp_ns: int
     arrival: float  # monotonic arrival time of the state it was computed from
+    act_s: float | None = None  # this step's act() time; None when none ran for it (a streamed chunk step)
 
 
 @dataclass(frozen=True)

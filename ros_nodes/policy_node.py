@@ -21,7 +21,8 @@ diagnostics and the lifecycle, and publishes what the loop returns.
 * /diagnostics: ``fault`` / ``fault_detail`` and the counters, at once on a fault (at most every
   ``DIAG_MIN_INTERVAL_S``) and at 1 Hz. Contract: ``docs/safety.md``. ``act`` latency is the time in
   ``policy.act()``, ``e2e`` from the state's arrival to the command's publication (async: from the
-  arrival of the state the command's chunk was planned from).
+  arrival of the state the command's chunk was planned from), ``beyond_act`` e2e minus the act of
+  the same step (the node's own time; not in async mode).
 * Test backends: ``backend: external:package.module:Class`` only with ``MTM_ALLOW_EXTERNAL_BACKENDS=1``.
 """
 from __future__ import annotations
@@ -336,7 +337,10 @@ class PolicyNode(CheckedParameters, LifecycleNode):
             return
         self._publish(out.action, out.stamp_ns)
         if isinstance(out, Command):
-            self.stats.e2e_latency.add(time.monotonic() - out.arrival)
+            e2e = time.monotonic() - out.arrival
+            self.stats.e2e_latency.add(e2e)
+            if out.act_s is not None:   # the node's own time on this step: all but act()
+                self.stats.beyond_act_latency.add(e2e - out.act_s)
 
     def safe_stop(self) -> int:
         """Publish the shutdown ramp (rate-limited, bounded) if active; returns commands sent."""

@@ -77,7 +77,9 @@ def test_closed_loop_benchmark_quick_json_schema(ros_env, tmp_path: Path) -> Non
     pol = s["policy_loop"]
     assert pol["achieved_rate_hz"] > 0 and pol["replies"] > 0
     assert {"latency_p50_added_ms", "latency_p99_ratio"} <= set(s["policy_over_echo"])
-    assert set(s["targets"]) == {"achieved_rate_hz", "miss_fraction", "latency_p99_ms"}
+    assert set(s["targets"]) == {"achieved_rate_hz", "miss_fraction", "latency_p99_ms", "beyond_act_p50_ms"}
+    beyond = s["targets"]["beyond_act_p50_ms"]["measured"]   # from the node's own per-step record
+    assert 0 < beyond < float(pol["policy_node_diagnostics"]["e2e_p50_ms"]), pol["policy_node_diagnostics"]
 
 
 def test_faults_after_the_bridge_finished_are_told_apart_from_faults_during_the_run() -> None:
@@ -86,3 +88,14 @@ def test_faults_after_the_bridge_finished_are_told_apart_from_faults_during_the_
     res = LoopResult(1.0, [], {"faults": "3", "stale_ticks": "2"}, {}, policy_diagnostics_at_bridge_end={"faults": "1"})
     assert res.faults_after_bridge_end() == 2                  # 1 during the episodes, 2 after the bridge stopped
     assert LoopResult(1.0, [], {"faults": "3"}, {}).faults_after_bridge_end() == 0   # no snapshot: claim nothing
+
+
+def test_publish_cost_benchmark_times_each_message_with_matched_subscribers(ros_env) -> None:
+    r = subprocess.run([sys.executable, "benchmarks/publish_cost.py", "--calls", "50"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    assert set(res["rows"]) == {f"{m}_{n}_subscribers" for m in ("joint_state", "float64_array") for n in (0, 1, 2)}
+    for row in res["rows"].values():
+        assert row["n"] == 50 and 0 < row["p50_us"] <= row["p99_us"]
+    assert res["ros_domain_id"] == ros_env["ROS_DOMAIN_ID"]

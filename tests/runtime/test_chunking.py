@@ -186,6 +186,7 @@ def test_async_loop_stalled_model_gives_the_fault_action_within_the_bound() -> N
     assert faults and faults[0] <= last_state + 0.05 + 2e-3 and faults[0] >= stalled_at
     assert all(isinstance(o, Fault) for t, o in outs if faults[0] <= t < 0.45)
     assert isinstance(outs[-1][1], Command)  # recovered
+    assert outs[-1][1].act_s is None  # a streamed step ran no act(): the node records no beyond-act time for it
     assert loop.stats.stale_chunks == len(faults)
 
 

@@ -102,6 +102,10 @@ def test_commands_are_clipped_to_the_narrowed_limits_and_rate_limited() -> None:
     assert outs[-1].stamp_ns == clock.ns() and outs[-1].arrival == clock.t  # type: ignore[union-attr]
     assert loop.stats.ticks == loop.stats.published == 8 and loop.stats.faults == 0
     assert loop.stats.act_latency.total == 8
+    assert all(o.act_s == 0.0 for o in outs)  # type: ignore[union-attr]  # the fake act clock stands still
+    policy.delay_s = 0.004
+    out = chain.state(clock, [0.9, -0.9, 0.0])
+    assert isinstance(out, Command) and out.act_s == pytest.approx(0.004)   # what the node subtracts from e2e
 
 
 def test_inactive_loop_does_nothing() -> None:
