@@ -8,7 +8,10 @@ Interleaved in rounds (the machine is shared), each timed per call:
   saturation check, rate limit, counters (``loop - act``: the chain's own cost);
 * ``joint_state_in``: ``conversions.joint_state_to_array`` of a 2-joint JointState by name;
 * ``command_out``: building the JointState command (``conversions.array_to_joint_state``);
-* ``diagnostics``: one ``/diagnostics`` key/value report (1 Hz, or at a fault).
+* ``diagnostics``: one ``/diagnostics`` key/value report (1 Hz, or at a fault);
+* ``node_step``: the node's state callback without DDS (JointState in, the loop, the command
+  message); ``node_step_beyond_act``: each such step minus its own act(), as the node's
+  ``beyond_act`` diagnostic counts it (there, plus the publish call: ``publish_cost.py``).
 Prints JSON: percentiles in microseconds, ``beyond_act_us`` = loop + conversions - act (p50),
 the machine. ``--paced`` makes one call per control period with the process asleep in between, as
 the node runs: every part then costs about 2-3x its back-to-back time (colder caches). The
@@ -29,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import emit_json, interleaved, machine, summarise  # noqa: E402
 from mtm_runtime.control_loop import ControlLoop  # noqa: E402
-from mtm_runtime.loop_types import LoopConfig  # noqa: E402
+from mtm_runtime.loop_types import Command, LoopConfig  # noqa: E402
 from mtm_runtime.policy import Policy  # noqa: E402
 from mtm_runtime.ros_nodes import conversions as conv  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
@@ -73,14 +76,32 @@ def main(argv: list[str] | None = None) -> int:
         loop.stats.report()
         loop.faults.report()
 
+    node_beyond: list[float] = []
+    n_pos = len(names)
+    msgs = [JointState(name=names, position=s[:n_pos].tolist(), velocity=s[n_pos:].tolist()) for s in states[:256]]
+
+    def node_step() -> None:
+        """The node's state callback without DDS: JointState in, the loop, the command message;
+        records the step's time minus its own act() (what the node's beyond_act reports)."""
+        t = time.perf_counter()
+        k[0] += 1
+        clock[0] += 1.0 / a.rate
+        state = conv.joint_state_to_array(msgs[k[0] % 256], names, ["position", "velocity"])
+        out = loop.on_state(state, time.time_ns(), clock[0])
+        if isinstance(out, Command) and out.act_s is not None:
+            conv.command_message(out.action, "joint_state", names[:len(out.action)] or ["a"] * len(out.action),
+                                 out.stamp_ns, "effort", 1.0 / a.rate)
+            node_beyond.append(time.perf_counter() - t - out.act_s)
+
     samples = interleaved({
         "act": act, "loop": step,
         "joint_state_in": lambda: conv.joint_state_to_array(msg, names, ["position", "velocity"]),
         "command_out": lambda: conv.array_to_joint_state(command, names[:len(command)] or ["a"] * len(command),
                                                          conv.ns_to_stamp(time.time_ns()), "effort"),
-        "diagnostics": diagnostics,
+        "diagnostics": diagnostics, "node_step": node_step,
     }, rounds=10, per_round=max(1, a.steps // 10), period_s=1.0 / a.rate if a.paced else 0.0)
     rows = {name: summarise(s) for name, s in samples.items()}
+    rows["node_step_beyond_act"] = summarise(node_beyond)
     beyond = (rows["loop"]["p50_us"] - rows["act"]["p50_us"] + rows["joint_state_in"]["p50_us"]
               + rows["command_out"]["p50_us"])
     emit_json({"benchmark": "loop_overhead", "model": a.model, "backend": a.backend, "rate_hz": a.rate, "paced": a.paced,
