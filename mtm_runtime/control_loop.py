@@ -40,6 +40,7 @@ class _Pending:
     state: np.ndarray
     stamp_ns: int
     arrival: float
+    stamped: bool = False  # the source's stamp (JointState): its age is checked again at the tick
 
 
 @dataclass
@@ -164,7 +165,7 @@ class ControlLoop:
         since_last, self._ep.last_arrival = now - self._ep.last_arrival, now
         self._ep.last_stamp_ns = stamp_ns
         if self.config.trigger == "state" and since_last < self._min_step_s:
-            self._ep.pending = _Pending(state, stamp_ns, now)  # flood: deferred to the next tick
+            self._ep.pending = _Pending(state, stamp_ns, now, stamped)  # flood: deferred to the next tick
             self.watchdog.feed(now)
             return None
         gap = self.watchdog.feed(now)
@@ -175,7 +176,7 @@ class ControlLoop:
                 self._ep.last_stamp_ns, self._ep.last_arrival = stamp_ns, now
         if self.config.trigger == "state":
             return self._step(state, stamp_ns, now)
-        self._ep.pending = _Pending(state, stamp_ns, now)
+        self._ep.pending = _Pending(state, stamp_ns, now, stamped)
         return None
 
     def _stamp_rejection(self, stamp_ns: int) -> str | None:
@@ -204,6 +205,11 @@ class ControlLoop:
                                               f"in since activation)")
         pending, self._ep.pending = self._ep.pending, None
         if pending is None:
+            return None
+        if pending.stamped and self._max_age_ns and self._clock_ns() - pending.stamp_ns > self._max_age_ns:
+            # fresh when it arrived, too old by the time its tick came (a late timer on a busy machine)
+            self.reject(f"deferred state stamp is {(self._clock_ns() - pending.stamp_ns) * 1e-9:.3f} s old at its "
+                        "tick (> max_state_age)")
             return None
         return self._step(pending.state, pending.stamp_ns, pending.arrival)
 

@@ -52,7 +52,9 @@ class LoopResult:
     loss: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def faults_after_bridge_end(self) -> int:
-        """Faults the policy counted after the bridge's last /diagnostics snapshot (0 if unknown)."""
+        """Faults the policy counted after the bridge ended its last episode (0 if unknown): the
+        policy's /diagnostics when the monitor saw the last episode end (or, if it missed one, when
+        the bridge's process exited) against its last."""
         try:
             return int(self.policy_diagnostics["faults"]) - int(self.policy_diagnostics_at_bridge_end["faults"])
         except (KeyError, ValueError):
@@ -173,12 +175,18 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
                     print(f"  episode {e['episode']}: return {e['return']:.3f}, normalised score "
                           f"{e['normalised_score']:.1f} ({e['steps']} steps{reached})", flush=True)
             shown += len(new)
+            if episodes and n_eps >= episodes and not at_bridge_end:
+                # the bridge ended its last episode: a fault shows in the policy's /diagnostics at once
+                # (event-driven), while the watchdog's ticks in the silence after start stale_timeout later
+                with monitor.lock:
+                    at_bridge_end = dict(monitor.policy_diag)
             if err:
                 raise NodeFailure(f"node mtm_policy: {err}; last lines of its log:\n" + procs.tail("mtm_policy"))
             exited = procs.exited()
             if bridge_name in exited and exited[bridge_name] == 0 and episodes:
-                with monitor.lock:
-                    at_bridge_end = dict(monitor.policy_diag)
+                if not at_bridge_end:   # the monitor missed an episode's end: the exit is the next best moment
+                    with monitor.lock:
+                        at_bridge_end = dict(monitor.policy_diag)
                 break  # the bridge finished its episodes
             # the bridge may finish between exited() and check(): the next pass takes it as done
             procs.check(allowed_to_exit=(bridge_name,) if episodes else ())

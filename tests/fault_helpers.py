@@ -1,9 +1,13 @@
 """Shared pieces of the fault-injection tests: a scriptable Backend (public interface only), tiny
-checkpoints, diagnostics timing, and a results table the tests append to (``FAULT_RESULTS``)."""
+checkpoints, diagnostics timing, processes to kill, and a results table the tests append to
+(``FAULT_RESULTS``)."""
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,26 @@ from mtm_runtime.spec import TrajectorySpec
 REPO = Path(__file__).resolve().parents[1]
 #: Where measurements are appended (one JSON line per scenario) for the report table.
 RESULTS_FILE = Path(os.environ.get("MTM_FAULT_RESULTS", "/tmp/mtm_fault_results.jsonl"))
+
+
+def popen_logged(args: list[str], log: Path) -> subprocess.Popen:
+    """``python ARGS`` in the repository, in its own session (a group to signal), output to ``log``."""
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=log.open("a"), stderr=subprocess.STDOUT,
+                            start_new_session=True, env=os.environ.copy())
+
+
+def kill_group(p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` to the process group of ``p`` and reap it (SIGKILL if it outlives 5 s)."""
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
 
 
 class FaultyBackend(Backend):

@@ -2,10 +2,8 @@
 SIGINT/SIGTERM to the policy node in each lifecycle state."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ pytest.importorskip("mujoco")
 
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from fault_helpers import REPO, record, tiny_checkpoint  # noqa: E402
+from fault_helpers import kill_group, popen_logged, record, tiny_checkpoint  # noqa: E402
 from mtm_runtime import safety_contract as contract  # noqa: E402
 from ros_harness import Graph, Parameter, Transition, obs  # noqa: E402
 from mtm_runtime.ros_nodes.policy_node import PolicyNode  # noqa: E402
@@ -29,26 +27,8 @@ pytestmark = pytest.mark.ros
 RATE, STALE, MAX_RATE = 50.0, 0.3, 0.2
 
 
-def _popen(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=log.open("a"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env=os.environ.copy())
-
-
-def _kill_group(p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    if p.poll() is None:
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(5)
-
-
 def _sim(log: Path) -> subprocess.Popen:
-    return _popen(["-m", "mtm_runtime.ros_nodes.sim_bridge", "--ros-args", "-p", "mode:=realtime", "-p", f"control_rate_hz:={RATE}",
+    return popen_logged(["-m", "mtm_runtime.ros_nodes.sim_bridge", "--ros-args", "-p", "mode:=realtime", "-p", f"control_rate_hz:={RATE}",
                    "-p", "command_type:=joint_state", "-p", "stamp_clock:=ros", "-p", "publish_observation:=false",
                    "-p", "command_timeout_s:=0.3"], log)
 
@@ -83,7 +63,7 @@ def test_sim_killed_and_restarted(ros_env, tmp_path: Path) -> None:
             resets, ticks = node.stats.episode_resets, node.stats.ticks
             stale0 = node.stats.stale_ticks  # (the node was stale before the sim first started)
             t_kill = time.monotonic()
-            _kill_group(sim, signal.SIGKILL)
+            kill_group(sim, signal.SIGKILL)
             g.wait_for(lambda: node.stats.stale_ticks > stale0, 3.0, "stale detected")
             detected = time.monotonic() - t_kill
             reported = diags.wait(t_kill, lambda d: "stale_input" in d["fault"] and d["_level"] == "1")
@@ -105,8 +85,8 @@ def test_sim_killed_and_restarted(ros_env, tmp_path: Path) -> None:
                    recovered_s=recovered, note="recovered = sim process restart (mujoco import) to first policy command")
         finally:
             if sim is not None:
-                _kill_group(sim, signal.SIGINT)
-                _kill_group(sim)
+                kill_group(sim, signal.SIGINT)
+                kill_group(sim)
             verdict = mon.stop()
     assert verdict["unsafe"] == 0, verdict
     assert verdict["stamps_matched"] > 10  # the monitor's state subscription is best effort
@@ -132,7 +112,7 @@ def test_signals_in_each_lifecycle_state(ros_env, tmp_path: Path, state: str) ->
                         "-p", f"model_path:={ckpt}", "-p", f"control_rate_hz:={RATE}", "-p", f"stale_timeout:={STALE}",
                         "-p", f"max_rate:={MAX_RATE}", "-p", "fault_action:=safe", "-p", f"safe_action:={SAFE}",
                         "-p", f"autostart:={'true' if state == 'active' else 'false'}", "-p", "warmup_iters:=2"]
-                procs[sig] = _popen(args, tmp_path / f"{name}.log")
+                procs[sig] = popen_logged(args, tmp_path / f"{name}.log")
                 if state == "active":
                     mons[sig] = MonitorProcess(tmp_path / f"{name}.json", low=[-1, -1], high=[1, 1], stale_timeout=STALE,
                                                max_rate=MAX_RATE, max_gap=contract.max_command_gap_s(STALE, RATE),
@@ -178,6 +158,6 @@ def test_signals_in_each_lifecycle_state(ros_env, tmp_path: Path, state: str) ->
                        recovered_s=None, exit_s=exit_s)
         finally:
             for p in procs.values():
-                _kill_group(p)
+                kill_group(p)
             for m in mons.values():
                 m.kill()

@@ -148,6 +148,23 @@ def test_stamp_rules_for_stamped_inputs() -> None:
     assert policy.calls and len(policy.calls) == 1
 
 
+def test_a_deferred_state_is_checked_again_at_its_tick() -> None:
+    """Fresh on arrival, deferred by the flood guard, too old (max_state_age) by the time a late
+    tick comes: dropped, not acted on; a tick in time steps it."""
+    loop, policy, clock = make(max_state_age=0.2, stale_timeout=0.5, stale_reset_s=1.0)
+    chain = Chain(loop)
+    for late, stepped in ((0.0, True), (0.25, False)):
+        assert isinstance(chain.state(clock, [0.1, 0.0, 0.0], dt=P, stamp=clock.ns() + int(P * 1e9), stamped=True), Command)
+        assert chain.state(clock, [0.2, 0.0, 0.0], dt=P / 10, stamp=clock.ns() + int(P * 1e8), stamped=True) is None
+        assert loop.pending
+        rejected, calls = loop.stats.rejected_inputs, len(policy.calls)
+        out = chain.tick(clock, dt=P + late)
+        assert isinstance(out, Command) if stepped else out is None, (late, out)
+        assert len(policy.calls) == calls + stepped and not loop.pending
+        assert loop.stats.rejected_inputs == rejected + (not stepped)
+    assert "deferred state stamp is 0.26" in loop.stats.last_fault_reason and "(> max_state_age)" in loop.stats.last_fault_reason
+
+
 def test_a_flood_is_deferred_to_the_next_tick() -> None:
     loop, policy, clock = make()
     chain = Chain(loop)

@@ -22,7 +22,7 @@ from ros_harness import DiagnosticsLog, Graph, Parameter, ScriptedPolicy  # noqa
 from mtm_runtime.ros_nodes.policy_node import PolicyNode  # noqa: E402
 from safety_monitor import MonitorProcess  # noqa: E402
 from mtm_runtime.sim.virtual_mcu import VirtualMCU  # noqa: E402
-from test_faults_process import _kill_group, _popen  # noqa: E402
+from fault_helpers import kill_group, popen_logged  # noqa: E402
 
 pytestmark = pytest.mark.ros
 RATE, STALE, MAX_RATE = 50.0, 0.3, 0.2
@@ -42,7 +42,7 @@ def test_serial_faults_closed_loop(ros_env, tmp_path: Path) -> None:
     link = str(tmp_path / "ttyMTM")
     mcu = VirtualMCU("reacher", RATE, heartbeat_hz=20.0, heartbeat_timeout=0.3, link_path=link).start()
     policy = ScriptedPolicy(state_width=mcu.state_width, action_width=mcu.command_width, gain=0.5)
-    bridge = _popen(["-m", "mtm_runtime.ros_nodes.serial_bridge", "--ros-args", "-p", f"port:={link}",
+    bridge = popen_logged(["-m", "mtm_runtime.ros_nodes.serial_bridge", "--ros-args", "-p", f"port:={link}",
                      "-p", f"state_width:={mcu.state_width}", "-p", f"command_width:={mcu.command_width}",
                      "-p", "command_limit:=1.0", "-p", "reconnect_backoff_min:=0.02",
                      "-p", "reconnect_backoff_max:=0.2"], tmp_path / "bridge.log")
@@ -110,8 +110,8 @@ def test_serial_faults_closed_loop(ros_env, tmp_path: Path) -> None:
             finally:
                 verdict = mon.stop()
     finally:
-        _kill_group(bridge, 2)
-        _kill_group(bridge)
+        kill_group(bridge, 2)
+        kill_group(bridge)
         mcu.stop()
     assert verdict["unsafe"] == 0, verdict
     record("serial faults (monitor)", unsafe=verdict["unsafe"], commands=verdict["commands"],
