@@ -48,10 +48,12 @@ def record_main(output: Path, topics: list[str] | None, duration_s: float) -> in
         rclpy.shutdown(context=context)
         print(f"mtm record: cannot write {output}: {e.strerror or e}", file=sys.stderr)
         return 2
-    # /observation last, once the bridge's other topics are subscribed (see LoopMonitor ``last``): with
-    # the bridge's start_subscribers the loop then starts only when every stream reaches the recorder
-    gate: dict[str, Any] = {"last": "/observation", "first": tuple(t for t in BRIDGE_TOPICS if t in wanted),
-            "last_wait_s": RECORD_LAST_WAIT_S} if "/observation" in wanted else {}
+    # /observation last, once the bridge's other topics and the commands are subscribed (see LoopMonitor
+    # ``last``): with the bridge's start_subscribers the loop then starts only when every stream reaches
+    # the recorder (a recorder that had not yet seen the commands' publisher lost a run's first 2 s of them)
+    gate: dict[str, Any] = {"last": "/observation",
+                            "first": tuple(t for t in (*BRIDGE_TOPICS, "/commands") if t in wanted),
+                            "last_wait_s": RECORD_LAST_WAIT_S} if "/observation" in wanted else {}
     node = LoopMonitor(dict(wanted), sink, context=context, **gate)
     executor, _ = make_executor(context, prefer=MONITOR_EXECUTOR)
     executor.add_node(node)
