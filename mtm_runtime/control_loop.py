@@ -206,11 +206,11 @@ class ControlLoop:
         pending, self._ep.pending = self._ep.pending, None
         if pending is None:
             return None
-        if pending.stamped and self._max_age_ns and self._clock_ns() - pending.stamp_ns > self._max_age_ns:
-            # fresh when it arrived, too old by the time its tick came (a late timer on a busy machine)
-            self.reject(f"deferred state stamp is {(self._clock_ns() - pending.stamp_ns) * 1e-9:.3f} s old at its "
-                        "tick (> max_state_age)")
-            return None
+        if pending.stamped and self._max_age_ns:
+            age_ns = self._clock_ns() - pending.stamp_ns   # fresh on arrival; a late tick can make it old
+            if age_ns > self._max_age_ns:
+                self.reject(f"deferred state stamp is {age_ns * 1e-9:.3f} s old at its tick (> max_state_age)")
+                return None
         return self._step(pending.state, pending.stamp_ns, pending.arrival)
 
     def _step(self, state: np.ndarray, stamp_ns: int, arrival: float) -> Command | Fault | None:

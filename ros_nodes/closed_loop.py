@@ -175,18 +175,17 @@ def run_closed_loop(model: str, *, log_dir: Path, target: str = "sim", backend: 
                     print(f"  episode {e['episode']}: return {e['return']:.3f}, normalised score "
                           f"{e['normalised_score']:.1f} ({e['steps']} steps{reached})", flush=True)
             shown += len(new)
-            if episodes and n_eps >= episodes and not at_bridge_end:
-                # the bridge ended its last episode: a fault shows in the policy's /diagnostics at once
-                # (event-driven), while the watchdog's ticks in the silence after start stale_timeout later
-                with monitor.lock:
-                    at_bridge_end = dict(monitor.policy_diag)
             if err:
                 raise NodeFailure(f"node mtm_policy: {err}; last lines of its log:\n" + procs.tail("mtm_policy"))
             exited = procs.exited()
-            if bridge_name in exited and exited[bridge_name] == 0 and episodes:
-                if not at_bridge_end:   # the monitor missed an episode's end: the exit is the next best moment
-                    with monitor.lock:
-                        at_bridge_end = dict(monitor.policy_diag)
+            bridge_done = bridge_name in exited and exited[bridge_name] == 0 and episodes
+            # the policy's counters when the bridge ended its last episode: a fault shows in its
+            # /diagnostics at once (event-driven), the watchdog's ticks in the silence after start
+            # stale_timeout later; if the monitor missed an episode's end, the exit is the next best moment
+            if not at_bridge_end and episodes and (n_eps >= episodes or bridge_done):
+                with monitor.lock:
+                    at_bridge_end = dict(monitor.policy_diag)
+            if bridge_done:
                 break  # the bridge finished its episodes
             # the bridge may finish between exited() and check(): the next pass takes it as done
             procs.check(allowed_to_exit=(bridge_name,) if episodes else ())
