@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit_json, machine  # noqa: E402
+from benchmarks.common import add_wake_latency_option, emit_json, hold_wake_latency, machine  # noqa: E402
 
 TARGETS = {500: {"achieved_rate_hz": 499.0, "miss_fraction": 0.001, "latency_p99_ms": 1.0, "beyond_act_p50_ms": 0.1},
            1000: {"miss_fraction": 0.005, "latency_p99_ms": 1.0}}
@@ -184,14 +184,16 @@ def echo_baseline(rate: float, executor: str, duration: float, work: Path, env: 
 
 
 def policy_loop(rate: float, model: Path, backend: str, duration: float, work: Path, env: dict[str, str],
-                episode_reset: bool, episode_s: float, chunked: dict[str, Any] | None = None) -> dict[str, Any]:
+                episode_reset: bool, episode_s: float, chunked: dict[str, Any] | None = None,
+                wake_latency_us: int = -1) -> dict[str, Any]:
     from mtm_runtime.ros_nodes.launch_description import describe
     from mtm_runtime.ros_nodes.closed_loop import write_params
 
     out = work / f"policy_{int(rate)}.json"
     policy = {"input_type": "joint_state", "joint_names": ["joint0", "joint1"], "state_fields": ["position", "velocity"],
               "command_type": "joint_state", "command_interface": "effort", "trigger": "state", "mask_mode": "goal",
-              "warmup_iters": 200, "stale_timeout": 0.5, "inference_threads": 1, **(chunked or {})}
+              "warmup_iters": 200, "stale_timeout": 0.5, "inference_threads": 1,
+              "cpu_wake_latency_us": wake_latency_us, **(chunked or {})}
     # the policy reads joint_states: the bridge skips the redundant observation topic (one
     # publish less between the state and the moment the bridge can take the command)
     bridge = {"command_type": "joint_state", "reset_timeout_s": 30.0, "publish_observation": False,
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(T = 8 model, chunk --chunk); a period without a command is the miss")
     ap.add_argument("--chunk", type=int, default=4)
     ap.add_argument("--model-rate", type=float, default=100.0)
+    add_wake_latency_option(ap)  # system-wide while held: the echo baseline runs under it too
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     ap.add_argument("--work-dir", type=Path, default=None, help="logs and intermediate files (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -294,11 +297,14 @@ def main(argv: list[str] | None = None) -> int:
                                                      "episode_reset_service": not args.no_episode_reset,
                                                      "episode_s": args.episode_s, "chunked": chunked},
         "work_dir": str(work), "settings": {}}
+    # system-wide while held: the echo baseline runs under the same idle states as the policy
+    wake, result["cpu_wake_latency"] = hold_wake_latency(args.cpu_wake_latency_us)
     for rate in rates:
         entry: dict[str, Any] = {}
         if not args.no_echo:
             entry["echo_baseline"] = {ex: echo_baseline(rate, ex, duration, work, env) for ex in ("single", "events")}
-        pol = policy_loop(rate, model, backend, duration, work, env, not args.no_episode_reset, args.episode_s, chunked)
+        pol = policy_loop(rate, model, backend, duration, work, env, not args.no_episode_reset, args.episode_s, chunked,
+                          args.cpu_wake_latency_us)
         entry["policy_loop"] = pol
         ex = pol.get("executor", "events")
         ex_key = "events" if ex == "events" else "single"
@@ -320,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
               f"latency p50 {pol['latency_ms']['p50']} ms p99 {pol['latency_ms']['p99']} ms "
               f"max {pol['latency_ms']['max']} ms; bridge tick p99 {pol['tick_callback_ms']['p99']} ms",
               file=sys.stderr, flush=True)
+    wake.release()
     emit_json(result, args.json)
     return 0
 

@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mtm_runtime.cpu_latency import CpuLatencyRequest
+
 
 def machine() -> dict[str, object]:
     """What ran the benchmark (one home: ``mtm_runtime.profiling.machine_info``)."""
@@ -91,6 +93,23 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: in
                 if period_s > 0:
                     time.sleep(max(0.0, period_s - (done - t)))
     return out
+
+
+def add_wake_latency_option(parser) -> None:
+    """``--cpu-wake-latency-us``: the PM QoS request of ``mtm_runtime/cpu_latency.py`` for the run."""
+    parser.add_argument("--cpu-wake-latency-us", type=int, default=-1, metavar="US",
+                        help="hold idle CPUs to this wake-up latency for the whole run (Linux PM QoS, system-wide: "
+                             "the policy node's cpu_wake_latency_us); -1 = off (default)")
+
+
+def hold_wake_latency(target_us: int) -> tuple[CpuLatencyRequest, dict[str, object]]:
+    """Hold the request for a benchmark run (a failure is printed, and the run goes on without it);
+    returns it (release it at the end) and what the JSON records of it."""
+    req = CpuLatencyRequest()
+    problem = req.hold(target_us)
+    if problem:
+        print(f"[benchmark] {problem}", file=sys.stderr, flush=True)
+    return req, {"requested_us": target_us, "status": req.status}
 
 
 def replace_section(path: Path, begin: str, end: str, body: Sequence[str]) -> None:

@@ -7,7 +7,7 @@ Interleaved in rounds (the machine is shared), each timed per call:
 * ``loop``: ``ControlLoop.on_state`` with the same policy: input checks, flood guard, act, clip,
   saturation check, rate limit, counters (``loop - act``: the chain's own cost);
 * ``joint_state_in``: ``conversions.joint_state_to_array`` of a 2-joint JointState by name;
-* ``command_out``: building the JointState command (``conversions.array_to_joint_state``);
+* ``command_out``: filling the JointState command (``conversions.CommandWriter``, as the node does);
 * ``diagnostics``: one ``/diagnostics`` key/value report (1 Hz, or at a fault);
 * ``node_step``: the node's state callback without DDS (JointState in, the loop, the command
   message); ``node_step_beyond_act``: each such step minus its own act(), as the node's
@@ -30,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import emit_json, interleaved, machine, summarise  # noqa: E402
+from benchmarks.common import (add_wake_latency_option, emit_json, hold_wake_latency, interleaved,  # noqa: E402
+                               machine, summarise)
 from mtm_runtime.control_loop import ControlLoop  # noqa: E402
 from mtm_runtime.loop_types import Command, LoopConfig  # noqa: E402
 from mtm_runtime.policy import Policy  # noqa: E402
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=500.0, help="the loop's control rate (its period bounds act)")
     p.add_argument("--paced", action="store_true", help="one call per period of --rate, sleeping in between "
                                                         "(as in the node); default back to back")
+    add_wake_latency_option(p)
     a = p.parse_args(argv)
+    wake, wake_json = hold_wake_latency(a.cpu_wake_latency_us)
 
     policy = Policy.load(a.model, backend=a.backend, **({"threads": 1} if a.backend == "torch" else {}))
     width = policy.spec.width("states")
@@ -57,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [f"j{i}" for i in range(width // 2)]
     msg = JointState(name=names, position=[0.1] * len(names), velocity=[0.0] * (width - len(names)))
     command = np.zeros(policy.spec.width("actions"), np.float32)
+    writer = conv.CommandWriter("joint_state", names[:len(command)] or ["a"] * len(command), "effort",
+                                1.0 / a.rate, len(command))
     k = [0]
 
     def act() -> None:
@@ -89,22 +94,22 @@ def main(argv: list[str] | None = None) -> int:
         state = conv.joint_state_to_array(msgs[k[0] % 256], names, ["position", "velocity"])
         out = loop.on_state(state, time.time_ns(), clock[0])
         if isinstance(out, Command) and out.act_s is not None:
-            conv.command_message(out.action, "joint_state", names[:len(out.action)] or ["a"] * len(out.action),
-                                 out.stamp_ns, "effort", 1.0 / a.rate)
+            writer.message(out.action, out.stamp_ns)
             node_beyond.append(time.perf_counter() - t - out.act_s)
 
     samples = interleaved({
         "act": act, "loop": step,
         "joint_state_in": lambda: conv.joint_state_to_array(msg, names, ["position", "velocity"]),
-        "command_out": lambda: conv.array_to_joint_state(command, names[:len(command)] or ["a"] * len(command),
-                                                         conv.ns_to_stamp(time.time_ns()), "effort"),
+        "command_out": lambda: writer.message(command, time.time_ns()),
         "diagnostics": diagnostics, "node_step": node_step,
     }, rounds=10, per_round=max(1, a.steps // 10), period_s=1.0 / a.rate if a.paced else 0.0)
     rows = {name: summarise(s) for name, s in samples.items()}
     rows["node_step_beyond_act"] = summarise(node_beyond)
     beyond = (rows["loop"]["p50_us"] - rows["act"]["p50_us"] + rows["joint_state_in"]["p50_us"]
               + rows["command_out"]["p50_us"])
+    wake.release()
     emit_json({"benchmark": "loop_overhead", "model": a.model, "backend": a.backend, "rate_hz": a.rate, "paced": a.paced,
+               "cpu_wake_latency": wake_json,
                "rows": rows, "beyond_act_p50_us": round(beyond, 1),
                "loop_minus_act_p99_us": round(rows["loop"]["p99_us"] - rows["act"]["p99_us"], 1),
                "target_beyond_act_p50_us": 100.0, "faults_seen": loop.stats.faults,

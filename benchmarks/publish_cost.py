@@ -28,9 +28,10 @@ import rclpy  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from benchmarks.common import emit_json, interleaved, machine, summarise  # noqa: E402
+from benchmarks.common import (add_wake_latency_option, emit_json, hold_wake_latency, interleaved,  # noqa: E402
+                               machine, summarise)
 from mtm_runtime.ros_nodes import conversions as conv  # noqa: E402
-from mtm_runtime.ros_nodes.policy_node import COMMAND_QOS  # noqa: E402
+from mtm_runtime.ros_nodes.policy_topics import COMMAND_QOS  # noqa: E402
 
 #: A subscriber process: takes every message of both topics until stdin closes.
 SUBSCRIBER = """
@@ -65,7 +66,11 @@ def wait_for(pubs: list, count: int, timeout_s: float = 20.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, default=3000, help="timed publishes per variant and subscriber count")
+    p.add_argument("--paced", type=float, default=0.0, metavar="HZ",
+                   help="one publish per period at this rate, asleep in between (as the node runs); default back to back")
+    add_wake_latency_option(p)
     a = p.parse_args(argv)
+    wake, wake_json = hold_wake_latency(a.cpu_wake_latency_us)
     os.environ.setdefault("ROS_DOMAIN_ID", str(100 + os.getpid() % 50))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     rclpy.init()
@@ -86,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             samples = interleaved({
                 "joint_state": lambda: js_pub.publish(js),
                 "float64_array": lambda: arr_pub.publish(arr),
-            }, rounds=10, per_round=max(1, a.calls // 10))
+            }, rounds=10, per_round=max(1, a.calls // 10),
+               period_s=1.0 / a.paced if a.paced > 0 else 0.0)
             for name, s in samples.items():
                 rows[f"{name}_{count}_subscribers"] = summarise(s)
     finally:
@@ -100,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                 sp.kill()
         node.destroy_node()
         rclpy.try_shutdown()
+    wake.release()
     emit_json({"benchmark": "publish_cost", "qos": "reliable, keep last 1 (the policy node's COMMAND_QOS)",
+               "paced_hz": a.paced, "cpu_wake_latency": wake_json,
                "rmw": os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp (default)"),
                "ros_domain_id": os.environ["ROS_DOMAIN_ID"], "rows": rows, "machine": machine()})
     return 0

@@ -103,6 +103,9 @@ PARAMETERS: dict[str, Param] = {
     "saturation_s": Param(0.0, "a command pinned at a limit longer than this (s) is reported as the fault "
                           "'saturated' (0 = off)", lo=0.0, hi=3600.0),
     "saturation_fault": Param(False, "answer 'saturated' with the fault action (else: diagnostics only)"),
+    "cpu_wake_latency_us": Param(-1, "while active, hold idle CPUs to this wake-up latency (Linux PM QoS, "
+                                 "/dev/cpu_dma_latency; 0 = poll; -1 = leave the OS alone; docs/realtime.md)",
+                                 ilo=-1, ihi=1_000_000),
     "max_input_rate_factor": Param(contract.MAX_INPUT_RATE_FACTOR,
                                    "trigger=state: at most this many steps per control period", lo=1.0, hi=100.0),
     # chunks, asynchronous inference and the world-model monitor (mtm_runtime/chunk_loop.py)

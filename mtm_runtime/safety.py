@@ -104,6 +104,8 @@ class RateLimiter:
         self.width = int(width)
         self._last = np.zeros(width, dtype=np.float64)
         self._has_last = False
+        self._limited = bool(np.any(np.isfinite(d)))  # off: each output is its input (no clip to do)
+        self._lo, self._hi = np.empty(width), np.empty(width)  # this step's window (no temporaries)
 
     @classmethod
     def from_parameter(cls, value: float | Sequence[float], width: int) -> "RateLimiter":
@@ -113,7 +115,7 @@ class RateLimiter:
 
     @property
     def enabled(self) -> bool:
-        return bool(np.any(np.isfinite(self.max_delta)))
+        return self._limited
 
     @property
     def last(self) -> np.ndarray | None:
@@ -137,8 +139,12 @@ class RateLimiter:
             raise UnsafeCommandError("command contains NaN or Inf")
         if out is None:
             out = np.empty(self.width, dtype=np.float32)
-        if self._has_last:
-            np.clip(a, self._last - self.max_delta, self._last + self.max_delta, out=self._last)
+        if self._has_last and self._limited:
+            # = np.clip(a, last - max_delta, last + max_delta), without temporaries or np.clip's wrapper
+            np.subtract(self._last, self.max_delta, out=self._lo)
+            np.add(self._last, self.max_delta, out=self._hi)
+            np.minimum(a, self._hi, out=self._last)
+            np.maximum(self._last, self._lo, out=self._last)
         else:
             self._last[:] = a
             self._has_last = True
@@ -232,10 +238,12 @@ def state_rejection_reason(state: np.ndarray, width: int) -> str | None:
     a = np.asarray(state)
     if a.ndim != 1 or a.size != width:
         return f"state has shape {a.shape}, expected ({width},)"
-    if not np.issubdtype(a.dtype, np.number):
-        return f"state has dtype {a.dtype}, expected numbers"
-    if not np.all(np.isfinite(a)):
+    if a.dtype.kind not in "iuf":   # integers or floats (a dtype-kind test: no np.issubdtype cost per step)
+        return f"state has dtype {a.dtype}, expected real numbers"
+    if not all_finite(a):
         bad = np.flatnonzero(~np.isfinite(a))
+        if not bad.size:
+            return "state values are too large (their float64 sum overflows)"
         return f"state contains NaN/Inf at index {bad[:5].tolist()}"
     return None
 

@@ -9,6 +9,7 @@ Conventions
 """
 from __future__ import annotations
 
+import array
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -21,6 +22,10 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from mtm_runtime.joint_order import MissingJointsError, joint_order
 from mtm_runtime.policy_params import JOINT_FIELDS, Param
+
+
+#: a JointState field -> the JointTrajectoryPoint field of the same quantity
+TRAJECTORY_FIELDS = {"position": "positions", "velocity": "velocities", "effort": "effort"}
 
 
 class ConversionError(ValueError):
@@ -109,23 +114,46 @@ def array_to_joint_trajectory(values: np.ndarray, joint_names: Sequence[str], st
         msg.header.stamp = stamp
     msg.joint_names = list(joint_names)
     point = JointTrajectoryPoint()
-    setattr(point, {"position": "positions", "velocity": "velocities", "effort": "effort"}[field], v.tolist())
+    setattr(point, TRAJECTORY_FIELDS[field], v.tolist())
     ns = int(round(period_s * 1e9))
     point.time_from_start.sec, point.time_from_start.nanosec = ns // 1_000_000_000, ns % 1_000_000_000
     msg.points = [point]
     return msg
 
 
-def command_message(values: np.ndarray, command_type: str, joint_names: Sequence[str], stamp_ns: int,
-                    field: str, period_s: float) -> Float64MultiArray | JointState | JointTrajectory:
-    """The message for ``command_type`` (``policy_params.COMMAND_TYPES``): Float64MultiArray (forward
-    command controllers; no stamp to build), JointState stamped with the source state's stamp, or a
-    one-point JointTrajectory."""
-    if command_type == "joint_state":
-        return array_to_joint_state(values, joint_names, ns_to_stamp(stamp_ns), field)
-    if command_type == "joint_trajectory":
-        return array_to_joint_trajectory(values, joint_names, ns_to_stamp(stamp_ns), field, period_s)
-    return array_to_multiarray(values)
+class CommandWriter:
+    """The command message for ``command_type`` (``policy_params.COMMAND_TYPES``), built once and
+    refilled per step: Float64MultiArray (forward command controllers; no stamp), JointState
+    stamped with the source state's stamp, or a one-point JointTrajectory reached one period
+    (``period_s``) after its stamp. ``message(values, stamp_ns)`` returns the same object each
+    call (``publish`` serialises it at once), its values set through ``array.array``, which the
+    generated message classes take without checking element by element: on the control path
+    that is most of the cost of building a message (``benchmarks/loop_overhead.py``)."""
+
+    def __init__(self, command_type: str, joint_names: Sequence[str], field: str, period_s: float, width: int) -> None:
+        zeros = np.zeros(width)
+        if command_type == "joint_state":
+            self._msg: Float64MultiArray | JointState | JointTrajectory = array_to_joint_state(zeros, joint_names,
+                                                                                               Time(), field)
+            self._target: object = self._msg
+            self._attr, self._stamp = field, self._msg.header.stamp
+        elif command_type == "joint_trajectory":
+            self._msg = array_to_joint_trajectory(zeros, joint_names, Time(), field, period_s)
+            self._target = self._msg.points[0]
+            self._attr, self._stamp = TRAJECTORY_FIELDS[field], self._msg.header.stamp
+        else:
+            self._msg = array_to_multiarray(zeros)
+            self._target, self._attr, self._stamp = self._msg, "data", None
+        self.width = width
+
+    def message(self, values: np.ndarray, stamp_ns: int) -> Float64MultiArray | JointState | JointTrajectory:
+        v = np.asarray(values, dtype=np.float64)
+        if v.shape != (self.width,):
+            raise ConversionError(f"command has shape {v.shape}, the command message holds ({self.width},)")
+        setattr(self._target, self._attr, array.array("d", v.tobytes()))
+        if self._stamp is not None:
+            self._stamp.sec, self._stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+        return self._msg
 
 
 def joint_state_from_arrays(names: Sequence[str], position: np.ndarray, velocity: np.ndarray,

@@ -32,21 +32,17 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-import rclpy
-import rclpy.duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from mtm_runtime import package_paths
 from mtm_runtime import policy_params as pp
 from mtm_runtime.chunk_loop import ChunkLoop
 from mtm_runtime.control_loop import ControlLoop
+from mtm_runtime.cpu_latency import CpuLatencyRequest
 from mtm_runtime.loop_types import Command, Fault, FaultLog
 from mtm_runtime.latency import LoopStats
 from mtm_runtime.policy_params import (EXTERNAL_BACKENDS_ENV, PARAMETERS,  # noqa: F401 - re-exported
@@ -55,20 +51,12 @@ from mtm_runtime.ros_nodes import conversions as conv
 from mtm_runtime.ros_nodes.checked_parameters import CheckedParameters
 from mtm_runtime.ros_nodes.diagnostics import DiagnosticsReporter, policy_status
 from mtm_runtime.ros_nodes.executors import run_node, settle_heap
+from mtm_runtime.ros_nodes.policy_topics import LATCHED_QOS, RELIABLE_QOS, STATE_QOS_PROFILES, CommandOutput
 
 NODE_NAME = "mtm_policy"
 #: ``trigger: state``: how often a coarse timer checks whether the idle control-rate timer must
 #: restart (see ``PolicyNode._on_tick``); 20 wake-ups/s instead of one per control period.
 WATCH_PERIOD_S = 0.05
-#: command_type -> the message published on the command topic
-COMMAND_MESSAGES = {"float64_multiarray": Float64MultiArray, "joint_state": JointState, "joint_trajectory": JointTrajectory}
-COMMAND_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-#: the state subscription, by the ``state_qos`` parameter
-STATE_QOS_PROFILES = {"sensor_data": qos_profile_sensor_data,
-             "reliable": QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)}
-LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 PolicyLoader = Callable[[str, str, str], Any]
 
@@ -89,6 +77,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         self._config_error = ""
         self._configuring: dict[str, Any] = {}   # the checked values of the configure in progress
         self.config_failures = 0
+        self._wake_request = CpuLatencyRequest()  # held while active (cpu_wake_latency_us >= 0)
+        self._wake_latency_us = -1
         self._reset_entities()
         self._diag = DiagnosticsReporter(self, f"{self.get_name()}: policy loop", self._diagnostic_status)
         self.faults = FaultLog(on_note=lambda kind, detail: self._diag.event())  # a fault: report it at once
@@ -99,15 +89,13 @@ class PolicyNode(CheckedParameters, LifecycleNode):
 
     def _reset_entities(self) -> None:
         self._subs: list[Any] = []
-        self._cmd_pub: Any = None
+        self._out: CommandOutput | None = None
         self._timer: Any = None        # control-rate timer (cancelled while idle in trigger: state)
         self._watch_timer: Any = None  # trigger: state only, WATCH_PERIOD_S: wakes the control timer
         self.loop = None
         self._joint_input = False
-        self._command_type = "float64_multiarray"
         self._joints: list[str] = []
         self._fields: list[str] = []
-        self._command_interface = "effort"
 
     # ---- what tests and tools read -----------------------------------------------------------
     @property
@@ -173,14 +161,13 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         policy = self._loader(path, str(values["backend"]), mode)
         pp.check_model_fits(policy, values, path)
         self._joint_input = values["input_type"] == "joint_state"
-        self._command_type = str(values["command_type"])
         policy.set_mode(mode, **pp.mode_kwargs(values))
         chunk = pp.chunk_config(values)
         hooks: dict[str, Any] = dict(clock_ns=self._clock_ns, faults=self.faults, stats=self._idle_stats, log=self._log)
         loop = (ChunkLoop(policy, pp.loop_config(values), chunk, **hooks) if chunk.active
                 else ControlLoop(policy, pp.loop_config(values), **hooks))
         self._joints, self._fields = list(values["joint_names"]), list(values["state_fields"])
-        self._command_interface = str(values["command_interface"])
+        self._wake_latency_us = int(values["cpu_wake_latency_us"])
         # trigger: state: the control timer may idle only while the input stays fresh for longer
         # than this (one watch period to notice, two control periods of margin)
         self._idle_guard_s = WATCH_PERIOD_S + 2 * loop.period_s
@@ -188,8 +175,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
             policy.warmup(int(values["warmup_iters"]))
         policy.reset()
         self.loop = loop
-        self._cmd_pub = self.create_publisher(COMMAND_MESSAGES[self._command_type], str(values["command_topic"]),
-                                              COMMAND_QOS)
+        self._out = CommandOutput(self, str(values["command_type"]), str(values["command_topic"]), self._joints,
+                                  str(values["command_interface"]), loop.period_s, loop.limits.width)
         state_qos = STATE_QOS_PROFILES[str(values["state_qos"])]
         # reward first: for messages ready in the same wait, the executor serves it before the state
         for msg_type, topic, callback, qos in (
@@ -210,12 +197,16 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         if self.loop.config.trigger == "state":
             self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._on_watch)
         settle_heap()  # the model is loaded: keep full GC passes out of the loop (see executors)
+        problem = self._wake_request.hold(self._wake_latency_us)  # mtm_runtime/cpu_latency.py
+        if problem:
+            self.get_logger().warning(problem)
         self.lifecycle_state = "active"
         self.get_logger().info(f"active: trigger={self.loop.config.trigger} rate={self.loop.config.rate_hz:g} Hz")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._destroy_loop_timers()
+        self._wake_request.release()
         if self.loop is not None:
             self.loop.deactivate()
         self.lifecycle_state = "inactive"
@@ -230,10 +221,11 @@ class PolicyNode(CheckedParameters, LifecycleNode):
     def _teardown(self) -> None:
         self._idle_stats = self.stats  # the counters stay readable until the next activation
         self._destroy_loop_timers()
+        self._wake_request.release()
         for s in self._subs:
             self.destroy_subscription(s)
-        if self._cmd_pub is not None:
-            self.destroy_publisher(self._cmd_pub)
+        if self._out is not None:
+            self._out.destroy()
         self._reset_entities()
 
     def _torn_down(self, lifecycle_state: str) -> TransitionCallbackReturn:
@@ -344,7 +336,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
 
     def safe_stop(self) -> int:
         """Publish the shutdown ramp (rate-limited, bounded) if active; returns commands sent."""
-        if self.lifecycle_state != "active" or self._cmd_pub is None or self.loop is None:
+        if self.lifecycle_state != "active" or self._out is None or self.loop is None:
             return 0
         ramp = self.loop.safe_stop_commands()
         for n, out in enumerate(ramp):
@@ -354,9 +346,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         return len(ramp)
 
     def _publish(self, cmd: np.ndarray, stamp_ns: int) -> None:
-        if self._cmd_pub is not None:
-            self._cmd_pub.publish(conv.command_message(cmd, self._command_type, self._joints, stamp_ns,
-                                                       self._command_interface, self.loop.period_s if self.loop else 0.0))
+        if self._out is not None:
+            self._out.publish(cmd, stamp_ns)
 
     # ---- diagnostics -----------------------------------------------------------------------
     def diagnostics_values(self) -> dict[str, object]:
@@ -368,7 +359,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
                                    "last_fault_reason": self.stats.last_fault_reason or "none",
                                    # publishers matched on the state topic: 0 with states_in 0 is discovery
                                    "state_publishers": self._subs[-1].get_publisher_count() if self._subs else 0,
-                                   "command_subscribers": self._cmd_pub.get_subscription_count() if self._cmd_pub else 0,
+                                   "command_subscribers": self._out.subscribers() if self._out else 0,
+                                   "cpu_wake_latency": self._wake_request.status,
                                    **(self.loop.report() if self.loop is not None else {})}
         return {**vals, **self.faults.report()}
 
@@ -383,8 +375,8 @@ def _stop(node: PolicyNode, executor: Any, signal_name: str) -> None:
     sent = node.safe_stop()
     node.get_logger().info(f"{signal_name} in state {node.lifecycle_state}: "
                            f"{sent} safe command(s) published, shutting down")
-    if sent and node._cmd_pub is not None:
-        node._cmd_pub.wait_for_all_acked(timeout=rclpy.duration.Duration(seconds=0.5))
+    if sent and node._out is not None:
+        node._out.wait_acked(0.5)
     if node.lifecycle_state in ("unconfigured", "inactive", "active"):
         node.trigger_shutdown()
 

@@ -294,3 +294,29 @@ def test_state_qos_sets_the_state_subscription(graph: Graph, state_qos: str, rel
     graph.wait_for(lambda: node.diagnostics_values()["state_publishers"] == 1, what="the publisher matched")
     _publish_until_commanded(graph, pub)
     assert node.diagnostics_values()["states_in"] >= 1
+
+
+def test_cpu_wake_latency_is_held_while_active(graph: Graph, tmp_path) -> None:
+    """``cpu_wake_latency_us >= 0`` holds a PM QoS request (mtm_runtime/cpu_latency.py) from activation
+    to deactivation and reports it in /diagnostics; commands flow as without it."""
+    node = _make(graph, ScriptedPolicy(), cpu_wake_latency_us=0)
+    device = tmp_path / "cpu_dma_latency"   # a plain file stands in for the device: what is written is checked
+    device.write_bytes(b"")
+    node._wake_request.device = str(device)
+    graph.start()
+    assert node.diagnostics_values()["cpu_wake_latency"] == "off"
+    _activate(graph)
+    assert node.diagnostics_values()["cpu_wake_latency"] == "held: 0 us"
+    assert device.read_bytes() == (0).to_bytes(4, "little", signed=True)
+    _publish_until_commanded(graph, graph.publisher(Float64MultiArray, "observation"))
+    assert graph.change_state(NODE, Transition.TRANSITION_DEACTIVATE)
+    assert node.diagnostics_values()["cpu_wake_latency"] == "off" and not node._wake_request.held
+
+
+def test_cpu_wake_latency_without_access_warns_and_runs(graph: Graph, tmp_path) -> None:
+    node = _make(graph, ScriptedPolicy(), cpu_wake_latency_us=10)
+    node._wake_request.device = str(tmp_path / "no_such_device")
+    graph.start()
+    _activate(graph)
+    assert node.diagnostics_values()["cpu_wake_latency"].startswith("not held: ")
+    _publish_until_commanded(graph, graph.publisher(Float64MultiArray, "observation"))

@@ -25,6 +25,32 @@ def test_rate_limiter_bounds_each_step() -> None:
         RateLimiter(-1.0, 2)
 
 
+def test_rate_limiter_matches_a_clip_per_dimension_and_off_passes_through() -> None:
+    """Each output is np.clip(input, previous - max_delta, previous + max_delta) per dimension (a
+    dimension given as 0 through from_parameter is off); a limiter that is off returns its input."""
+    rng = np.random.default_rng(3)
+    rl, off = RateLimiter.from_parameter([0.0, 0.1], 2), RateLimiter.from_parameter(0.0, 2)
+    assert rl.enabled and not off.enabled
+    prev = None
+    for x in rng.uniform(-1, 1, (50, 2)):
+        out = rl.apply(x).copy()
+        expected = x if prev is None else np.clip(x, prev - [np.inf, 0.1], prev + [np.inf, 0.1])
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+        np.testing.assert_allclose(off.apply(x), x, rtol=1e-6)
+        prev = out.astype(np.float64)
+
+
+def test_state_checks_name_what_is_wrong() -> None:
+    from mtm_runtime.safety import state_rejection_reason
+
+    assert state_rejection_reason(np.array([1.0, 2.0]), 2) is None
+    assert state_rejection_reason(np.array([1, 2]), 2) is None
+    assert "index [1]" in state_rejection_reason(np.array([1.0, np.nan]), 2)
+    assert "too large" in state_rejection_reason(np.array([1.7e308, 1.7e308]), 2)
+    assert "real numbers" in state_rejection_reason(np.array([1 + 1j, 2]), 2)
+    assert "shape" in state_rejection_reason(np.zeros(3), 2)
+
+
 def test_watchdog_monotonic_and_gap() -> None:
     t = [0.0]
     wd = StaleWatchdog(0.5, clock=lambda: t[0])
@@ -95,3 +121,25 @@ def test_conversions_roundtrip() -> None:
     assert list(cmd.effort) == [0.1, 0.2] and cmd.header.stamp.nanosec == 7
     st = conv.diagnostic_status("x", 1, "warn", {"p99_ms": 0.123456789, "n": 3})
     assert conv.diagnostic_values(st) == {"p99_ms": "0.123457", "n": "3"} and st.level == b"\x01"
+
+
+@pytest.mark.parametrize("command_type, field", [("joint_state", "effort"), ("joint_trajectory", "velocity"),
+                                                 ("float64_multiarray", "effort")])
+def test_the_command_writer_refills_one_message(command_type: str, field: str) -> None:
+    """CommandWriter's reused message carries each step's values and stamp, equal to a freshly built one."""
+    from mtm_runtime.ros_nodes import conversions as conv
+    def fresh(v: list[float], ns: int):
+        a, stamp = np.array(v), conv.ns_to_stamp(ns)
+        if command_type == "joint_state":
+            return conv.array_to_joint_state(a, ["a", "b"], stamp, field)
+        if command_type == "joint_trajectory":
+            return conv.array_to_joint_trajectory(a, ["a", "b"], stamp, field, 0.002)
+        return conv.array_to_multiarray(a)
+
+    writer = conv.CommandWriter(command_type, ["a", "b"], field, 0.002, 2)
+    first = writer.message(np.array([0.5, -0.25], np.float32), 1_500_000_007)
+    assert first == fresh([0.5, -0.25], 1_500_000_007)
+    second = writer.message(np.array([-0.3, 0.4]), 2_000_000_001)
+    assert second is first and second == fresh([-0.3, 0.4], 2_000_000_001)
+    with pytest.raises(conv.ConversionError, match="shape"):
+        writer.message(np.zeros(3), 0)
