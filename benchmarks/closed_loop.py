@@ -180,6 +180,9 @@ def echo_baseline(rate: float, executor: str, duration: float, work: Path, env: 
     finally:
         server.stop()
     res.update(extra)
+    server_out = Path(str(out) + ".server.json")   # the server's callback time (entry to after its publish)
+    if server_out.exists():
+        res["server_callback_ms"] = json.loads(server_out.read_text())["callback_ms"]
     return res
 
 
@@ -318,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
                 "latency_p50_ratio": round(pl["p50"] / bl["p50"], 2) if bl["p50"] else None,
                 "latency_p99_ratio": round(pl["p99"] / bl["p99"], 2) if bl["p99"] else None,
                 "miss_fraction_added": round(pol["miss_fraction"] - base["miss_fraction"], 6)}
+            diag = pol.get("policy_node_diagnostics", {})
+            if "server_callback_ms" in base and "beyond_act_p50_ms" in diag:
+                # the policy node's time beyond act() minus what the echo server's callback (take a
+                # JointState, publish one) costs in the same run: what the node adds over a bare node
+                entry["policy_over_echo"]["beyond_act_over_echo_callback_p50_ms"] = round(
+                    float(diag["beyond_act_p50_ms"]) - base["server_callback_ms"]["p50"], 4)
         entry["targets"] = verdict(rate, pol)
         result["settings"][f"{rate}hz"] = entry
         print(f"[closed_loop] {rate} Hz: achieved {pol['achieved_rate_hz']} Hz, misses {pol['miss_fraction']:.4%} "

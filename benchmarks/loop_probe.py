@@ -249,13 +249,16 @@ def run_echo(role: str) -> int:
     done = [False]
     if role == "echo-server":
         pub = node.create_publisher(JointState, "echo_commands", RELIABLE_1)
+        handled: list[float] = []   # each callback, entry to after the publish: what the policy node's beyond_act times
 
         def answer(msg: JointState) -> None:
+            t = time.perf_counter()
             reply = JointState()
             reply.header.stamp = msg.header.stamp
             reply.name = list(msg.name)
-            reply.effort = list(msg.position)
+            reply.effort = msg.position
             pub.publish(reply)
+            handled.append(time.perf_counter() - t)
 
         node.create_subscription(JointState, "echo_states", answer, qos_profile_sensor_data)
     else:
@@ -296,6 +299,10 @@ def run_echo(role: str) -> int:
             res = probe.result(1.0 / rate)
             res["executor"] = name
             _write(out, res)
+        elif out and handled:
+            ms = np.asarray(handled[len(handled) // 10:]) * 1e3   # past the first tenth (discovery, warm-up)
+            _write(out + ".server.json", {"callback_ms": {"n": int(ms.size), "p50": round(float(np.median(ms)), 4),
+                                                          "p99": round(float(np.percentile(ms, 99)), 4)}})
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         if context.ok():
