@@ -49,14 +49,12 @@ from mtm_runtime.policy_params import (EXTERNAL_BACKENDS_ENV, PARAMETERS,  # noq
                                        load_external_policy)
 from mtm_runtime.ros_nodes import conversions as conv
 from mtm_runtime.ros_nodes.checked_parameters import CheckedParameters
+from mtm_runtime.ros_nodes.control_timer import ControlTimer
 from mtm_runtime.ros_nodes.diagnostics import DiagnosticsReporter, policy_status
 from mtm_runtime.ros_nodes.executors import run_node, settle_heap
 from mtm_runtime.ros_nodes.policy_topics import LATCHED_QOS, RELIABLE_QOS, STATE_QOS_PROFILES, CommandOutput
 
 NODE_NAME = "mtm_policy"
-#: ``trigger: state``: how often a coarse timer checks whether the idle control-rate timer must
-#: restart (see ``PolicyNode._on_tick``); 20 wake-ups/s instead of one per control period.
-WATCH_PERIOD_S = 0.05
 
 PolicyLoader = Callable[[str, str, str], Any]
 
@@ -90,8 +88,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
     def _reset_entities(self) -> None:
         self._subs: list[Any] = []
         self._out: CommandOutput | None = None
-        self._timer: Any = None        # control-rate timer (cancelled while idle in trigger: state)
-        self._watch_timer: Any = None  # trigger: state only, WATCH_PERIOD_S: wakes the control timer
+        self._control: ControlTimer | None = None   # the control-rate timer (idles in trigger: state)
         self.loop = None
         self._joint_input = False
         self._joints: list[str] = []
@@ -168,9 +165,6 @@ class PolicyNode(CheckedParameters, LifecycleNode):
                 else ControlLoop(policy, pp.loop_config(values), **hooks))
         self._joints, self._fields = list(values["joint_names"]), list(values["state_fields"])
         self._wake_latency_us = int(values["cpu_wake_latency_us"])
-        # trigger: state: the control timer may idle only while the input stays fresh for longer
-        # than this (one watch period to notice, two control periods of margin)
-        self._idle_guard_s = WATCH_PERIOD_S + 2 * loop.period_s
         if int(values["warmup_iters"]):
             policy.warmup(int(values["warmup_iters"]))
         policy.reset()
@@ -193,9 +187,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.loop is not None
         self.loop.activate(time.monotonic())
-        self._timer = self.create_timer(self.loop.period_s, self._on_tick)
-        if self.loop.config.trigger == "state":
-            self._watch_timer = self.create_timer(WATCH_PERIOD_S, self._on_watch)
+        self._control = ControlTimer(self, self.loop, self._on_tick)
         settle_heap()  # the model is loaded: keep full GC passes out of the loop (see executors)
         problem = self._wake_request.hold(self._wake_latency_us)  # mtm_runtime/cpu_latency.py
         if problem:
@@ -213,10 +205,9 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _destroy_loop_timers(self) -> None:
-        for t in (self._timer, self._watch_timer):
-            if t is not None:
-                self.destroy_timer(t)
-        self._timer = self._watch_timer = None
+        if self._control is not None:
+            self._control.destroy()
+        self._control = None
 
     def _teardown(self) -> None:
         self._idle_stats = self.stats  # the counters stay readable until the next activation
@@ -296,36 +287,21 @@ class PolicyNode(CheckedParameters, LifecycleNode):
 
     # ---- the loop --------------------------------------------------------------------------
     def _on_tick(self) -> None:
-        """Every period: the loop's stale check and pending step. In ``trigger: state`` the timer is
-        cancelled while it has nothing to do (no deferred state, input fresh for longer than
-        ``_idle_guard_s``); ``_on_watch`` restarts it in time, so the stale bound is unchanged."""
+        """Every period: the loop's stale check and pending step (``ros_nodes/control_timer.py``:
+        the timer idles in ``trigger: state`` while it has nothing to do)."""
         if self.loop is None:
             return
         out = self.loop.on_tick(time.monotonic())
         if out is not None:
             self._emit(out)
-        elif self.loop.config.trigger == "state" and not self.loop.streams and not self._stale_soon():
-            self._timer.cancel()
-
-    def _stale_soon(self) -> bool:
-        """The input could go stale before the watch timer's next look (``_idle_guard_s``)."""
-        loop = self.loop
-        return loop is not None and loop.input_age(time.monotonic()) + self._idle_guard_s >= loop.watchdog.timeout_s
-
-    def _on_watch(self) -> None:
-        """``trigger: state``, every WATCH_PERIOD_S: restart the control timer before the input can go stale."""
-        if self.loop is not None and self._stale_soon():
-            self._wake_control_timer()
-
-    def _wake_control_timer(self) -> None:
-        if self._timer is not None and self._timer.is_canceled():
-            self._timer.reset()  # next tick one period from now
+        elif self._control is not None:
+            self._control.idle_if_fresh()
 
     def _emit(self, out: Command | Fault | None) -> None:
         """Publish what the loop returned; a deferred state wakes the control timer."""
         if out is None:
-            if self.loop is not None and self.loop.pending:
-                self._wake_control_timer()
+            if self.loop is not None and self.loop.pending and self._control is not None:
+                self._control.wake()
             return
         self._publish(out.action, out.stamp_ns)
         if isinstance(out, Command):

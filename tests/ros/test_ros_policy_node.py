@@ -145,7 +145,7 @@ def test_stale_input_fault_then_recovery(graph: Graph) -> None:
 
     stream(10)
     # trigger: state with fresh input: the control-rate timer idles (no wake-up per period) ...
-    assert node._timer.is_canceled()
+    assert node._control.timer.is_canceled()
     resets_before = policy.resets
     graph.clear()
     t_last_state = time.monotonic()
@@ -156,7 +156,7 @@ def test_stale_input_fault_then_recovery(graph: Graph) -> None:
     # for scheduling on a loaded test machine; the idle timer's own margin is 2 periods)
     first_fault_s = graph.commands[0][0] - t_last_state
     assert first_fault_s <= 0.2 + 1 / 50.0 + 0.05, f"first fault action {first_fault_s:.3f} s after the last state"
-    assert not node._timer.is_canceled()
+    assert not node._control.timer.is_canceled()
     assert node.stats.stale_ticks >= 10 and "stale input" in node.stats.last_fault_reason
     graph.clear()
     stream(5)
