@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import emit_json, machine  # noqa: E402
+from benchmarks.common import add_wake_latency_option, emit_json, hold_wake_latency, machine  # noqa: E402
 
 
 def make_onnx(work: Path, batch: int) -> Path:
@@ -140,14 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-rate", type=float, default=100.0)
     ap.add_argument("--monitor", action="store_true", help="also run the batch-of-two graph (monitor on)")
     ap.add_argument("--json", type=Path, default=None)
+    add_wake_latency_option(ap)
     args = ap.parse_args(argv)
+    wake, wake_json = hold_wake_latency(args.cpu_wake_latency_us)  # for every setting, bare loop included
     work = Path(tempfile.mkdtemp(prefix="mtm_async_loop_"))
     models = {False: make_onnx(work, 1)}
     if args.monitor:
         models[True] = make_onnx(work, 2)
     result: dict[str, Any] = {"benchmark": "async_loop", "machine": machine(), "duration_s_per_setting": args.duration,
                               "model": "embedded preset (untrained), T=8, states 4, actions 2, returns 1; chunk 4; "
-                                       "onnxruntime", "model_rate_hz": args.model_rate, "settings": {}}
+                                       "onnxruntime", "model_rate_hz": args.model_rate, "cpu_wake_latency": wake_json, "settings": {}}
     for rate in [float(r) for r in args.rates.split(",") if r]:
         entry: dict[str, Any] = {"bare_loop": bare(rate, args.duration)}
         for mon, path in models.items():
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[async_loop] {rate:g} Hz: bare misses {b['miss_fraction']:.4%} jitter p99 {b['jitter_ms']['p99']} ms; "
               f"async misses {entry['async']['miss_fraction']:.4%} jitter p99 {entry['async']['jitter_ms']['p99']} ms "
               f"replan {entry['async']['replan_hz']} Hz", file=sys.stderr, flush=True)
+    wake.release()
     emit_json(result, args.json)
     return 0
 

@@ -86,9 +86,12 @@ class ChunkLoop(ControlLoop):
     def __init__(self, policy: Any, config: LoopConfig, chunk: ChunkConfig, *,
                  clock_ns: Callable[[], int] = time.time_ns, act_clock: Callable[[], float] = time.monotonic,
                  faults: FaultLog | None = None, stats: LoopStats | None = None, log: Log = no_log,
-                 threaded: bool = True) -> None:
+                 threaded: bool = True, on_residual: Callable[[np.ndarray], None] | None = None) -> None:
+        """``on_residual``: called with each plan's monitor residual (normalised, per state dim), from
+        the thread that planned it (the model thread in async mode): the node publishes it."""
         super().__init__(policy, config, clock_ns=clock_ns, act_clock=act_clock, faults=faults, stats=stats, log=log)
         self.chunk = chunk
+        self._on_residual = on_residual
         self.planner = ChunkPlanner(policy, chunk.chunk, chunk.monitor)
         self.stream = ChunkStream(self.limits.width)
         self.monitor = WorldModelMonitor(self.state_width, chunk.monitor_threshold, chunk.monitor_persist,
@@ -147,6 +150,8 @@ class ChunkLoop(ControlLoop):
 
     # ---- monitor -----------------------------------------------------------------------------
     def _planned(self, plan: Plan, now: float) -> None:
+        if plan.residual is not None and self._on_residual is not None:
+            self._on_residual(plan.residual)
         was = self.monitor.alarm
         if self.monitor.observe(plan.residual) and not was:
             self.stats.model_mismatches += 1

@@ -39,7 +39,11 @@ CLOSED_LOOP_TOPICS: dict[str, str] = {
     "/goal": "std_msgs/msg/Float64MultiArray",
     "/episode_stats": "std_msgs/msg/Float64MultiArray",
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
+    # the world-model monitor's residual per plan, one value per state dim (policy node, monitor: true)
+    "/model_residual": "std_msgs/msg/Float64MultiArray",
 }
+#: the monitor's residual topic (``CLOSED_LOOP_TOPICS``); ``mtm compare-rollouts`` reads it back
+RESIDUAL_TOPIC = "/model_residual"
 
 _SEPARATOR = "=" * 80
 #: Primitive field types of the ROS 2 .msg language (everything else is a message type).

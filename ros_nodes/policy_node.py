@@ -45,6 +45,7 @@ from mtm_runtime.control_loop import ControlLoop
 from mtm_runtime.cpu_latency import CpuLatencyRequest
 from mtm_runtime.loop_types import Command, Fault, FaultLog
 from mtm_runtime.latency import LoopStats
+from mtm_runtime.recording import RESIDUAL_TOPIC
 from mtm_runtime.policy_params import (EXTERNAL_BACKENDS_ENV, PARAMETERS,  # noqa: F401 - re-exported
                                        load_external_policy)
 from mtm_runtime.ros_nodes import conversions as conv
@@ -88,6 +89,7 @@ class PolicyNode(CheckedParameters, LifecycleNode):
     def _reset_entities(self) -> None:
         self._subs: list[Any] = []
         self._out: CommandOutput | None = None
+        self._residual_pub: Any = None   # monitor: true only
         self._control: ControlTimer | None = None   # the control-rate timer (idles in trigger: state)
         self.loop = None
         self._joint_input = False
@@ -161,8 +163,10 @@ class PolicyNode(CheckedParameters, LifecycleNode):
         policy.set_mode(mode, **pp.mode_kwargs(values))
         chunk = pp.chunk_config(values)
         hooks: dict[str, Any] = dict(clock_ns=self._clock_ns, faults=self.faults, stats=self._idle_stats, log=self._log)
-        loop = (ChunkLoop(policy, pp.loop_config(values), chunk, **hooks) if chunk.active
-                else ControlLoop(policy, pp.loop_config(values), **hooks))
+        if chunk.monitor:   # each plan's residual, for the recording (mtm_runtime.recording.RESIDUAL_TOPIC)
+            self._residual_pub = self.create_publisher(Float64MultiArray, RESIDUAL_TOPIC, RELIABLE_QOS)
+        loop = (ChunkLoop(policy, pp.loop_config(values), chunk, on_residual=self._publish_residual, **hooks)
+                if chunk.active else ControlLoop(policy, pp.loop_config(values), **hooks))
         self._joints, self._fields = list(values["joint_names"]), list(values["state_fields"])
         self._wake_latency_us = int(values["cpu_wake_latency_us"])
         if int(values["warmup_iters"]):
@@ -217,6 +221,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
             self.destroy_subscription(s)
         if self._out is not None:
             self._out.destroy()
+        if self._residual_pub is not None:
+            self.destroy_publisher(self._residual_pub)
         self._reset_entities()
 
     def _torn_down(self, lifecycle_state: str) -> TransitionCallbackReturn:
@@ -320,6 +326,10 @@ class PolicyNode(CheckedParameters, LifecycleNode):
                 time.sleep(self.loop.period_s)  # the actuator gets one period per ramp step
             self._publish(out.action, out.stamp_ns)
         return len(ramp)
+
+    def _publish_residual(self, residual: np.ndarray) -> None:
+        if self._residual_pub is not None:
+            self._residual_pub.publish(conv.array_to_multiarray(residual, "state_residual"))
 
     def _publish(self, cmd: np.ndarray, stamp_ns: int) -> None:
         if self._out is not None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mtm_runtime.recording import RESIDUAL_TOPIC, RecordingError, read_messages
 from mtm_runtime.recording_loss import loss_note
 from mtm_runtime.training.mcap_import import segment
 
@@ -72,9 +73,27 @@ def compare(path_a: str | Path, path_b: str | Path, png: str | Path | None = Non
     out = {"a": str(path_a), "b": str(path_b), "episodes": m["episodes"],
            "matched_steps": int(len(m["states"][0])), "rows": [r for d in divs for r in d.rows()],
            "recorded_loss": m["recorded_loss"]}
+    recorded = {"a": recorded_residual(path_a), "b": recorded_residual(path_b)}
+    if any(recorded.values()):
+        out["recorded_residual"] = recorded
     if png:
         out["png"] = str(plot(m, divs, Path(png)))
     return out
+
+
+def recorded_residual(path: str | Path) -> dict[str, Any] | None:
+    """What the runtime monitor measured during the run (``/model_residual``: one message per plan,
+    the normalised residual per state dimension), or None when the run had no monitor: per
+    dimension the RMS, and the per-plan RMS over dimensions (the monitor's score) p50 / p99."""
+    rows = [np.asarray(r.msg.data, np.float64) for r in read_messages(path, [RESIDUAL_TOPIC])]
+    if not rows:
+        return None
+    if len({len(r) for r in rows}) != 1:
+        raise RecordingError(f"{path}: {RESIDUAL_TOPIC} messages differ in width ({sorted({len(r) for r in rows})})")
+    r = np.vstack(rows)
+    score = np.sqrt(np.mean(r * r, axis=1))
+    return {"plans": int(len(r)), "rms_per_dim": np.sqrt(np.mean(r * r, axis=0)).round(5).tolist(),
+            "score_p50": round(float(np.median(score)), 5), "score_p99": round(float(np.percentile(score, 99)), 5)}
 
 
 def fd_residuals(policy: Any, path: str | Path) -> np.ndarray:
@@ -112,6 +131,14 @@ def format_table(result: dict[str, Any]) -> str:
              f"{'modality':9s} {'dim':>3s} {'rmse':>10s} {'max|a-b|':>10s} {'corr':>7s}"]
     for r in result["rows"]:
         lines.append(f"{r['modality']:9s} {r['dim']:3d} {r['rmse']:10.4g} {r['max_abs']:10.4g} {r['corr']:7.3f}")
+    rec = result.get("recorded_residual")
+    if rec:
+        lines.append(f"world-model residual as the monitor recorded it ({RESIDUAL_TOPIC}, normalised):")
+        for side in ("a", "b"):
+            r = rec[side]
+            lines.append(f"  {side.upper()}: " + ("no monitor in this run" if r is None else
+                         f"{r['plans']} plans, score p50 {r['score_p50']:.4g} p99 {r['score_p99']:.4g}, "
+                         "RMS per state dim " + " ".join(f"{v:.4g}" for v in r["rms_per_dim"])))
     gap = result.get("model_gap")
     if gap:
         lines.append(f"world-model residual per state dim (RMS, normalised; model {result.get('model', '')}):")

@@ -29,13 +29,13 @@ pytestmark = pytest.mark.ros
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _lockstep(tmp: Path, ckpt: Path, name: str, episodes: int = 2, seed: int = 5):
+def _lockstep(tmp: Path, ckpt: Path, name: str, episodes: int = 2, seed: int = 5, **policy: object):
     from mtm_runtime.ros_nodes.closed_loop import run_closed_loop
 
     return run_closed_loop(str(ckpt), log_dir=tmp / f"{name}_logs", task="reacher", sim_mode="lockstep",
                            episodes=episodes, record=tmp / f"{name}.mcap",
                            policy_params={"mask_mode": "bc", "warmup_iters": 2, "stale_timeout": 5.0,
-                                          "control_rate_hz": 50.0},
+                                          "control_rate_hz": 50.0, **policy},
                            bridge_params={"seed": seed}, startup_timeout_s=60.0)
 
 
@@ -73,13 +73,14 @@ def recordings(tmp_path_factory: pytest.TempPathFactory, cpu_hog_always):
         ckpt = _goal_free_checkpoint(tmp / "ckpt")
         a = _lockstep(tmp, ckpt, "a")
         b = _lockstep(tmp, ckpt, "b")
+        monitored = _lockstep(tmp, ckpt, "monitored", episodes=1, monitor=True)  # the residual topic too
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return tmp, a, b
+    return tmp, a, b, monitored
 
 
 def test_message_definitions_decode_with_mcap_ros2() -> None:
@@ -105,7 +106,7 @@ def _assert_lossless(result) -> None:
 
 
 def test_recordings_lose_nothing_under_load(recordings) -> None:
-    _, a, b = recordings
+    _, a, b, _ = recordings
     for res in (a, b):
         _assert_lossless(res)
         assert res.loss["/observation"]["received"] == 100 and res.loss["/commands"]["received"] >= 100
@@ -119,7 +120,7 @@ def test_record_import_load_and_train(recordings, tmp_path: Path) -> None:
     from mtm_runtime.training.mcap_import import import_to_hdf5
     from mtm_runtime.training.quick import train_on_episodes
 
-    tmp, a, _ = recordings
+    tmp, a, _, _ = recordings
     assert [e["steps"] for e in a.episodes] == [50, 50]
     info = summary(a.record_path)
     assert info["topics"]["/commands"]["type"] == "std_msgs/msg/Float64MultiArray"
@@ -147,7 +148,7 @@ def test_record_import_load_and_train(recordings, tmp_path: Path) -> None:
 
 
 def test_compare_rollouts_cli(recordings, tmp_path: Path) -> None:
-    tmp, a, b = recordings
+    tmp, a, b, _ = recordings
     out = subprocess.run([sys.executable, "-m", "mtm_runtime.cli", "compare-rollouts", a.record_path, b.record_path,
                           "--png", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json"),
                           "--model", str(tmp / "ckpt")],
@@ -166,6 +167,28 @@ def test_compare_rollouts_cli(recordings, tmp_path: Path) -> None:
     gap = res["model_gap"]  # the same rollouts: the same residual in A and B, dimension by dimension
     assert len(gap["residual_a"]) == 8 and all(np.isfinite(gap["residual_a"])) and max(gap["residual_a"]) > 0
     assert gap["ratio_b_over_a"] == pytest.approx([1.0] * 8, abs=0.05)
+
+
+def test_the_monitor_residual_is_recorded_and_compared(recordings, tmp_path: Path) -> None:
+    """With ``monitor: true`` the policy publishes each plan's residual on /model_residual; the
+    recording holds one message per plan with a full window behind it (lockstep, chunk 1: a plan per
+    state; T = 4: the first 3 of the episode have no forward-dynamics window) and ``mtm
+    compare-rollouts`` reports it without a model."""
+    from mtm_runtime.training.rollout_compare import recorded_residual
+
+    _, a, _, monitored = recordings
+    _assert_lossless(monitored)
+    n = monitored.loss["/model_residual"]["received"]
+    assert n == 50 - 3, monitored.loss
+    rec = recorded_residual(monitored.record_path)
+    assert rec["plans"] == n and len(rec["rms_per_dim"]) == 8 and 0 < rec["score_p50"] <= rec["score_p99"]
+    assert recorded_residual(a.record_path) is None
+    out = subprocess.run([sys.executable, "-m", "mtm_runtime.cli", "compare-rollouts", a.record_path,
+                          monitored.record_path, "--json", str(tmp_path / "r.json")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "A: no monitor in this run" in out.stdout and f"B: {n} plans" in out.stdout, out.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["recorded_residual"]["b"] == rec
 
 
 @contextmanager
@@ -276,7 +299,7 @@ def _copy_with_loss(src: str, dst: Path, loss: dict) -> Path:
 
 
 def test_import_and_compare_report_recorded_loss(recordings, tmp_path: Path) -> None:
-    _, a, b = recordings
+    _, a, b, _ = recordings
     none_missed = {t: dict(r, missed=0, missed_at_start=0) for t, r in a.loss.items()}
     loss = dict(none_missed, **{"/commands": dict(none_missed["/commands"], missed=2)})
     lossy = _copy_with_loss(a.record_path, tmp_path / "lossy.mcap", loss)
