@@ -31,17 +31,20 @@ from mtm_runtime.onnx_metadata import (WEIGHTS_SHA_KEY, load_proto, metadata_of,
 
 
 def export_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None, batch_size: int = 1,
-                opset: int = DEFAULT_OPSET, trust: Trust | None = None) -> bytes:
+                opset: int = DEFAULT_OPSET, trust: Trust | None = None, chunk: int = 1) -> bytes:
     """Export, validate and (if ``path``) atomically write the graph; returns the model bytes.
 
-    Static shapes: B = ``batch_size``, T and D/M from the checkpoint's spec. The metadata gets
-    the model's behavioural fingerprint and the file an integrity stamp (signed if ``trust``
-    names a signing key). ExportError (``mtm_runtime.onnx_graph``) when a check fails.
+    Static shapes: B = ``batch_size``, T and D/M from the checkpoint's spec. ``chunk``: the action
+    chunk length it is deployed with (parity checked on its masks too), recorded with the horizon
+    as ``export.control`` (``onnx_metadata.control_record``; a TensorRT engine's sidecar carries
+    it on). The metadata gets the model's behavioural fingerprint and the file an integrity stamp
+    (signed if ``trust`` names a signing key). ExportError (``mtm_runtime.onnx_graph``) when a
+    check fails.
     """
     import torch
 
     spec = ckpt.spec
-    traced = checked_graph(ckpt, batch_size, opset)
+    traced = checked_graph(ckpt, batch_size, opset, chunk=chunk)
     meta: dict[str, Any] = ckpt.metadata()
     weights_sha = weights_sha256(ckpt)
     meta["export"] = {"exporter": "torch.onnx.export(dynamo=False)", "torch_version": torch.__version__,
@@ -49,7 +52,8 @@ def export_onnx(ckpt: Checkpoint, path: str | os.PathLike | None = None, batch_s
                       "inputs": {"x": [batch_size, spec.horizon, spec.packed_width],
                                  "mask": [batch_size, spec.horizon, spec.num_modalities]},
                       "output": {"y": [batch_size, spec.horizon, spec.packed_width]},
-                      "parity_max_abs_diff": traced.parity_max_abs_diff}
+                      "parity_max_abs_diff": traced.parity_max_abs_diff,
+                      "control": {"horizon": spec.horizon, "chunk": int(chunk)}}
     meta["fingerprint"] = record_fingerprint(torch_runner(traced.model), spec, batch_size)
     set_metadata(traced.proto, meta, weights_sha, trust)
     data = traced.proto.SerializeToString()

@@ -43,7 +43,7 @@ from mtm_runtime.engine_sidecar import (FP16_TOLERANCE, FP32_TOLERANCE, build_op
 from mtm_runtime.fileio import sha256_bytes
 from mtm_runtime.integrity import Trust, stamp_json
 from mtm_runtime.onnx_graph import parity_cases
-from mtm_runtime.onnx_metadata import read_onnx_metadata
+from mtm_runtime.onnx_metadata import exported_chunk, read_onnx_metadata
 
 
 class EngineError(RuntimeError):
@@ -268,7 +268,7 @@ def check_engine_parity(engine_path: str | os.PathLike, onnx_bytes: bytes, fp16:
     eng = backend_class("tensorrt")(engine_path, spec, batch_size=batch, warmup=0)
     worst = 0.0
     try:
-        for label, x, m in parity_cases(spec, batch):
+        for label, x, m in parity_cases(spec, batch, chunk=exported_chunk(meta) or 1):
             a = ref.run(x, m).copy()
             b = eng.run(x, m)
             diff = float(np.max(np.abs(a - b))) if np.all(np.isfinite(b)) else float("inf")

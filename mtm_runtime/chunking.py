@@ -36,6 +36,7 @@ import numpy as np
 
 from mtm_runtime import masks as M
 from mtm_runtime.latency import LatencyRing
+from mtm_runtime.onnx_metadata import exported_chunk
 from mtm_runtime.policy import InferenceError, InputError
 from mtm_runtime.safety import UnsafeCommandError
 from mtm_runtime.spec import ACTIONS, STATES
@@ -63,6 +64,11 @@ class ChunkPlanner:
         if not 1 <= chunk <= T:
             raise InputError(f"chunk length {chunk} does not fit this model's horizon T = {T} "
                              f"(a chunk of k needs T >= k; train with --horizon and --masks auto,chunk)")
+        exported = exported_chunk(getattr(policy, "metadata", None))
+        if exported is not None and chunk > 1 and chunk != exported:
+            raise InputError(f"chunk {chunk} but this model was exported for chunk {exported} (horizon {T}; its "
+                             f"parity was checked on those masks): export it again with --chunk {chunk}, or run "
+                             f"chunk {exported}")
         rows = 2 if monitor else 1
         if policy.backend.batch_size != rows:
             raise InputError(f"the planner needs a backend of batch size {rows} "

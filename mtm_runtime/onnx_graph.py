@@ -92,11 +92,12 @@ def trace_graph(module: Any, x: Any, m: Any, output_name: str, opset: int) -> An
     return clean_graph(onnx.load_from_string(buf.getvalue()))
 
 
-def checked_graph(ckpt: Checkpoint, batch_size: int = 1, opset: int = DEFAULT_OPSET) -> TracedGraph:
+def checked_graph(ckpt: Checkpoint, batch_size: int = 1, opset: int = DEFAULT_OPSET, chunk: int = 1) -> TracedGraph:
     """Trace ``ckpt``'s network into a static-shape graph and run every check on it.
 
-    Static shapes: B = ``batch_size``, T and D/M from the checkpoint's spec. ExportError for an
-    unsupported opset or batch size, a failed graph check or a parity failure.
+    Static shapes: B = ``batch_size``, T and D/M from the checkpoint's spec. ``chunk`` > 1: the
+    parity cases include that chunk length's masks (``parity_cases``). ExportError for an
+    unsupported opset, batch size or chunk length, a failed graph check or a parity failure.
     """
     import torch
 
@@ -107,6 +108,9 @@ def checked_graph(ckpt: Checkpoint, batch_size: int = 1, opset: int = DEFAULT_OP
     if batch_size < 1:
         raise ExportError(f"batch_size must be >= 1, got {batch_size}")
     spec = ckpt.spec
+    if not 1 <= chunk <= spec.horizon or (chunk > 1 and "actions" not in spec):
+        raise ExportError(f"chunk {chunk} does not fit this model: a chunk needs 1 <= chunk <= the horizon "
+                          f"T = {spec.horizon} and an 'actions' modality")
     model = ckpt.build_model()
     x = torch.zeros(batch_size, spec.horizon, spec.packed_width)
     m = torch.ones(batch_size, spec.horizon, spec.num_modalities)
@@ -114,7 +118,7 @@ def checked_graph(ckpt: Checkpoint, batch_size: int = 1, opset: int = DEFAULT_OP
     proto.producer_name = "mtm_runtime.onnx_graph"
     proto.doc_string = f"MTM {spec.describe()} batch {batch_size}: (x, mask) -> y; metadata in '{METADATA_KEY}'"
     validate_onnx(proto, batch_size, spec)
-    parity = check_parity(proto.SerializeToString(), model, batch_size)
+    parity = check_parity(proto.SerializeToString(), model, batch_size, chunk=chunk)
     return TracedGraph(proto, model, parity)
 
 
@@ -187,18 +191,28 @@ def check_allowed_ops(proto: Any, allowed: dict[str, str] = TRT_ALLOWED_OPS) -> 
 
 
 # ---- parity -------------------------------------------------------------------------------------
-def parity_cases(spec: Any, batch_size: int, seed: int = 0, n_random: int = 4) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def parity_cases(spec: Any, batch_size: int, seed: int = 0, n_random: int = 4,
+                 chunk: int = 1) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(label, x, mask) cases: every mode of ``available_modes(spec)``, an all-visible mask, a
-    short-history mask, and ``n_random`` random masks; x is standard normal. Shapes [B, T, *]."""
+    short-history mask, and ``n_random`` random masks; with ``chunk`` > 1 also the chunk masks of
+    that length (no action committed, and all but the last), and with B >= 2 the monitor's batch
+    (chunk mask, forward-dynamics mask) when the chunk leaves room for it; x is standard
+    normal. Shapes [B, T, *]."""
     rng = np.random.default_rng(seed)
     B, T, D = batch_size, spec.horizon, spec.packed_width
     named = [(f"mode:{m}", mk.mode_mask(spec, m)) for m in mk.available_modes(spec)]
     named.append(("full", mk.full_mask(spec)))
     named.append(("history:1+bc", mk.combine(mk.bc_mask(spec), mk.history_mask(spec, 1))))
+    if chunk > 1:
+        named += [(f"chunk:{chunk}:committed {d}", mk.chunk_mask(spec, chunk, d)) for d in sorted({0, chunk - 1})]
     cases = []
     for label, m in named:
         x = rng.standard_normal((B, T, D)).astype(np.float32)
         cases.append((label, x, np.array(np.broadcast_to(m, (B, T, spec.num_modalities)), np.float32)))
+    if B >= 2 and chunk < T:
+        pair = [mk.chunk_mask(spec, chunk), mk.fd_mask(spec, T - chunk)]
+        m = np.stack([pair[min(b, 1)] for b in range(B)]).astype(np.float32)
+        cases.append((f"chunk:{chunk}+monitor", rng.standard_normal((B, T, D)).astype(np.float32), m))
     for i in range(n_random):
         x = rng.standard_normal((B, T, D)).astype(np.float32)
         m = np.stack([mk.random_mask(spec, rng, 0.5) for _ in range(B)]).astype(np.float32)
@@ -207,7 +221,7 @@ def parity_cases(spec: Any, batch_size: int, seed: int = 0, n_random: int = 4) -
 
 
 def check_parity(onnx_bytes: bytes, model: Any, batch_size: int, tolerance: float = PARITY_TOLERANCE,
-                 seed: int = 0) -> float:
+                 seed: int = 0, chunk: int = 1) -> float:
     """Run the graph in ONNX Runtime (CPU) and the torch static path on ``parity_cases``;
     ExportError on any case above ``tolerance``. Returns the worst max abs difference."""
     import onnxruntime as ort
@@ -218,7 +232,7 @@ def check_parity(onnx_bytes: bytes, model: Any, batch_size: int, tolerance: floa
     so.log_severity_level = 3
     sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
     worst = 0.0
-    for label, x, m in parity_cases(model.spec, batch_size, seed):
+    for label, x, m in parity_cases(model.spec, batch_size, seed, chunk=chunk):
         with torch.inference_mode():
             ref = model(torch.from_numpy(x), torch.from_numpy(m)).numpy()
         got = sess.run([OUTPUT_NAME], {"x": x, "mask": m})[0]

@@ -170,3 +170,10 @@ def onnx_sha256(onnx_bytes_or_path: bytes | str | os.PathLike) -> str:
 __all__ = ["METADATA_KEY", "WEIGHTS_SHA_KEY", "INTEGRITY_KEY", "weights_sha256", "set_metadata", "pop_stamp",
            "onnx_digest", "onnx_sections", "stamp_onnx", "verify_onnx_stamp", "load_proto", "metadata_of",
            "read_onnx_metadata", "onnx_sha256"]
+
+
+def exported_chunk(meta: Any) -> int | None:
+    """The action chunk length an exported graph was checked for (``export.control.chunk``, which
+    a TensorRT engine's sidecar carries on), or None for a checkpoint or an older export."""
+    control = (meta or {}).get("export", {}).get("control") if isinstance(meta, dict) else None
+    return int(control["chunk"]) if isinstance(control, dict) and "chunk" in control else None

@@ -247,3 +247,30 @@ def test_cli_wrong_spec(ckpt_dir: Path, tmp_path: Path) -> None:
 def test_cli_unsupported_opset(ckpt_dir: Path, tmp_path: Path) -> None:
     r = _cli("export", "onnx", str(ckpt_dir), "-o", str(tmp_path / "m.onnx"), "--opset", "9")
     assert r.returncode == 2 and "opset 9 is not supported" in r.stderr
+
+
+def test_the_chunk_length_and_horizon_are_recorded_and_enforced(ckpt_dir: Path, tmp_path: Path) -> None:
+    """``--chunk K``: parity is checked on that chunk's masks (and the monitor's batch at B = 2), the
+    metadata records {horizon, chunk} (a TensorRT sidecar copies it), and a chunk planner asking
+    another length of that file is refused; chunk 1 (the plain loop) always runs."""
+    from mtm_runtime.chunking import ChunkPlanner
+    from mtm_runtime.onnx_graph import parity_cases
+    from mtm_runtime.onnx_metadata import exported_chunk
+    from mtm_runtime.policy import InputError, Policy
+
+    labels = [label for label, *_ in parity_cases(SPEC, 2, chunk=2)]
+    assert {"chunk:2:committed 0", "chunk:2:committed 1", "chunk:2+monitor"} <= set(labels)
+    out = tmp_path / "chunk2.onnx"
+    r = _cli("export", "onnx", str(ckpt_dir), "-o", str(out), "--chunk", "2", "--batch-size", "2")
+    assert r.returncode == 0, r.stderr
+    assert "chunk 2 of horizon 3" in r.stdout
+    meta = read_onnx_metadata(out)
+    assert meta["export"]["control"] == {"horizon": SPEC.horizon, "chunk": 2} and exported_chunk(meta) == 2
+    policy = Policy.load(out, backend="onnxruntime", batch_size=2)
+    assert ChunkPlanner(policy, 2, monitor=True).chunk == 2
+    with pytest.raises(InputError, match="exported for chunk 2"):
+        ChunkPlanner(policy, 3)
+    assert exported_chunk(load_checkpoint(ckpt_dir).metadata()) is None   # a checkpoint runs any chunk
+    r = _cli("export", "onnx", str(ckpt_dir), "-o", str(tmp_path / "bad.onnx"), "--chunk", "4")
+    assert r.returncode == 2 and "chunk 4 does not fit" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.onnx").exists()
