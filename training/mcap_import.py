@@ -52,6 +52,7 @@ import numpy as np
 from mtm_runtime.recording import RecordingError, read_messages
 from mtm_runtime.recording_loss import recorded_loss
 from mtm_runtime.sim.tasks import Task, get_task
+from mtm_runtime.training.relabel import infer_episode
 
 #: Receive-order race allowance: at most this (ns), and at most a quarter of the median interval
 #: between observations (so a realtime loop's commands can never slide to the next state).
@@ -80,6 +81,9 @@ class ImportReport:
     counts: dict[str, int] = field(default_factory=dict)
     #: the recorder's per-topic counts (``mtm_runtime.recording_loss.LossCounter.report``), None if the file has none
     recorded_loss: dict[str, dict[str, Any]] | None = None
+    #: False: the recording had no /commands (a labeller inferred the actions, or none could)
+    commands_recorded: bool = True
+    inferred_episodes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -130,16 +134,19 @@ class Segmented:
     report: ImportReport
 
 
-def segment(path: str | Path, require_rewards: bool = True) -> Segmented:
-    """Read ``path`` and cut it into episodes and paired steps (no task needed)."""
+def segment(path: str | Path, require_rewards: bool = True, require_commands: bool = True) -> Segmented:
+    """Read ``path`` and cut it into episodes and paired steps (no task needed). Without
+    ``require_commands`` a recording with no /commands at all is cut too: ``actions`` is then
+    ``[N, 0]`` (``report.commands_recorded`` False) for ``import_recording``'s labeller."""
     rec = load_recording(path)
     rep = ImportReport(counts={t: len(v) for t, v in rec.items()}, recorded_loss=recorded_loss(path))
     obs, rewards, stats = rec["/observation"], rec["/reward"], rec["/episode_stats"]
     if not obs:
         raise RecordingError(f"{path}: no messages on /observation (recorded topics: "
                              f"{', '.join(t for t, v in rec.items() if v) or 'none'})")
-    if not rec["/commands"]:
-        raise RecordingError(f"{path}: no messages on /commands: nothing to pair the states with")
+    if not rec["/commands"] and require_commands:
+        raise RecordingError(f"{path}: no messages on /commands: nothing to pair the states with (a "
+                             f"states-only recording imports with --relabel-actions MODEL)")
     if require_rewards and not rewards:
         raise RecordingError(f"{path}: no messages on /reward")
     states = [_values(m) for _, m in obs]
@@ -181,19 +188,38 @@ def segment(path: str | Path, require_rewards: bool = True) -> Segmented:
         rep.truncated_last = True
     if not episodes:
         raise RecordingError(f"{path}: no complete episode ({len(stats)} episode_stats, {len(obs)} observations)")
-    action_width = max(_values(m).size for _, m in rec["/commands"])
-    actions, rep.pairing, rep.held = _pair_actions(rec, obs_t, episodes, action_width)
+    if rec["/commands"]:
+        action_width = max(_values(m).size for _, m in rec["/commands"])
+        actions, rep.pairing, rep.held = _pair_actions(rec, obs_t, episodes, action_width)
+    else:
+        actions, rep.pairing, rep.commands_recorded = np.zeros((len(obs), 0)), "none", False
     goals = [(t, _values(m)) for t, m in rec["/goal"]]
     rep.episodes = len(episodes)
     rep.steps = int(sum(e[1] for e in episodes))
     return Segmented(np.stack(states), obs_t, actions, rew_aligned, episodes, goals, rep)
 
 
-def import_recording(path: str | Path, task: Task | str) -> tuple[dict[str, np.ndarray], ImportReport]:
-    """Recorded rollouts -> concatenated D4RL arrays (``mtm_runtime.training.datasets.write_hdf5`` input)."""
+def import_recording(path: str | Path, task: Task | str,
+                     labeller: Any = None) -> tuple[dict[str, np.ndarray], ImportReport]:
+    """Recorded rollouts -> concatenated D4RL arrays (``mtm_runtime.training.datasets.write_hdf5`` input).
+
+    A recording without /commands needs ``labeller`` (a Policy): its inverse dynamics fills the
+    actions of every episode of at least T steps (``training/relabel.py``), marked
+    ``infos/action_inferred``; shorter episodes stay action-free (``infos/action_present`` False)."""
     task = get_task(task) if isinstance(task, str) else task
-    seg = segment(path)
+    seg = segment(path, require_commands=labeller is None)
     rep = seg.report
+    if not rep.commands_recorded:
+        widths = {"states": seg.states.shape[1], "actions": task.action_dim}
+        for name, have in widths.items():
+            if labeller.spec.width(name) != have:
+                raise RecordingError(f"{path}: the labelling model's {name} have width {labeller.spec.width(name)}, "
+                                     f"the recording's (task {task.name}) {have}")
+        seg.actions = np.full((len(seg.states), task.action_dim), np.nan)
+        for o0, L, *_ in seg.episodes:
+            if L >= labeller.spec.horizon:
+                seg.actions[o0:o0 + L] = infer_episode(labeller, seg.states[o0:o0 + L].astype(np.float32))
+                rep.inferred_episodes += 1
     if seg.states.shape[1] != task.state_dim:
         raise RecordingError(f"{path}: /observation has {seg.states.shape[1]} values, "
                              f"task {task.name} states have {task.state_dim}")
@@ -230,7 +256,8 @@ def import_recording(path: str | Path, task: Task | str) -> tuple[dict[str, np.n
     data = {k: np.concatenate(v) for k, v in rows.items()}
     for k in ("observations", "actions", "rewards", "next_observations"):
         data[k] = data[k].astype(np.float32)
-    data["infos/action_present"] = np.ones(len(data["rewards"]), bool)
+    data["infos/action_present"] = np.all(np.isfinite(data["actions"]), axis=1)
+    data["infos/action_inferred"] = np.full(len(data["rewards"]), not rep.commands_recorded) & data["infos/action_present"]
     if task.has_goal:
         data["infos/goal"] = task.split_observation(data["observations"])["goals"].astype(np.float32)
     return data, rep
@@ -283,10 +310,14 @@ def _pair_actions(rec: dict[str, list[tuple[int, Any]]], obs_t: np.ndarray,
     return out, pairing, held
 
 
-def import_to_hdf5(path: str | Path, task: Task | str, output: str | Path) -> tuple[Path, ImportReport]:
-    """Import ``path`` and write ``output`` (tier ``recorded``); loads with ``mtm_runtime.training.loaders.load_episodes``."""
+def import_to_hdf5(path: str | Path, task: Task | str, output: str | Path, labeller: Any = None,
+                   labeller_name: str = "") -> tuple[Path, ImportReport]:
+    """Import ``path`` and write ``output`` (tier ``recorded``; ``labeller`` as in ``import_recording``,
+    named by ``labeller_name`` in the file's metadata); loads with ``mtm_runtime.training.loaders.load_episodes``."""
     from mtm_runtime.training.datasets import write_hdf5
 
     task = get_task(task) if isinstance(task, str) else task
-    data, rep = import_recording(path, task)
-    return write_hdf5(output, data, task, "recorded", seed=0), rep
+    data, rep = import_recording(path, task, labeller)
+    extra = ({"actions_inferred_by": labeller_name or "a model", "episodes_inferred": rep.inferred_episodes}
+             if not rep.commands_recorded else None)
+    return write_hdf5(output, data, task, "recorded", seed=0, extra=extra), rep

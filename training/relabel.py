@@ -16,12 +16,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mtm_runtime.policy import Policy
 from mtm_runtime.spec import ACTIONS, STATES
 from mtm_runtime.training.loaders import DatasetError, Episode
 
 
 class RelabelError(DatasetError):
     """The model cannot label these episodes (widths differ)."""
+
+
+def load_labeller(path: str) -> Policy:
+    """The model whose inverse dynamics labels the episodes (its own limits; torch or onnxruntime)."""
+    return Policy.load(path, mode="bc")
 
 
 def check_fits(policy: Any, episodes: Sequence[Episode], where: str) -> None:

@@ -19,16 +19,10 @@ from pathlib import Path
 
 from mtm_runtime.arg_types import at_least
 from mtm_runtime.integrity import CheckpointError
-from mtm_runtime.policy import Policy
 from mtm_runtime.robot import RobotError, load_robot
 from mtm_runtime.training.loaders import DatasetError
-from mtm_runtime.training.relabel import relabel_actions
+from mtm_runtime.training.relabel import load_labeller, relabel_actions
 from mtm_runtime.training.rosbag_import import ACTION_SOURCES, BagImport, read_bag, write_episodes_hdf5
-
-
-def load_labeller(path: str) -> Policy:
-    """The model whose inverse dynamics labels the episodes (its own limits; torch or onnxruntime)."""
-    return Policy.load(path, mode="bc")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

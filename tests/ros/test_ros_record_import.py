@@ -284,18 +284,51 @@ def test_loss_counter_gaps_and_late_publishers() -> None:
                          "counted": False}
 
 
-def _copy_with_loss(src: str, dst: Path, loss: dict) -> Path:
-    """``src``'s messages (raw, times kept) in a new file whose ``mtm_record`` record says ``loss``."""
+def _copy_with_loss(src: str, dst: Path, loss: dict | None, drop: tuple[str, ...] = ()) -> Path:
+    """``src``'s messages (raw, times kept; ``drop``'s topics left out) in a new file whose
+    ``mtm_record`` record says ``loss`` (None: no such record)."""
     from mcap.reader import make_reader
 
     from mtm_runtime.recording_loss import loss_metadata
 
     with open(src, "rb") as f, McapSink(dst) as sink:
         for schema, channel, message in make_reader(f).iter_messages():
-            sink.add_topic(channel.topic, schema.name)
-            sink.write(channel.topic, message.data, message.log_time, message.publish_time)
-        sink.add_metadata(RECORD_METADATA, loss_metadata(loss))
+            if channel.topic not in drop:
+                sink.add_topic(channel.topic, schema.name)
+                sink.write(channel.topic, message.data, message.log_time, message.publish_time)
+        if loss is not None:
+            sink.add_metadata(RECORD_METADATA, loss_metadata(loss))
     return dst
+
+
+def test_a_states_only_recording_imports_with_inferred_actions(recordings, tmp_path: Path) -> None:
+    """A recording without /commands: ``mtm import-mcap`` refuses it in one line, and with
+    ``--relabel-actions MODEL`` writes the model's inverse-dynamics actions, marked as inferred."""
+    import h5py
+
+    from mtm_runtime.policy import Policy
+    from mtm_runtime.training.relabel import infer_episode
+    from mtm_runtime.training.sources import load_episodes
+
+    tmp, a, _, _ = recordings
+    states_only = _copy_with_loss(a.record_path, tmp_path / "states_only.mcap", None, drop=("/commands",))
+    run = [sys.executable, "-m", "mtm_runtime.cli", "import-mcap", str(states_only), "--task", "reacher"]
+    out = subprocess.run(run + ["-o", str(tmp_path / "no.hdf5")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--relabel-actions" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "no.hdf5").exists()
+    ckpt = str(tmp / "ckpt")
+    out = subprocess.run(run + ["-o", str(tmp_path / "d.hdf5"), "--relabel-actions", ckpt], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"actions of 2 of 2 episode(s) inferred by {ckpt}" in out.stdout
+    with h5py.File(tmp_path / "d.hdf5") as f:
+        assert f["infos/action_inferred"][:].all() and f["infos/action_present"][:].all()
+        assert f["metadata"].attrs["actions_inferred_by"] == ckpt and f["metadata"].attrs["episodes_inferred"] == 2
+    policy = Policy.load(ckpt, mode="bc")
+    eps = load_episodes(tmp_path / "d.hdf5")
+    assert [e.length for e in eps] == [50, 50]
+    for ep in eps:   # the file's actions are the model's inverse dynamics of the recorded states
+        np.testing.assert_allclose(ep["actions"], infer_episode(policy, ep["states"].astype(np.float32)), atol=1e-5)
 
 
 def test_import_and_compare_report_recorded_loss(recordings, tmp_path: Path) -> None:
