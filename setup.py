@@ -42,9 +42,9 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        # the bundled model, so installed configs can say package://mtm_runtime/models/reacher_embedded
-        (f"share/{PACKAGE}/models/reacher_embedded",
-         [f"models/reacher_embedded/{f}" for f in ("model.safetensors", "mtm.json")]),
+        # the bundled models, so installed configs can say package://mtm_runtime/models/reacher_embedded
+        *((f"share/{PACKAGE}/models/{m}", [f"models/{m}/{f}" for f in ("model.safetensors", "mtm.json")])
+          for m in ("reacher_embedded", "reacher_chunk")),
     ],
     # reference returns (normalised scores), the locomotion learning runs (experts and medium tiers), the robot files
     package_data={f"{PACKAGE}.sim": ["*.json", "learning_runs/*.h5"], PACKAGE: ["robots/*.yaml"]},

@@ -75,10 +75,11 @@ def time_calls(fn: Callable[[], object], n: int, warmup: int = 20) -> list[float
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int = 20,
-                period_s: float = 0.0) -> dict[str, list[float]]:
+                period_s: float = 0.0, before: Callable[[], object] | None = None) -> dict[str, list[float]]:
     """Time several callables in alternating rounds so machine noise hits them alike. With
     ``period_s`` each call starts one period after the last, the process sleeping in between, as a
-    control loop's step does (a paced call finds colder caches than a back-to-back one)."""
+    control loop's step does (a paced call finds colder caches than a back-to-back one).
+    ``before``: run (untimed) just before each timed call."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -86,6 +87,8 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: in
     for _ in range(rounds):
         for k, fn in fns.items():
             for _ in range(per_round):
+                if before is not None:
+                    before()
                 t = time.perf_counter()
                 fn()
                 done = time.perf_counter()

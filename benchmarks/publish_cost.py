@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=3000, help="timed publishes per variant and subscriber count")
     p.add_argument("--paced", type=float, default=0.0, metavar="HZ",
                    help="one publish per period at this rate, asleep in between (as the node runs); default back to back")
+    p.add_argument("--evict-kb", type=int, default=0, metavar="KB",
+                   help="before each publish (untimed), read this much memory, as the model's forward pass does "
+                        "in the policy node (it leaves the DDS path out of cache); default 0")
     add_wake_latency_option(p)
     a = p.parse_args(argv)
     wake, wake_json = hold_wake_latency(a.cpu_wake_latency_us)
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     arr = Float64MultiArray(data=values)
     rows: dict[str, dict[str, float]] = {}
     subscribers: list[subprocess.Popen] = []
+    scratch = np.ones(max(1, a.evict_kb) * 128)   # float64: 128 per KB
+    evict = (lambda: float(scratch.sum())) if a.evict_kb > 0 else None
     try:
         for count in (0, 1, 2):
             while len(subscribers) < count:
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 "joint_state": lambda: js_pub.publish(js),
                 "float64_array": lambda: arr_pub.publish(arr),
             }, rounds=10, per_round=max(1, a.calls // 10),
-               period_s=1.0 / a.paced if a.paced > 0 else 0.0)
+               period_s=1.0 / a.paced if a.paced > 0 else 0.0, before=evict)
             for name, s in samples.items():
                 rows[f"{name}_{count}_subscribers"] = summarise(s)
     finally:
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.try_shutdown()
     wake.release()
     emit_json({"benchmark": "publish_cost", "qos": "reliable, keep last 1 (the policy node's COMMAND_QOS)",
-               "paced_hz": a.paced, "cpu_wake_latency": wake_json,
+               "paced_hz": a.paced, "evict_kb": a.evict_kb, "cpu_wake_latency": wake_json,
                "rmw": os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp (default)"),
                "ros_domain_id": os.environ["ROS_DOMAIN_ID"], "rows": rows, "machine": machine()})
     return 0

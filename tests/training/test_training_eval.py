@@ -46,6 +46,23 @@ def test_mtm_eval_rcbc_sweep_runs(tmp_path):
     assert task.normalised_score(targets[3]) == pytest.approx(100.0)
 
 
+BUNDLED_CHUNK = REPO / "models" / "reacher_chunk"
+
+
+@pytest.mark.skipif(not (BUNDLED_CHUNK / "mtm.json").exists(), reason="bundled chunk model not present")
+def test_bundled_chunk_model_keeps_its_skill_in_async_mode():
+    """models/reacher_chunk (T = 8, chunk masks): async chunks of 3 with the committed action shown
+    reach the goal as often as the synchronous loop (models/README.md: 3 seeds x 20 episodes)."""
+    from mtm_runtime.chunk_loop import ChunkConfig
+    from mtm_runtime.training.chunk_eval import evaluate_chunked
+
+    sync = evaluate_chunked(BUNDLED_CHUNK, "reacher", ChunkConfig(), mode="goal", episodes=10, seeds=(0,))
+    chunked = evaluate_chunked(BUNDLED_CHUNK, "reacher", ChunkConfig(mode="async", chunk=3, committed=1),
+                               mode="goal", episodes=10, seeds=(0,))
+    assert sync["success_mean"] >= 0.7 and chunked["success_mean"] >= sync["success_mean"] - 0.2
+    assert chunked["score_mean"] >= sync["score_mean"] - 3.0
+
+
 def test_id_fd_error_formula():
     """Repeating the previous value scores exactly 1.0; a perfect prediction 0.0."""
     from mtm_runtime.training.id_fd import id_fd_errors
