@@ -215,6 +215,8 @@ class PolicyNode(CheckedParameters, LifecycleNode):
 
     def _teardown(self) -> None:
         self._idle_stats = self.stats  # the counters stay readable until the next activation
+        if self.loop is not None and self.loop.active:  # shutdown from active: the model thread stops first
+            self.loop.deactivate()
         self._destroy_loop_timers()
         self._wake_request.release()
         for s in self._subs:

@@ -43,6 +43,8 @@ def main(args: argparse.Namespace) -> int:
         notes.append("kept the last, unfinished episode as truncated")
     if rep.held:
         notes.append(f"{rep.held} steps had no command of their own (previous action held)")
+    if args.relabel_actions and rep.commands_recorded:
+        notes.append("the recording has /commands: no action was inferred (--relabel-actions fills only a recording without them)")
     if not rep.commands_recorded:
         notes.append(f"no /commands recorded: actions of {rep.inferred_episodes} of {rep.episodes} episode(s) "
                      f"inferred by {args.relabel_actions}")
