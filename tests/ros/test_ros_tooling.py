@@ -126,9 +126,10 @@ def test_hardware_config_parses_and_activates(ros_env, tmp_path: Path) -> None:
         with Graph() as g:
             g.start()
             _wait_active(g, "mtm_policy", p, log)
-            got = _params(g, "mtm_policy", ["joint_names", "control_rate_hz", "trigger", "action_low", "safe_action"])
+            got = _params(g, "mtm_policy", ["joint_names", "control_rate_hz", "trigger", "action_low", "safe_action",
+                                            "cpu_wake_latency_us"])
             assert got == {"joint_names": ["joint0", "joint1"], "control_rate_hz": 200.0, "trigger": "timer",
-                           "action_low": [-0.5, -0.5], "safe_action": [0.0, 0.0]}
+                           "action_low": [-0.5, -0.5], "safe_action": [0.0, 0.0], "cpu_wake_latency_us": 0}
     finally:
         rc = _stop(p)
     assert rc == 0, log.read_text()[-2000:]
